@@ -46,6 +46,7 @@ class ReinforceConfig:
     value_lr: float = 1e-2
     bootstrap_truncated: bool = True  # needs baseline="value": G at a time-limit end = V(s_T)
     max_grad_norm: float | None = 1.0
+    eval_every: int = 10_000  # env steps between greedy evaluations (0: none)
     eval_episodes: int = 10
 
     def __post_init__(self) -> None:
@@ -178,8 +179,8 @@ def train_reinforce(
 
         envs = [gym.make(ENV_ID) for _ in range(cfg.episodes_per_update)]
         first_obs = [env.reset(seed=seed * 1000 + i)[0] for i, env in enumerate(envs)]
-        returns, end_steps, end_seconds = [], [], []
-        steps, train_seconds = 0, 0.0
+        returns, end_steps, end_seconds, evals = [], [], [], []
+        steps, train_seconds, next_eval = 0, 0.0, cfg.eval_every
         bar = progress(
             total=cfg.episodes, desc=f"REINFORCE seed {seed}", unit="ep", disable=not show_progress
         )
@@ -229,6 +230,13 @@ def train_reinforce(
                 end_seconds.append(train_seconds)
                 bar.update(1)
             bar.set_postfix(ret100=f"{np.mean(returns[-100:]):.0f}")
+
+            # greedy evaluation (not counted in train_seconds; uses no training randomness)
+            if cfg.eval_every and steps >= next_eval:
+                while next_eval <= steps:
+                    next_eval += cfg.eval_every
+                mean_eval = float(evaluate(policy.act_greedy, cfg.eval_episodes).mean())
+                evals.append((steps, train_seconds, mean_eval))
         bar.close()
         for env in envs:
             env.close()
@@ -240,7 +248,7 @@ def train_reinforce(
         episode_returns=returns,
         episode_end_steps=end_steps,
         episode_end_seconds=end_seconds,
-        evals=[],
+        evals=evals,
         final_eval=final.tolist(),
         policy=policy,
     )

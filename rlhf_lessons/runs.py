@@ -49,9 +49,12 @@ class RunCurves:
         return sum(self.final_eval) / len(self.final_eval)
 
 
-def _source_hash() -> str:
+def _source_hash(algo: str) -> str:
+    """Hash of the source files a run of ``algo`` depends on."""
     h = hashlib.sha256()
-    for mod in (advantages, cartpole, ppo, reinforce):
+    # ppo.py imports TrainResult from reinforce.py, so PPO depends on both
+    modules = (advantages, cartpole, reinforce) + ((ppo,) if algo == "ppo" else ())
+    for mod in modules:
         h.update(Path(mod.__file__).read_bytes())
     return h.hexdigest()[:12]
 
@@ -82,7 +85,7 @@ def run_seeds(
     cfg = _make_config(algo, config)
     train = train_reinforce if algo == "reinforce" else train_ppo
     key_base = json.dumps(
-        {"algo": algo, "config": asdict(cfg), "src": _source_hash()}, sort_keys=True
+        {"algo": algo, "config": asdict(cfg), "src": _source_hash(algo)}, sort_keys=True
     )
     out = []
     for seed in seeds:
