@@ -21,7 +21,7 @@ import shutil
 import tempfile
 from pathlib import Path
 
-from rlhf_lessons.runs import cache_dir
+from rlhf_lessons.cache import cache_dir
 
 SMOLLM2 = "smollm2"
 MINILM = "minilm"

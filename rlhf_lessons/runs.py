@@ -10,21 +10,15 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 
 from rlhf_lessons import advantages, cartpole, ppo, reinforce
+from rlhf_lessons.cache import cache_dir
 from rlhf_lessons.ppo import PPOConfig, train_ppo
 from rlhf_lessons.reinforce import ReinforceConfig, TrainResult, train_reinforce
 
 ALGOS = ("reinforce", "ppo")
-
-
-def cache_dir() -> Path:
-    """``$RLHF_LESSONS_CACHE`` or ``~/.cache/rlhf_lessons``."""
-    root = os.environ.get("RLHF_LESSONS_CACHE") or Path.home() / ".cache" / "rlhf_lessons"
-    return Path(root)
 
 
 @dataclass
