@@ -94,3 +94,77 @@ def normalize(x: torch.Tensor, eps: float = 1e-8) -> torch.Tensor:
     if x.numel() < 2:
         return x - x.mean()
     return (x - x.mean()) / (x.std() + eps)
+
+
+# --- Language-model rollouts: masked statistics and group baselines ----------------------------
+
+
+def masked_mean(x: torch.Tensor, mask: torch.Tensor, dim: int | None = None) -> torch.Tensor:
+    """Mean of ``x`` over the positions where ``mask`` is 1 (all of them, or along ``dim``)."""
+    mask = mask.to(x.dtype)
+    if dim is None:
+        count = mask.sum()
+        if count == 0:
+            raise ValueError("mask selects no element: the masked mean is undefined")
+        return (x * mask).sum() / count
+    return (x * mask).sum(dim) / mask.sum(dim).clamp(min=1)
+
+
+def masked_whiten(
+    x: torch.Tensor, mask: torch.Tensor, shift_mean: bool = True, eps: float = 1e-8
+) -> torch.Tensor:
+    """Normalise ``x`` to unit variance (and zero mean, with ``shift_mean``) over the masked
+    positions only; padding keeps its value 0. (B, T), (B, T) -> (B, T).
+
+    PPO for LMs whitens advantages this way ("N implementation details", no. 5); padding
+    tokens must not pull the statistics.
+    """
+    mean = masked_mean(x, mask)
+    var = masked_mean((x - mean) ** 2, mask)
+    out = (x - mean) * torch.rsqrt(var + eps)
+    if not shift_mean:
+        out = out + mean
+    return out * mask.to(x.dtype)
+
+
+def rloo_advantages(rewards: torch.Tensor) -> torch.Tensor:
+    """REINFORCE leave-one-out (Kool et al. 2019; Ahmadian et al. 2024, arXiv 2402.14740).
+
+    Each of the k samples of a prompt is baselined by the mean reward of the *other* k - 1:
+    ``A_i = r_i - mean_{j != i} r_j = k / (k - 1) * (r_i - mean_j r_j)``.
+
+    Args:
+        rewards: (B, k) sequence rewards, k >= 2 samples per prompt.
+
+    Returns:
+        (B, k) advantages; each row sums to 0.
+    """
+    if rewards.ndim != 2 or rewards.shape[1] < 2:
+        raise ValueError(
+            f"rewards must be (B, k) with k >= 2 samples per prompt, got {tuple(rewards.shape)}"
+        )
+    if not torch.isfinite(rewards).all():
+        raise ValueError("rewards contain NaN or inf: check the reward function's output")
+    k = rewards.shape[1]
+    return (rewards - rewards.mean(dim=1, keepdim=True)) * k / (k - 1)
+
+
+def grpo_advantages(rewards: torch.Tensor, eps: float = 1e-4) -> torch.Tensor:
+    """GRPO's group-normalised advantage (DeepSeekMath, arXiv 2402.03300):
+    ``A_i = (r_i - mean(r)) / (std(r) + eps)`` within each prompt's group of G samples.
+
+    Args:
+        rewards: (B, G) sequence rewards.
+
+    Returns:
+        (B, G); mean 0 and std ~1 per group, all zeros for a group with equal rewards.
+    """
+    if rewards.ndim != 2 or rewards.shape[1] < 2:
+        raise ValueError(
+            f"rewards must be (B, G) with G >= 2 samples per prompt, got {tuple(rewards.shape)}"
+        )
+    if not torch.isfinite(rewards).all():
+        raise ValueError("rewards contain NaN or inf: check the reward function's output")
+    mean = rewards.mean(dim=1, keepdim=True)
+    std = rewards.std(dim=1, keepdim=True)
+    return (rewards - mean) / (std + eps)
