@@ -17,11 +17,9 @@ from __future__ import annotations
 
 import importlib.util
 import os
-import shutil
-import tempfile
 from pathlib import Path
 
-from rlhf_lessons.cache import cache_dir
+from rlhf_lessons.cache import cache_dir, save_folder_atomically
 
 SMOLLM2 = "smollm2"
 MINILM = "minilm"
@@ -69,19 +67,7 @@ def smollm2_path(refresh: bool = False) -> Path:
     # The GGUF quantizer object blocks save_pretrained ("not serializable") and training.
     if getattr(model, "hf_quantizer", None) is not None:
         model.hf_quantizer.remove_quantization_config(model)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    # Write to a temporary folder and rename, so an interrupted conversion leaves no half folder.
-    tmp = Path(tempfile.mkdtemp(prefix=".convert-", dir=target.parent))
-    try:
-        model.save_pretrained(tmp)
-        tok.save_pretrained(tmp)
-        if target.exists():
-            shutil.rmtree(target)
-        os.replace(tmp, target)
-    finally:
-        if tmp.exists():
-            shutil.rmtree(tmp, ignore_errors=True)
-    return target
+    return save_folder_atomically(target, model, tok)
 
 
 def minilm_path() -> Path:

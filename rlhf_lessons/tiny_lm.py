@@ -43,10 +43,7 @@ from __future__ import annotations
 import hashlib
 import json
 import math
-import os
 import random
-import shutil
-import tempfile
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -54,10 +51,10 @@ from pathlib import Path
 import torch
 
 from rlhf_lessons import review_corpus
+from rlhf_lessons.cache import cache_dir, save_folder_atomically
 from rlhf_lessons.device import torch_threads
 from rlhf_lessons.progress import progress
 from rlhf_lessons.review_corpus import BOS, CorpusConfig, build_corpus, build_tokenizer
-from rlhf_lessons.runs import cache_dir
 from rlhf_lessons.seeding import seed_everything
 
 METRICS_FILE = "training.json"
@@ -305,20 +302,10 @@ def sft_model_path(
     if (target / METRICS_FILE).exists() and not refresh:
         return target
     model, tokenizer, metrics = train_tiny_lm(config, show_progress=show_progress)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=".train-", dir=target.parent))
-    try:
-        model.save_pretrained(tmp)
-        tokenizer.save_pretrained(tmp)
-        metrics["config"] = asdict(config)
-        (tmp / METRICS_FILE).write_text(json.dumps(metrics, indent=2))
-        if target.exists():
-            shutil.rmtree(target)
-        os.replace(tmp, target)
-    finally:
-        if tmp.exists():
-            shutil.rmtree(tmp, ignore_errors=True)
-    return target
+    metrics["config"] = asdict(config)
+    return save_folder_atomically(
+        target, model, tokenizer, {METRICS_FILE: json.dumps(metrics, indent=2)}
+    )
 
 
 def load_sft_model(
