@@ -43,8 +43,9 @@ import torch
 
 from rlhf_lessons.device import torch_threads
 from rlhf_lessons.kl import kl_estimates
-from rlhf_lessons.lm import Batch, generate, token_logprobs
+from rlhf_lessons.lm import generate
 from rlhf_lessons.review_corpus import is_grammatical
+from rlhf_lessons.rollouts import logprobs_in_chunks
 from rlhf_lessons.sentiment_reward import join_prompt_completion, reward_of
 
 Z95 = 1.959963984540054  # two-sided 95% normal quantile
@@ -74,18 +75,6 @@ def distinct_n(completion_ids: Sequence[Sequence[int]], n: int) -> float:
     (n-grams do not cross completions). 1.0 means no n-gram repeats; 0 if there are none."""
     grams = [tuple(ids[i : i + n]) for ids in completion_ids for i in range(len(ids) - n + 1)]
     return len(set(grams)) / len(grams) if grams else 0.0
-
-
-@torch.no_grad()
-def _logprobs_in_chunks(model, batch: Batch, temperature: float, chunk: int) -> torch.Tensor:
-    device = next(model.parameters()).device
-    out = [
-        token_logprobs(model, Batch(*(t[i : i + chunk] for t in (
-            batch.input_ids, batch.attention_mask, batch.completion_mask))).to(device),
-            temperature).cpu()
-        for i in range(0, len(batch), chunk)
-    ]  # fmt: skip
-    return torch.cat(out)
 
 
 @torch.no_grad()
@@ -151,11 +140,11 @@ def evaluate_policy(
                 temperature=temperature, batch_size=batch_size, seed=seed,
             )  # fmt: skip
             batch = gen.batch
-            logp_pi = _logprobs_in_chunks(policy, batch, temperature, batch_size)
+            logp_pi = logprobs_in_chunks(policy, batch, temperature, batch_size)
             if ref is policy:
                 logp_ref = logp_pi
             else:
-                logp_ref = _logprobs_in_chunks(ref, batch, temperature, batch_size)
+                logp_ref = logprobs_in_chunks(ref, batch, temperature, batch_size)
     finally:
         for m, was_training in modes:
             m.train(was_training)

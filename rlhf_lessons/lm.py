@@ -42,6 +42,11 @@ class Batch:
     def __len__(self) -> int:
         return self.input_ids.shape[0]
 
+    def rows(self, index) -> Batch:
+        """The rows ``index`` (an int tensor, list or slice) of every tensor: a minibatch."""
+        return Batch(self.input_ids[index], self.attention_mask[index],
+                     self.completion_mask[index])  # fmt: skip
+
 
 def format_prompt(tokenizer, prompt: str | Sequence[dict], system: str | None = None) -> str:
     """Turn a user message (or a list of chat messages) into the text the model is prompted
@@ -146,6 +151,34 @@ def token_logprobs(model, batch: Batch, temperature: float = 1.0) -> torch.Tenso
     logp = torch.log_softmax(logits, dim=-1).gather(-1, batch.input_ids.unsqueeze(-1)).squeeze(-1)
     logp[:, 0] = 0.0
     return logp
+
+
+def token_logprobs_and_states(
+    model, batch: Batch, temperature: float = 1.0
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """One forward pass for an actor-critic: per-token log-probs, the hidden states they were
+    predicted from, and the entropy of each predictive distribution.
+
+    Returns ``(logp, states, entropy)``: ``logp`` (B, T) as :func:`token_logprobs`; ``states``
+    (B, T, H) where ``states[:, t]`` is the last layer's hidden state at position t - 1, the
+    state in which token t is chosen (a value head on it gives V(s_t), aligned with
+    ``logp[:, t]``), zero at t = 0; ``entropy`` (B, T) of ``softmax(logits_{t-1} / tau)``.
+    """
+    if temperature <= 0:
+        raise ValueError(f"temperature must be > 0, got {temperature}")
+    out = model(
+        input_ids=batch.input_ids,
+        attention_mask=batch.attention_mask,
+        position_ids=position_ids(batch.attention_mask),
+        output_hidden_states=True,
+    )
+    logits = F.pad(out.logits[:, :-1].float() / temperature, (0, 0, 1, 0))
+    states = F.pad(out.hidden_states[-1][:, :-1], (0, 0, 1, 0))
+    log_probs = torch.log_softmax(logits, dim=-1)
+    entropy = -(log_probs.exp() * log_probs).sum(-1)
+    logp = log_probs.gather(-1, batch.input_ids.unsqueeze(-1)).squeeze(-1)
+    logp[:, 0] = 0.0
+    return logp, states, entropy
 
 
 def sequence_logprobs(

@@ -29,7 +29,7 @@ import torch
 from torch import nn
 from torch.distributions import Categorical
 
-from rlhf_lessons.advantages import gae, normalize
+from rlhf_lessons.advantages import gae, masked_mean, normalize
 from rlhf_lessons.cartpole import SOLVED_RETURN, evaluate, make_vec_env
 from rlhf_lessons.device import torch_threads
 from rlhf_lessons.progress import progress
@@ -154,16 +154,28 @@ class ActorCritic(nn.Module):
         return self.actor(torch.as_tensor(obs, dtype=torch.float32)).argmax(-1).numpy()
 
 
+def _mean(x: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
+    return x.mean() if mask is None else masked_mean(x, mask)
+
+
 def clipped_surrogate_loss(
-    new_logp: torch.Tensor, old_logp: torch.Tensor, advantages: torch.Tensor, clip_coef: float
+    new_logp: torch.Tensor,
+    old_logp: torch.Tensor,
+    advantages: torch.Tensor,
+    clip_coef: float,
+    mask: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, dict[str, float]]:
     """PPO's clipped policy loss (arXiv 1707.06347, eq. 7), negated for minimisation.
 
     Args:
-        new_logp: (B,) log pi_theta(a|s) of the stored actions, with gradient.
-        old_logp: (B,) log pi_old(a|s) recorded at rollout time.
-        advantages: (B,) advantage estimates (constants).
+        new_logp: (B,) log pi_theta(a|s) of the stored actions, with gradient; or (B, T) per
+            token for a language model.
+        old_logp: same shape, log pi_old(a|s) recorded at rollout time.
+        advantages: same shape, advantage estimates (constants).
         clip_coef: eps; the ratio is clipped to [1 - eps, 1 + eps].
+        mask: optional, same shape: 1 where a sample is real (the completion tokens of an LM
+            batch). Every mean below is over the masked elements only (old TRL's
+            ``masked_mean`` over all tokens of the minibatch).
 
     Returns:
         ``(loss, metrics)``: loss = -mean(min(rho A, clip(rho) A)); metrics ``approx_kl``
@@ -172,18 +184,20 @@ def clipped_surrogate_loss(
     """
     if not new_logp.shape == old_logp.shape == advantages.shape:
         raise ValueError(
-            "new_logp, old_logp and advantages must share shape (B,), got "
+            "new_logp, old_logp and advantages must share one shape, got "
             f"{tuple(new_logp.shape)}, {tuple(old_logp.shape)}, {tuple(advantages.shape)}"
         )
+    if mask is not None and mask.shape != new_logp.shape:
+        raise ValueError(f"mask must have shape {tuple(new_logp.shape)}, got {tuple(mask.shape)}")
     log_ratio = new_logp - old_logp.detach()
     ratio = log_ratio.exp()
     adv = advantages.detach()
     unclipped = ratio * adv
     clipped = torch.clamp(ratio, 1.0 - clip_coef, 1.0 + clip_coef) * adv
-    loss = -torch.min(unclipped, clipped).mean()
+    loss = -_mean(torch.min(unclipped, clipped), mask)
     with torch.no_grad():
-        approx_kl = ((ratio - 1.0) - log_ratio).mean().item()
-        clipfrac = ((ratio - 1.0).abs() > clip_coef).float().mean().item()
+        approx_kl = _mean((ratio - 1.0) - log_ratio, mask).item()
+        clipfrac = _mean(((ratio - 1.0).abs() > clip_coef).float(), mask).item()
     return loss, {"policy_loss": loss.item(), "approx_kl": approx_kl, "clipfrac": clipfrac}
 
 
@@ -192,25 +206,29 @@ def value_loss(
     old_values: torch.Tensor,
     returns: torch.Tensor,
     clip_coef: float | None = None,
+    mask: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, dict[str, float]]:
     """Critic loss 0.5 * (V - R)^2, optionally clipped around the rollout-time values.
 
     Args:
-        new_values: (B,) V_theta(s), with gradient.
-        old_values: (B,) V(s) recorded at rollout time.
-        returns: (B,) targets R = A + V_old.
+        new_values: (B,) V_theta(s), with gradient; or (B, T) per token for a language model.
+        old_values: same shape, V(s) recorded at rollout time.
+        returns: same shape, targets R = A + V_old.
         clip_coef: if set, 0.5 * max((V - R)^2, (V_old + clip(V - V_old, +-eps) - R)^2).
+        mask: optional, same shape: the mean is over the masked elements only.
     """
     if not new_values.shape == old_values.shape == returns.shape:
         raise ValueError(
-            "new_values, old_values and returns must share shape (B,), got "
+            "new_values, old_values and returns must share one shape, got "
             f"{tuple(new_values.shape)}, {tuple(old_values.shape)}, {tuple(returns.shape)}"
         )
+    if mask is not None and mask.shape != new_values.shape:
+        raise ValueError(f"mask must have shape {tuple(new_values.shape)}, got {tuple(mask.shape)}")
     err = (new_values - returns).pow(2)
     if clip_coef is not None:
         v_clipped = old_values + torch.clamp(new_values - old_values, -clip_coef, clip_coef)
         err = torch.max(err, (v_clipped - returns).pow(2))
-    loss = 0.5 * err.mean()
+    loss = 0.5 * _mean(err, mask)
     return loss, {"value_loss": loss.item()}
 
 

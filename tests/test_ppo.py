@@ -65,7 +65,7 @@ def test_value_loss_plain_and_clipped():
     # clipped: v_clip = old + clip(new-old, +-0.2) = [1.2, 0.0]; max((2-1)^2, 0.2^2)=1, 1
     loss_c, _ = value_loss(new, old, ret, clip_coef=0.2)
     assert loss_c.item() == pytest.approx(0.5)
-    with pytest.raises(ValueError, match="share shape"):
+    with pytest.raises(ValueError, match="share one shape"):
         value_loss(new, old, torch.zeros(3))
 
 
