@@ -12,20 +12,44 @@ def tmp_cache(tmp_path, monkeypatch):
     return tmp_path / "cache"
 
 
+def _word_tokenizer(words):
+    from tokenizers import Tokenizer, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    vocab = {w: i for i, w in enumerate(["<pad>", "<eos>", "<unk>", *words])}
+    tok = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
+    tok.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
+    return PreTrainedTokenizerFast(
+        tokenizer_object=tok, pad_token="<pad>", eos_token="<eos>", unk_token="<unk>"
+    )
+
+
+@pytest.fixture(scope="session")
+def word_tokenizer():
+    """``word_tokenizer(words)``: a whitespace word-level tokenizer over <pad> (0), <eos> (1),
+    <unk> (2) and ``words``, for tiny offline test models."""
+    return _word_tokenizer
+
+
+@pytest.fixture(scope="module")
+def one_thread():
+    """One torch thread for a module (use with ``pytestmark``): small models gain nothing from
+    two, and on a busy 2-core machine a second thread stalls every operation."""
+    from rlhf_lessons.device import torch_threads
+
+    with torch_threads(1):
+        yield
+
+
 @pytest.fixture(scope="session")
 def tiny_lm():
     """A tiny random Llama with a word-level tokenizer: offline, ~100k parameters."""
     import torch
-    from tokenizers import Tokenizer, models, pre_tokenizers
-    from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
+    from transformers import LlamaConfig, LlamaForCausalLM
 
     words = "the a movie film was is great good bad awful plot acting and but very not".split()
-    vocab = {w: i for i, w in enumerate(["<pad>", "<eos>", "<unk>", *words])}
-    tok = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
-    tok.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
-    tokenizer = PreTrainedTokenizerFast(
-        tokenizer_object=tok, pad_token="<pad>", eos_token="<eos>", unk_token="<unk>"
-    )
+    tokenizer = _word_tokenizer(words)
+    vocab = tokenizer.get_vocab()
     torch.manual_seed(0)
     config = LlamaConfig(
         vocab_size=len(vocab), hidden_size=32, intermediate_size=64, num_hidden_layers=2,

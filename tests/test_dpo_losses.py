@@ -5,18 +5,14 @@ from types import SimpleNamespace
 import pytest
 import torch
 
-from rlhf_lessons.device import torch_threads
 from rlhf_lessons.dpo_losses import LOSS_TYPES, dpo_loss, simpo_loss
 from rlhf_lessons.lm import Batch, sequence_logprobs, token_logprobs
 
 # TRL's DPOTrainer calls a transformers helper that warns about its own deprecated name
-pytestmark = pytest.mark.filterwarnings("ignore:`is_gradient_checkpointing` is deprecated")
-
-
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    with torch_threads(1):
-        yield
+pytestmark = [
+    pytest.mark.usefixtures("one_thread"),
+    pytest.mark.filterwarnings("ignore:`is_gradient_checkpointing` is deprecated"),
+]
 
 
 def softplus(x: float) -> float:  # -log sigma(x) = log(1 + e^-x)
@@ -347,17 +343,12 @@ def test_bad_inputs_raise_value_errors_naming_the_field():
 
 
 @pytest.fixture(scope="module")
-def trl_setup(tmp_path_factory):
+def trl_setup(tmp_path_factory, word_tokenizer):
     pytest.importorskip("trl")
-    from tokenizers import Tokenizer, models, pre_tokenizers
-    from transformers import LlamaConfig, PreTrainedTokenizerFast
+    from transformers import LlamaConfig
 
-    vocab = {w: i for i, w in enumerate(["<pad>", "<eos>", "<unk>", "a", "b"])}
-    tk = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
-    tk.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
-    tok = PreTrainedTokenizerFast(
-        tokenizer_object=tk, pad_token="<pad>", eos_token="<eos>", unk_token="<unk>"
-    )
+    tok = word_tokenizer(["a", "b"])
+    vocab = tok.get_vocab()
     config = LlamaConfig(
         vocab_size=len(vocab), hidden_size=8, intermediate_size=16, num_hidden_layers=1,
         num_attention_heads=2, num_key_value_heads=2, pad_token_id=0, eos_token_id=1,

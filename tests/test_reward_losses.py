@@ -5,7 +5,6 @@ from types import SimpleNamespace
 import pytest
 import torch
 
-from rlhf_lessons.device import torch_threads
 from rlhf_lessons.reward_losses import (
     bradley_terry_loss,
     kwise_loss,
@@ -15,13 +14,7 @@ from rlhf_lessons.reward_losses import (
     ranked_margins,
 )
 
-
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """One torch thread: small models gain nothing from two, and on a busy 2-core machine a
-    second thread stalls every operation."""
-    with torch_threads(1):
-        yield
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def softplus(x: float) -> float:  # -log sigma(x) = log(1 + e^-x)
@@ -265,19 +258,14 @@ def test_bad_inputs_raise_value_errors_naming_the_problem():
 
 
 @pytest.fixture(scope="module")
-def trl_trainer(tmp_path_factory):
+def trl_trainer(tmp_path_factory, word_tokenizer):
     pytest.importorskip("trl")
     from datasets import Dataset
-    from tokenizers import Tokenizer, models, pre_tokenizers
-    from transformers import LlamaConfig, LlamaForSequenceClassification, PreTrainedTokenizerFast
+    from transformers import LlamaConfig, LlamaForSequenceClassification
     from trl import RewardConfig, RewardTrainer
 
-    vocab = {w: i for i, w in enumerate(["<pad>", "<eos>", "<unk>", "a", "b"])}
-    tk = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
-    tk.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
-    tok = PreTrainedTokenizerFast(
-        tokenizer_object=tk, pad_token="<pad>", eos_token="<eos>", unk_token="<unk>"
-    )
+    tok = word_tokenizer(["a", "b"])
+    vocab = tok.get_vocab()
     config = LlamaConfig(
         vocab_size=len(vocab), hidden_size=8, intermediate_size=16, num_hidden_layers=1,
         num_attention_heads=2, num_key_value_heads=2, pad_token_id=0, eos_token_id=1,

@@ -6,7 +6,6 @@ import torch
 from torch import nn
 
 from rlhf_lessons.course_data import load_preferences
-from rlhf_lessons.device import torch_threads
 from rlhf_lessons.lm import Batch, tokenize_pairs
 from rlhf_lessons.preferences import PreferenceDataError
 from rlhf_lessons.reward_losses import kwise_loss
@@ -19,13 +18,7 @@ from rlhf_lessons.reward_model import (
     train_reward_model,
 )
 
-
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """One torch thread: small models gain nothing from two, and on a busy 2-core machine a
-    second thread stalls every operation."""
-    with torch_threads(1):
-        yield
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 RECORDS = [
