@@ -130,15 +130,21 @@ def position_ids(attention_mask: torch.Tensor) -> torch.Tensor:
 def next_token_logits(model, batch: Batch, temperature: float = 1.0) -> torch.Tensor:
     """Logits aligned with the tokens they predict: ``out[:, t]`` scores ``input_ids[:, t]``
     given the tokens before it. Shape (B, T, V); ``out[:, 0]`` is zero (no context)."""
+    return _aligned_forward(model, batch, temperature)[0]
+
+
+def _aligned_forward(model, batch: Batch, temperature: float, hidden: bool = False):
+    """One forward pass; ``(logits, out)`` with the logits shifted one step right (so column t
+    scores token t), divided by the temperature, zero at t = 0; ``out`` is the model output."""
     if temperature <= 0:
         raise ValueError(f"temperature must be > 0, got {temperature}")
-    logits = model(
+    out = model(
         input_ids=batch.input_ids,
         attention_mask=batch.attention_mask,
         position_ids=position_ids(batch.attention_mask),
-    ).logits
-    logits = logits[:, :-1].float() / temperature
-    return F.pad(logits, (0, 0, 1, 0))
+        output_hidden_states=hidden,
+    )
+    return F.pad(out.logits[:, :-1].float() / temperature, (0, 0, 1, 0)), out
 
 
 def token_logprobs(model, batch: Batch, temperature: float = 1.0) -> torch.Tensor:
@@ -164,15 +170,7 @@ def token_logprobs_and_states(
     state in which token t is chosen (a value head on it gives V(s_t), aligned with
     ``logp[:, t]``), zero at t = 0; ``entropy`` (B, T) of ``softmax(logits_{t-1} / tau)``.
     """
-    if temperature <= 0:
-        raise ValueError(f"temperature must be > 0, got {temperature}")
-    out = model(
-        input_ids=batch.input_ids,
-        attention_mask=batch.attention_mask,
-        position_ids=position_ids(batch.attention_mask),
-        output_hidden_states=True,
-    )
-    logits = F.pad(out.logits[:, :-1].float() / temperature, (0, 0, 1, 0))
+    logits, out = _aligned_forward(model, batch, temperature, hidden=True)
     states = F.pad(out.hidden_states[-1][:, :-1], (0, 0, 1, 0))
     log_probs = torch.log_softmax(logits, dim=-1)
     entropy = -(log_probs.exp() * log_probs).sum(-1)
