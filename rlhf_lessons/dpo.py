@@ -72,6 +72,7 @@ from __future__ import annotations
 import contextlib
 import math
 import time
+import warnings
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import asdict, dataclass, field, replace
 
@@ -310,6 +311,37 @@ def is_peft_model(model) -> bool:
     return isinstance(model, PeftModel)
 
 
+def add_lora(
+    model,
+    r: int = 8,
+    alpha: int = 16,
+    target_modules: Sequence[str] = ("q_proj", "v_proj"),
+    dropout: float = 0.0,
+    seed: int = 0,
+):
+    """Wrap ``model`` with a fresh LoRA adapter (peft): ``W x + (alpha / r) B A x`` on the
+    ``target_modules`` linear layers, B = 0 at the start (so the wrapped model computes exactly
+    what ``model`` does) and A random, drawn after seeding torch with ``seed``: two calls with
+    the same seed give the same adapter. Only A and B train; the base weights are frozen and,
+    with the adapter disabled, are the DPO reference (:func:`adapter_disabled`).
+
+    Defaults: rank 8 on the attention queries and values, as in Hu et al. 2021 (LoRA,
+    arXiv 2106.09685) and TRL's examples; no dropout, so log-probs are deterministic.
+    """
+    try:
+        from peft import LoraConfig, get_peft_model
+    except ImportError as err:  # pragma: no cover - peft ships with the [lm] extra
+        raise ImportError("add_lora needs peft: pip install 'rlhf-lessons[lm]'") from err
+    torch.manual_seed(seed)
+    config = LoraConfig(r=r, lora_alpha=alpha, target_modules=list(target_modules),
+                        lora_dropout=dropout, task_type="CAUSAL_LM")  # fmt: skip
+    with warnings.catch_warnings():  # peft calls a method transformers 5 deprecates
+        warnings.filterwarnings(
+            "ignore", message=".*is_gradient_checkpointing", category=FutureWarning
+        )
+        return get_peft_model(model, config)
+
+
 @contextlib.contextmanager
 def adapter_disabled(model) -> Iterator[nn.Module]:
     """Run a peft model as its base model: ``with adapter_disabled(policy) as ref: ...``.
@@ -394,6 +426,15 @@ def _check_lora_frozen(policy) -> None:
 
 
 # --- Training --------------------------------------------------------------------------------
+
+
+def pair_order(n: int, config: DPOConfig) -> list[torch.Tensor]:
+    """The order in which :func:`train_dpo` visits ``n`` pairs: one random permutation per
+    epoch from a generator seeded with ``config.seed``. Consecutive ``config.batch_size``
+    slices of each are the minibatches (:func:`rlhf_lessons.dpo_trl.train_with_trl` feeds TRL
+    the same order, so both trainers see the same minibatches)."""
+    generator = torch.Generator().manual_seed(config.seed)
+    return [torch.randperm(n, generator=generator) for _ in range(config.epochs)]
 
 
 def _pair_loss(cfg: DPOConfig, chosen, rejected, ref_chosen, ref_rejected):
@@ -513,7 +554,6 @@ def train_dpo(
         if cfg.max_steps is not None:
             total = min(total, cfg.max_steps)
         device = next(policy.parameters()).device
-        generator = torch.Generator().manual_seed(cfg.seed)
         elapsed, step = 0.0, 0
 
         def evaluate() -> None:
@@ -524,10 +564,10 @@ def train_dpo(
         if eval_every:
             evaluate()
         bar = progress(total=total, desc=cfg.loss.upper(), disable=not show_progress)
-        for epoch in range(cfg.epochs):
+        for epoch, order in enumerate(pair_order(n, cfg)):
             if step == total:
                 break
-            for idx in torch.randperm(n, generator=generator).split(cfg.batch_size):
+            for idx in order.split(cfg.batch_size):
                 if step == total:
                     break
                 t0 = time.perf_counter()

@@ -404,6 +404,19 @@ def ranked_to_pairs(record: Mapping[str, Any], where: str = "") -> list[Record]:
     ]
 
 
+def best_vs_worst(records: Iterable[Mapping[str, Any]]) -> list[Record]:
+    """One pair per ranked record: its best response as ``chosen``, its worst as ``rejected``
+    (ranks 0 and K - 1 of :func:`ranked_to_pairs`). The widest gap of each ranking, and
+    independent pairs: the usual way to turn rankings into a small DPO set (Zephyr's
+    UltraFeedback pairs take the best response and a random other one)."""
+    out = []
+    for i, record in enumerate(records):
+        worst = len(record.get("ranked_outputs") or []) - 1
+        pairs = ranked_to_pairs(record, f"records[{i}]")
+        out.append(next(p for p in pairs if p["chosen_rank"] == 0 and p["rejected_rank"] == worst))
+    return out
+
+
 def _find_cycle(nodes: Sequence[str], succ: Mapping[str, list[str]]) -> list[str] | None:
     """A cycle [a, b, ..., a] of the directed graph, or None (iterative depth-first search)."""
     state = dict.fromkeys(nodes, 0)  # 0 unseen, 1 on the current path, 2 finished

@@ -95,3 +95,18 @@ def test_evaluate_and_first_solved():
     assert always_left.shape == (3,) and (always_left < 20).all()
     assert first_solved([(10, 1.0, 100.0), (20, 2.0, 480.0), (30, 3.0, 500.0)]) == (20, 2.0)
     assert first_solved([(10, 1.0, 100.0)]) is None
+
+
+def test_lm_threads_is_one_in_a_parallel_test_worker_and_can_be_overridden(monkeypatch):
+    from rlhf_lessons.device import lm_threads
+
+    monkeypatch.delenv("RLHF_LESSONS_THREADS", raising=False)
+    monkeypatch.setenv("PYTEST_XDIST_WORKER", "gw1")
+    assert lm_threads() == 1
+    monkeypatch.delenv("PYTEST_XDIST_WORKER")
+    assert 1 <= lm_threads(2) <= 2
+    monkeypatch.setenv("RLHF_LESSONS_THREADS", "3")
+    assert lm_threads() == 3
+    monkeypatch.setenv("RLHF_LESSONS_THREADS", "two")
+    with pytest.raises(ValueError, match="RLHF_LESSONS_THREADS"):
+        lm_threads()

@@ -13,6 +13,7 @@ from rlhf_lessons.preferences import (
     label_studio_tasks,
     load_jsonl,
     pairs_to_ranked,
+    best_vs_worst,
     ranked_to_pairs,
     to_conversational,
     to_dataset,
@@ -488,3 +489,12 @@ def test_agreement_errors():
         agreement([["a", "b"], ["c", "d"]], [["a", "b"]])
     with pytest.raises(PreferenceDataError, match="appears twice"):
         agreement(["a", "a"], ["a", "a"])
+
+
+def test_best_vs_worst_takes_the_ends_of_each_ranking():
+    pairs = best_vs_worst([RANKED, {"prompt": "q", "ranked_outputs": ["good", "bad"]}])
+    assert [(p["chosen_rank"], p["rejected_rank"]) for p in pairs] == [(0, 2), (0, 1)]
+    assert pairs[0]["chosen"] == RANKED["ranked_outputs"][0]
+    assert pairs[0]["rejected"] == RANKED["ranked_outputs"][-1]
+    with pytest.raises(PreferenceDataError, match=r"records\[0\]"):
+        best_vs_worst([{"prompt": "q", "ranked_outputs": ["only one"]}])
