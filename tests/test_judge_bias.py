@@ -1,0 +1,160 @@
+import numpy as np
+import pytest
+
+from rlhf_lessons.course_data import load_preferences
+from rlhf_lessons.judge import PairwiseConfig, PairwiseResult
+from rlhf_lessons.judge_bias import (
+    PAPER_GPT4,
+    JudgedPair,
+    LengthJudge,
+    SwapRun,
+    best_worst_pairs,
+    bias_table,
+    few_shot_examples,
+    grading_metrics,
+    judge_both_orders,
+    position_metrics,
+    reference_pairs,
+    repetitive_list,
+    select_records,
+    sentences,
+    verbosity_metrics,
+    verbosity_pairs,
+)
+
+RECORDS = [
+    {"id": "x-2", "category": "factuality", "prompt": "p2", "ranked_outputs": ["a b", "c"]},
+    {
+        "id": "x-1",
+        "category": "factuality",
+        "prompt": "p1",
+        "ranked_outputs": ["best one", "middle", "worst one here"],
+    },  # fmt: skip
+    {
+        "id": "y-1",
+        "category": "helpfulness",
+        "prompt": "p3",
+        "ranked_outputs": ["good long answer", "bad"],
+    },  # fmt: skip
+]
+
+
+def fake_run(v1, v2, probs1=None, probs2=None):
+    pairs = [JudgedPair(str(i), "c", "p", "good", "bad") for i in range(len(v1))]
+    return SwapRun(pairs, PairwiseResult("text", v1, ["ok"] * len(v1), probs=probs1),
+                   PairwiseResult("text", v2, ["ok"] * len(v2), probs=probs2))  # fmt: skip
+
+
+def test_position_metrics_by_hand():
+    # pair 0: better both times; 1: "A" both times; 2: "B" both times; 3: unparsable, then tie
+    m = position_metrics(fake_run(["A", "A", "B", None], ["B", "A", "B", "tie"]))
+    assert m["pairs"] == 4
+    assert m["agreement"] == 4 / 8  # better picked in: pair 0 twice, pair 1 first, pair 2 second
+    assert m["agreement (decided)"] == pytest.approx(4 / 6)
+    assert m["first-position rate"] == 3 / 6
+    assert m["consistency"] == 1 / 4
+    assert m["biased to first"] == m["biased to second"] == m["error"] == 1 / 4
+    assert m["unparsable"] == 1 / 8
+    assert m["swap-and-agree agreement"] == 1 / 4 and m["swap-and-agree ties"] == 3 / 4
+    assert "mean p(better)" not in m
+    # a tie in both orders is consistent
+    assert position_metrics(fake_run(["tie"], ["tie"]))["consistency"] == 1.0
+
+
+def test_soft_metrics_and_swap_averaging():
+    # order 1 (better shown first): P(A) 0.6, P(B) 0.2 -> p_first 0.75 = p(better)
+    # order 2 (better shown second): P(A) 0.5, P(B) 0.3 -> p(better) = 1 - 0.625 = 0.375
+    p1 = np.array([[0.6, 0.2, 0.2]])
+    p2 = np.array([[0.5, 0.3, 0.2]])
+    m = position_metrics(fake_run(["A"], ["A"], p1, p2))
+    assert m["mean p(better)"] == pytest.approx((0.75 + 0.375) / 2)
+    assert m["swap-averaged agreement"] == 1.0  # (0.75 + 0.375) / 2 > 0.5
+    assert m["first-position rate"] == 1.0 and m["consistency"] == 0.0
+
+
+def test_an_always_a_judge_is_fully_position_biased():
+    class AlwaysA:
+        def compare(self, prompts, a, b, config=None, mode="text", references=None,
+                    few_shot=()):  # fmt: skip
+            return PairwiseResult("rule", ["A"] * len(a), ["ok"] * len(a))
+
+    pairs = best_worst_pairs(RECORDS)
+    m = position_metrics(judge_both_orders(AlwaysA(), pairs, mode="text"))
+    assert m["first-position rate"] == 1.0 and m["biased to first"] == 1.0
+    assert m["consistency"] == 0.0 and m["agreement"] == 0.5
+    assert m["swap-and-agree agreement"] == 0.0 and m["swap-and-agree ties"] == 1.0
+    v = verbosity_metrics(judge_both_orders(AlwaysA(), verbosity_pairs(RECORDS), mode="text"))
+    assert v["verbosity attack success"] == 0.5 and v["attack success, swap-and-agree"] == 0.0
+
+
+def test_length_judge_is_consistent_and_falls_for_padding():
+    run = judge_both_orders(LengthJudge(), best_worst_pairs(RECORDS), mode="text")
+    # shows the better answer first, then second
+    assert [r for r in run.first.verdicts] == ["A", "B", "A"]  # "worst one here" is longest
+    assert run.second.verdicts == ["B", "A", "B"]
+    m = position_metrics(run)
+    assert m["consistency"] == 1.0 and m["biased to first"] == 0.0
+    assert m["agreement"] == pytest.approx(2 / 3)
+    v = verbosity_metrics(judge_both_orders(LengthJudge(), verbosity_pairs(RECORDS)))
+    assert v["verbosity attack success"] == 1.0 and v["attack success, swap-and-agree"] == 1.0
+
+
+def test_pairs_from_records():
+    sel = select_records(RECORDS, 1)
+    assert [r["id"] for r in sel] == ["x-1", "y-1"]  # first by id in each category
+    pairs = best_worst_pairs(sel)
+    assert (pairs[0].better, pairs[0].worse) == ("best one", "worst one here")
+    refs = reference_pairs(RECORDS)
+    assert len(refs) == 1  # only the K = 3 record
+    assert (refs[0].better, refs[0].worse, refs[0].reference) == (
+        "middle", "worst one here", "best one")  # fmt: skip
+    with pytest.raises(ValueError, match="per_category"):
+        select_records(RECORDS, 0)
+    with pytest.raises(ValueError, match="needs pairs with a reference"):
+        judge_both_orders(LengthJudge(), pairs, use_reference=True)
+
+
+def test_repetitive_list_adds_no_new_content():
+    text = "No. Chocolate is toxic to dogs. Dark chocolate is the worst, so call a vet!"
+    assert sentences(text) == ["No.", "Chocolate is toxic to dogs.",
+                               "Dark chocolate is the worst, so call a vet!"]  # fmt: skip
+    padded = repetitive_list(text)
+    assert padded.startswith(text) and len(padded) > 1.5 * len(text)
+    assert "1. In other words, Chocolate is toxic to dogs." in padded
+    assert "2. To put it another way, Dark chocolate" in padded and "No. No." not in padded
+    restate = set("In other words, To put it another way, Put simply, That is, Key points:".split())
+    assert set(padded.split()) - set(text.split()) <= restate | {"1.", "2."}
+    assert repetitive_list("Yes.") == "Yes.\n\nKey points:\n1. In other words, Yes."
+    pairs = verbosity_pairs(RECORDS)
+    assert pairs[0].better == "a b" and pairs[0].worse == repetitive_list("a b")
+
+
+def test_few_shot_examples_alternate_positions():
+    shots = few_shot_examples(load_preferences("train"))
+    assert [reply for _, reply in shots] == ["[[A]]", "[[B]]"]
+    train = {r["prompt"]: r for r in load_preferences("train")}
+    for (user, _), slot in zip(shots, ("A", "B"), strict=True):
+        prompt = user.split("Question: ")[1].split("\n\n")[0]
+        best = train[prompt]["ranked_outputs"][0]
+        assert f"Answer {slot}: {best}" in user
+    custom = PairwiseConfig(verdicts=("<A>", "<B>", "<C>"))
+    assert [r for _, r in few_shot_examples(RECORDS, custom)] == ["<A>", "<B>"]
+    with pytest.raises(ValueError, match="no record of category 'refusal'"):
+        few_shot_examples(RECORDS, categories=("refusal",))
+
+
+def test_grading_metrics_by_hand():
+    m = grading_metrics([4, 3, np.nan, 2], [1, 3, 2, 5])
+    assert m["agreement"] == 1 / 4 and m["ties"] == 1 / 4 and m["error"] == 1 / 4
+    assert m["agreement (decided)"] == 1 / 2  # of the two valid non-tied pairs, one is right
+    with pytest.raises(ValueError, match="equal-length"):
+        grading_metrics([1, 2], [1])
+
+
+def test_bias_table_has_the_paper_row():
+    table = bias_table({"ours": {"consistency": 0.4, "agreement": 0.5}},
+                       columns=["agreement", "consistency"])  # fmt: skip
+    assert list(table.columns) == ["agreement", "consistency"]
+    assert table.loc["GPT-4, MT-Bench paper", "consistency"] == PAPER_GPT4["consistency"]
+    assert table.loc["GPT-4, MT-Bench paper, few-shot", "consistency"] == 0.775
+    assert np.isnan(table.loc["GPT-4, MT-Bench paper", "agreement"])
