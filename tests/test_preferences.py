@@ -8,12 +8,12 @@ import pytest
 from rlhf_lessons.preferences import (
     PreferenceDataError,
     agreement,
+    best_vs_worst,
     from_dataset,
     import_label_studio,
     label_studio_tasks,
     load_jsonl,
     pairs_to_ranked,
-    best_vs_worst,
     ranked_to_pairs,
     to_conversational,
     to_dataset,
