@@ -7,8 +7,8 @@ preference data (each ranking's best and worst response, chat template), ``--pai
 minibatches of ``--batch`` pairs, one epoch, beta 0.1, Adam(W) at 1e-3 with no weight decay,
 fp32, dropout off, no gradient checkpointing, the same number of torch threads. TRL gets the
 same minibatches in the same order (``rlhf_lessons.dpo_trl``); both take the reference from
-the base model with the adapter disabled and compute its log-probs once before training (TRL's
-``precompute_ref_log_probs=True``; our trainer always does). The two loss curves are printed
+the base model with the adapter disabled and compute its log-probs once before training, in
+minibatches of the same size (TRL's ``precompute_ref_log_probs=True``; our trainer always does). The two loss curves are printed
 side by side as a check that both did the same work.
 
 Measured per run, each in a fresh Python process (so neither inherits the other's memory):
@@ -73,8 +73,11 @@ def run_one(impl: str, n_pairs: int, batch: int, threads: int) -> dict:
     torch.set_num_threads(threads)
     model, tok = load_causal_lm()
     pairs = [to_conversational(p) for p in best_vs_worst(load_preferences("train"))][:n_pairs]
+    # the reference pass runs on minibatches of the same size too (TRL's precompute batch is
+    # per_device_train_batch_size)
     config = DPOConfig.dpo(beta=0.1, lr=1e-3, batch_size=batch, epochs=1, max_prompt_length=None,
-                           max_completion_length=None, threads=None)  # fmt: skip
+                           max_completion_length=None, threads=None,
+                           ref_chunk_size=2 * batch)  # fmt: skip
     tokens = int(tokenize_preferences(tok, pairs, None, None).attention_mask.sum())
     policy = add_lora(model, r=8, alpha=16, seed=0)
     _reset_peak()

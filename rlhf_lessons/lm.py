@@ -130,7 +130,7 @@ def position_ids(attention_mask: torch.Tensor) -> torch.Tensor:
 def next_token_logits(model, batch: Batch, temperature: float = 1.0) -> torch.Tensor:
     """Logits aligned with the tokens they predict: ``out[:, t]`` scores ``input_ids[:, t]``
     given the tokens before it. Shape (B, T, V); ``out[:, 0]`` is zero (no context)."""
-    return _aligned_forward(model, batch, temperature)[0]
+    return F.pad(_aligned_forward(model, batch, temperature)[0], (0, 0, 1, 0))
 
 
 def next_token_logits_at(
@@ -154,8 +154,9 @@ def next_token_logits_at(
 
 
 def _aligned_forward(model, batch: Batch, temperature: float, hidden: bool = False):
-    """One forward pass; ``(logits, out)`` with the logits shifted one step right (so column t
-    scores token t), divided by the temperature, zero at t = 0; ``out`` is the model output."""
+    """One forward pass; ``(logits, out)`` with ``logits[:, t]`` (B, T - 1, V) the float logits
+    that score token ``t + 1``, divided by the temperature; ``out`` is the model output. No copy
+    of the (B, T, V) logits is made at temperature 1: callers pad their (B, T - 1) results."""
     if temperature <= 0:
         raise ValueError(f"temperature must be > 0, got {temperature}")
     out = model(
@@ -164,7 +165,8 @@ def _aligned_forward(model, batch: Batch, temperature: float, hidden: bool = Fal
         position_ids=position_ids(batch.attention_mask),
         output_hidden_states=hidden,
     )
-    return F.pad(out.logits[:, :-1].float() / temperature, (0, 0, 1, 0)), out
+    logits = out.logits[:, :-1].float()
+    return (logits if temperature == 1.0 else logits / temperature), out
 
 
 def token_logprobs(model, batch: Batch, temperature: float = 1.0) -> torch.Tensor:
@@ -173,10 +175,9 @@ def token_logprobs(model, batch: Batch, temperature: float = 1.0) -> torch.Tenso
     ``out[b, t] = log softmax(logits_{t-1} / temperature)[input_ids[b, t]]``, 0 at t = 0.
     Multiply by ``batch.completion_mask`` to keep the completion's tokens.
     """
-    logits = next_token_logits(model, batch, temperature)
-    logp = torch.log_softmax(logits, dim=-1).gather(-1, batch.input_ids.unsqueeze(-1)).squeeze(-1)
-    logp[:, 0] = 0.0
-    return logp
+    logits, _ = _aligned_forward(model, batch, temperature)
+    logp = torch.log_softmax(logits, dim=-1).gather(-1, batch.input_ids[:, 1:, None]).squeeze(-1)
+    return F.pad(logp, (1, 0))
 
 
 def token_logprobs_and_states(
@@ -194,9 +195,8 @@ def token_logprobs_and_states(
     states = F.pad(out.hidden_states[-1][:, :-1], (0, 0, 1, 0))
     log_probs = torch.log_softmax(logits, dim=-1)
     entropy = -(log_probs.exp() * log_probs).sum(-1)
-    logp = log_probs.gather(-1, batch.input_ids.unsqueeze(-1)).squeeze(-1)
-    logp[:, 0] = 0.0
-    return logp, states, entropy
+    logp = log_probs.gather(-1, batch.input_ids[:, 1:, None]).squeeze(-1)
+    return F.pad(logp, (1, 0)), states, F.pad(entropy, (1, 0))
 
 
 def sequence_logprobs(
