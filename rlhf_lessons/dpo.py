@@ -113,7 +113,7 @@ class DPOConfig:
     max_prompt_length: int | None = 32  # tokens; longer prompts lose their start [512]
     max_completion_length: int | None = 32  # tokens, EOS included; longer ones lose the end
     add_eos: bool = True  # append EOS to each completion, so the model learns to stop
-    ref_chunk_size: int = 64  # rows per reference forward pass (precompute, no_grad)
+    ref_chunk_size: int | None = None  # rows per reference pass (None: rows_per_pass)
     threads: int | None = 1  # torch threads while training (None: leave as is)
     seed: int = 0
 
@@ -137,9 +137,13 @@ class DPOConfig:
             )
         if not self.lr > 0:
             raise ValueError(f"DPOConfig.lr must be > 0, got {self.lr}")
-        for name in ("epochs", "batch_size", "ref_chunk_size"):
+        for name in ("epochs", "batch_size"):
             if getattr(self, name) < 1:
                 raise ValueError(f"DPOConfig.{name} must be >= 1, got {getattr(self, name)}")
+        if self.ref_chunk_size is not None and self.ref_chunk_size < 1:
+            raise ValueError(
+                f"DPOConfig.ref_chunk_size must be >= 1 or None, got {self.ref_chunk_size}"
+            )
         if self.max_steps is not None and self.max_steps < 1:
             raise ValueError(f"DPOConfig.max_steps must be >= 1 or None, got {self.max_steps}")
         if self.warmup_steps < 0 or self.max_grad_norm <= 0:
@@ -360,33 +364,54 @@ def adapter_disabled(model) -> Iterator[nn.Module]:
         yield model
 
 
+LOGITS_BUDGET = 2**25  # logits (rows x T x V floats, 128 MiB in fp32) per no-grad forward pass
+
+
+def rows_per_pass(model, batch: Batch, limit: int = 64) -> int:
+    """How many rows of ``batch`` one no-grad forward pass should take: as many as keep their
+    (rows, T, V) logits within :data:`LOGITS_BUDGET` floats, at most ``limit``.
+
+    The log-softmax over the vocabulary is memory-bound: SmolLM2 (V = 49152, T ~ 130) runs
+    twice as fast on a CPU in chunks of 4-16 rows as in chunks of 64, while the review model
+    (V = 459) is fastest in large chunks. The budget gives each its own.
+    """
+    head = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
+    vocab = head.weight.shape[0] if head is not None else model.config.vocab_size
+    width = int(batch.attention_mask.sum(-1).max()) if len(batch) else 1
+    return max(1, min(limit, LOGITS_BUDGET // (width * vocab)))
+
+
 @torch.no_grad()
 def precompute_reference_logps(
     ref_model,
     batch: Batch,
-    chunk_size: int = 64,
+    chunk_size: int | None = None,
     disable_adapter: bool = False,
     threads: int | None = None,
 ) -> ReferenceLogps:
     """The reference's sequence log-probs of every row of ``batch``, computed once.
 
-    Runs ``ref_model`` over ``chunk_size`` rows at a time in eval mode under ``no_grad`` (no
-    activations are kept for a backward pass), and reduces each row's completion-token
-    log-probs to their sum and their mean (:func:`rlhf_lessons.lm.sequence_logprobs`). The
-    model's train/eval mode is restored afterwards.
+    Runs ``ref_model`` over ``chunk_size`` rows at a time (default :func:`rows_per_pass`) in
+    eval mode under ``no_grad`` (no activations are kept for a backward pass), and reduces each
+    row's completion-token log-probs to their sum and their mean
+    (:func:`rlhf_lessons.lm.sequence_logprobs`). The chunks hold rows of similar length
+    (sorted by length, so little of each forward pass is padding); the results come back in
+    the batch's row order. The model's train/eval mode is restored afterwards.
 
     Args:
         ref_model: the frozen reference, a causal LM; or a peft model with
             ``disable_adapter=True`` (its base model is the reference, see
             :func:`adapter_disabled`).
         batch: prompt + completion rows (e.g. from :func:`tokenize_preferences`).
-        chunk_size: rows per forward pass; bounds the memory.
+        chunk_size: rows per forward pass; bounds the memory (None: :func:`rows_per_pass`).
         disable_adapter: bypass the peft adapters of ``ref_model`` while computing.
         threads: torch threads meanwhile (``None``: leave as is).
 
     Returns:
         :class:`ReferenceLogps` with ``sum`` and ``mean`` (B,) on the CPU, and ``seconds``.
     """
+    if chunk_size is None:
+        chunk_size = rows_per_pass(ref_model, batch)
     if chunk_size < 1:
         raise ValueError(f"chunk_size must be >= 1, got {chunk_size}")
     start = time.perf_counter()
@@ -394,17 +419,21 @@ def precompute_reference_logps(
     ref_model.eval()
     device = next(ref_model.parameters()).device
     sums, means = [], []
+    by_length = torch.argsort(batch.attention_mask.sum(-1), stable=True)
     context = adapter_disabled(ref_model) if disable_adapter else contextlib.nullcontext()
     try:
         with context, torch_threads(threads) if threads else contextlib.nullcontext():
             for i in range(0, len(batch), chunk_size):
-                rows = _trim(batch.rows(slice(i, i + chunk_size))).to(device)
+                rows = _trim(batch.rows(by_length[i : i + chunk_size])).to(device)
                 logp = token_logprobs(ref_model, rows)
                 sums.append(sequence_logprobs(logp, rows.completion_mask).cpu())
                 means.append(sequence_logprobs(logp, rows.completion_mask, average=True).cpu())
     finally:
         ref_model.train(was_training)
-    return ReferenceLogps(torch.cat(sums), torch.cat(means), time.perf_counter() - start)
+    back = torch.argsort(by_length)  # sorted position of each row: back to the batch's order
+    return ReferenceLogps(
+        torch.cat(sums)[back], torch.cat(means)[back], time.perf_counter() - start
+    )
 
 
 def _check_lora_frozen(policy) -> None:
@@ -622,7 +651,7 @@ def implicit_reward_accuracy(
     beta: float = 0.1,
     average: bool = False,
     config: DPOConfig | None = None,
-    chunk_size: int = 64,
+    chunk_size: int | None = None,
     max_prompt_length: int | None = 32,
     max_completion_length: int | None = 32,
     threads: int | None = 1,
@@ -646,9 +675,10 @@ def implicit_reward_accuracy(
             lengths; or ``None`` for a reference-free reward.
         beta: the reward scale (it changes the margin, not the accuracy).
         average: use per-token mean log-probs (SimPO, and IPO as TRL) instead of sums.
-        config: take ``beta``, ``average`` and the lengths from a :class:`DPOConfig` instead
-            (and no reference for SimPO).
-        chunk_size: rows per forward pass.
+        config: take ``beta``, ``average``, the lengths and ``threads`` from a
+            :class:`DPOConfig` instead (and no reference for SimPO).
+        chunk_size: rows per forward pass (None: :func:`rows_per_pass`).
+        threads: torch threads meanwhile (``None``: leave as is).
 
     Returns:
         dict: ``accuracy`` (ties 1/2), ``ties`` (fraction of pairs with equal rewards),
@@ -659,6 +689,7 @@ def implicit_reward_accuracy(
         beta, average = config.beta, config.average_logps
         max_prompt_length = config.max_prompt_length
         max_completion_length = config.max_completion_length
+        threads = config.threads
         if not config.needs_reference:
             reference = None
     if not (isinstance(beta, int | float) and beta > 0):

@@ -109,6 +109,40 @@ def test_precomputed_reference_logps_equal_on_the_fly_ones(tiny_lm):
     assert (ref.sum < 0).all()
 
 
+def test_implicit_reward_accuracy_takes_its_threads_from_the_config(tiny_lm, monkeypatch):
+    """A config's ``threads`` (None: leave torch's setting alone, as the SmolLM2 lessons use
+    it) reaches every reference pass; without a config the default is 1."""
+    import rlhf_lessons.dpo as dpo
+
+    seen, real = [], dpo.precompute_reference_logps
+
+    def spy(*args, threads=None, **kwargs):
+        seen.append(threads)
+        return real(*args, threads=threads, **kwargs)
+
+    monkeypatch.setattr(dpo, "precompute_reference_logps", spy)
+    model, tok = tiny_lm
+    implicit_reward_accuracy(model, tok, PAIRS, model, config=DPOConfig(threads=None))
+    implicit_reward_accuracy(model, tok, PAIRS, model, config=DPOConfig(threads=2))
+    implicit_reward_accuracy(model, tok, PAIRS, model)
+    assert seen == [None, None, 2, 2, 1, 1]  # policy then reference, per call
+
+
+def test_rows_per_pass_keeps_the_logits_within_the_budget(tiny_lm):
+    from rlhf_lessons.dpo import LOGITS_BUDGET, rows_per_pass
+
+    model, tok = tiny_lm
+    batch = tokenize_preferences(tok, PAIRS)
+    width, vocab = int(batch.attention_mask.sum(-1).max()), model.config.vocab_size
+    assert rows_per_pass(model, batch, limit=10**9) == LOGITS_BUDGET // (width * vocab)
+    assert rows_per_pass(model, batch) == 64  # a tiny vocabulary: the limit binds
+
+    class HugeVocab:  # a 20M-token vocabulary: one row per pass, never zero
+        config = type("Config", (), {"vocab_size": 20_000_000})()
+
+    assert rows_per_pass(HugeVocab(), batch) == 1
+
+
 class CountingLM(torch.nn.Module):
     """A causal LM that counts its forward passes."""
 
