@@ -25,7 +25,7 @@ lint: $(STAMP)
 # one worker). The models are prepared first, so the workers never train or convert them twice.
 WORKERS ?= 2
 unit: models
-	$(PY) -m pytest -n $(WORKERS) --dist loadfile --durations=15 --nbval-lax --nbval-current-env tests notebooks
+	$(PY) -m pytest -n $(WORKERS) --dist loadfile --durations=15 --nbval-lax --nbval-current-env notebooks tests
 
 venv: $(STAMP)
 
