@@ -6,6 +6,7 @@ import json
 
 import pytest
 import torch
+from toy_sft import DATA
 
 from rlhf_lessons import pipeline as pl
 from rlhf_lessons import self_rewarding as sr
@@ -15,12 +16,6 @@ from rlhf_lessons.spin import SPINConfig
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
-DATA = [
-    {"prompt": "the movie was ", "completion": "very good"},
-    {"prompt": "the plot is ", "completion": "great and good"},
-    {"prompt": "the acting was ", "completion": "not bad"},
-    {"prompt": "a film ", "completion": "was great"},
-]
 PROMPTS = ["the movie was ", "the plot is ", "the film ", "a movie "]
 SAMPLE = sr.SelfRewardConfig(n_candidates=3, max_new_tokens=5, batch_size=16)
 DPO = DPOConfig(lr=5e-3, batch_size=2, epochs=2)

@@ -7,6 +7,7 @@ import math
 import pytest
 import torch
 import torch.nn.functional as F
+from toy_sft import DATA
 
 from rlhf_lessons import spin
 from rlhf_lessons.dpo import DPOConfig
@@ -14,13 +15,6 @@ from rlhf_lessons.dpo_losses import dpo_loss
 from rlhf_lessons.lm import Generation, sequence_logprobs, token_logprobs, tokenize_pairs
 
 pytestmark = pytest.mark.usefixtures("one_thread")
-
-DATA = [
-    {"prompt": "the movie was ", "completion": "very good"},
-    {"prompt": "the plot is ", "completion": "great and good"},
-    {"prompt": "the acting was ", "completion": "not bad"},
-    {"prompt": "a film ", "completion": "was great"},
-]
 
 
 def spin_loss_reference(lp_real, lp_real_ref, lp_gen, lp_gen_ref, lam=0.1):
