@@ -1,4 +1,4 @@
-"""Time to solve CartPole-v1: our PPO (``rlhf_lessons.ppo``) against stable-baselines3's PPO.
+"""Time to solve CartPole-v1: our PPO (``rlhf_lessons.rl.ppo``) against stable-baselines3's PPO.
 
 Both sides use rl-baselines3-zoo's tuned CartPole-v1 hyperparameters (``hyperparams/ppo.yml``):
 8 envs x 32 steps, one minibatch of 256, 20 epochs, gamma 0.98, GAE lambda 0.8, learning rate
@@ -8,7 +8,7 @@ same value-loss weight (SB3: 0.5 * MSE; ours: vf_coef 1.0 * 0.5 * MSE).
 "Solved" is defined the same way for both. Every 2048 env steps (checked after an iteration's
 PPO update, once the step count has crossed the next multiple of 2048; 256 steps per iteration
 on both sides, so the evaluation points coincide) the greedy policy plays the 10 episodes of
-:func:`rlhf_lessons.cartpole.evaluate` (same evaluation seeds for both); the run is solved at
+:func:`rlhf_lessons.rl.cartpole.evaluate` (same evaluation seeds for both); the run is solved at
 the first point where their mean return is >= 475. Each run stops there, or at the budget.
 
 Time to solve = training wall-clock seconds up to that point, evaluation time excluded, and the
@@ -42,8 +42,8 @@ from stable_baselines3 import PPO
 from stable_baselines3.common.callbacks import BaseCallback
 from stable_baselines3.common.env_util import make_vec_env
 
-from rlhf_lessons.cartpole import ENV_ID, SOLVED_RETURN, evaluate, first_solved
-from rlhf_lessons.ppo import PPOConfig, train_ppo
+from rlhf_lessons.rl.cartpole import ENV_ID, SOLVED_RETURN, evaluate, first_solved
+from rlhf_lessons.rl.ppo import PPOConfig, train_ppo
 
 EVAL_EVERY = 2048  # env steps between greedy evaluations (both sides)
 EVAL_EPISODES = 10

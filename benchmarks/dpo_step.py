@@ -1,4 +1,4 @@
-"""DPO training speed and memory: our trainer (``rlhf_lessons.dpo.train_dpo``) against TRL's
+"""DPO training speed and memory: our trainer (``rlhf_lessons.alignment.dpo.train_dpo``) against TRL's
 ``DPOTrainer``, on the same model, LoRA adapter, pairs, batches and sequence lengths.
 
 Setting: SmolLM2-135M-Instruct (the course's offline model), a rank-8 LoRA adapter on the
@@ -6,7 +6,7 @@ attention queries and values (same seed, so the same initial weights), the cours
 preference data (each ranking's best and worst response, chat template), ``--pairs`` pairs in
 minibatches of ``--batch`` pairs, one epoch, beta 0.1, Adam(W) at 1e-3 with no weight decay,
 fp32, dropout off, no gradient checkpointing, the same number of torch threads. TRL gets the
-same minibatches in the same order (``rlhf_lessons.dpo_trl``); both take the reference from
+same minibatches in the same order (``rlhf_lessons.trl_runs.dpo``); both take the reference from
 the base model with the adapter disabled and compute its log-probs once before training, in
 minibatches of the same size (TRL's ``precompute_ref_log_probs=True``; our trainer always does). The two loss curves are printed
 side by side as a check that both did the same work.
@@ -63,11 +63,11 @@ def run_one(impl: str, n_pairs: int, batch: int, threads: int) -> dict:
     """Train once with ``impl`` ("ours" or "trl") in this process and measure it."""
     import torch
 
-    from rlhf_lessons.course_data import load_preferences
-    from rlhf_lessons.dpo import DPOConfig, add_lora, tokenize_preferences, train_dpo
-    from rlhf_lessons.dpo_trl import train_with_trl
+    from rlhf_lessons.alignment.dpo import DPOConfig, add_lora, tokenize_preferences, train_dpo
+    from rlhf_lessons.course.data import load_preferences
     from rlhf_lessons.models import load_causal_lm
-    from rlhf_lessons.preferences import best_vs_worst, to_conversational
+    from rlhf_lessons.rewards.preference_data import best_vs_worst, to_conversational
+    from rlhf_lessons.trl_runs.dpo import train_with_trl
 
     warnings.simplefilter("ignore")
     torch.set_num_threads(threads)

@@ -5,9 +5,9 @@ these functions, plot, and assert the lesson's claim. Submodules are imported on
 ``import rlhf_lessons`` stays cheap (the language-model parts pull in transformers).
 """
 
-from rlhf_lessons.budget import fast_mode, pick
-from rlhf_lessons.device import get_device, torch_threads
-from rlhf_lessons.seeding import seed_everything
+from rlhf_lessons.course.budget import fast_mode, pick
+from rlhf_lessons.course.device import get_device, torch_threads
+from rlhf_lessons.course.seeding import seed_everything
 
 __version__ = "0.1.0"
 

@@ -19,11 +19,11 @@ def _cartpole(args: argparse.Namespace) -> int:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from rlhf_lessons.cartpole import SOLVED_RETURN
-    from rlhf_lessons.plotting import moving_average, plot_seeds, save_figure
-    from rlhf_lessons.ppo import PPOConfig
-    from rlhf_lessons.reinforce import ReinforceConfig
-    from rlhf_lessons.runs import run_seeds
+    from rlhf_lessons.course.plotting import moving_average, plot_seeds, save_figure
+    from rlhf_lessons.rl.cartpole import SOLVED_RETURN
+    from rlhf_lessons.rl.ppo import PPOConfig
+    from rlhf_lessons.rl.reinforce import ReinforceConfig
+    from rlhf_lessons.rl.runs import run_seeds
 
     seeds = args.seeds if args.seeds else [args.seed]
     if args.algo == "reinforce":
@@ -57,7 +57,7 @@ def _cartpole(args: argparse.Namespace) -> int:
 
 
 def _lessons(args: argparse.Namespace) -> int:
-    from rlhf_lessons.lesson_runner import run_lessons
+    from rlhf_lessons.course.lesson_runner import run_lessons
 
     reports = run_lessons(Path(args.notebooks), Path(args.build), args.only)
     return 0 if all(r.checkpoint == "passed" for r in reports) else 1
@@ -65,7 +65,7 @@ def _lessons(args: argparse.Namespace) -> int:
 
 def _prepare_models(args: argparse.Namespace) -> int:
     from rlhf_lessons.models import minilm_path, smollm2_path
-    from rlhf_lessons.tiny_lm import sft_model_path
+    from rlhf_lessons.review_world.tiny_lm import sft_model_path
 
     print(f"SmolLM2-135M-Instruct: {smollm2_path(refresh=args.refresh)}")
     print(f"all-MiniLM-L6-v2:      {minilm_path()}")

@@ -19,7 +19,7 @@ import importlib.util
 import os
 from pathlib import Path
 
-from rlhf_lessons.cache import cache_dir, save_folder_atomically
+from rlhf_lessons.course.cache import cache_dir, save_folder_atomically
 
 SMOLLM2 = "smollm2"
 MINILM = "minilm"
@@ -98,7 +98,7 @@ def load_causal_lm(name_or_path: str | os.PathLike = SMOLLM2, device=None, dtype
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from rlhf_lessons.device import get_device
+    from rlhf_lessons.course.device import get_device
 
     path = resolve(name_or_path)
     tok = AutoTokenizer.from_pretrained(path)
@@ -113,7 +113,7 @@ def load_encoder(name_or_path: str | os.PathLike = MINILM, device=None):
     """Load ``(model, tokenizer)`` of an encoder (``AutoModel``); default all-MiniLM-L6-v2."""
     from transformers import AutoModel, AutoTokenizer
 
-    from rlhf_lessons.device import get_device
+    from rlhf_lessons.course.device import get_device
 
     path = resolve(name_or_path)
     tok = AutoTokenizer.from_pretrained(path)

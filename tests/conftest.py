@@ -35,7 +35,7 @@ def word_tokenizer():
 def one_thread():
     """One torch thread for a module (use with ``pytestmark``): small models gain nothing from
     two, and on a busy 2-core machine a second thread stalls every operation."""
-    from rlhf_lessons.device import torch_threads
+    from rlhf_lessons.course.device import torch_threads
 
     with torch_threads(1):
         yield

@@ -1,7 +1,7 @@
 import pytest
 import torch
 
-from rlhf_lessons.advantages import gae, normalize, reward_to_go
+from rlhf_lessons.rl.advantages import gae, normalize, reward_to_go
 
 
 def test_reward_to_go_hand_computed():

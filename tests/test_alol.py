@@ -6,7 +6,7 @@ import copy
 import pytest
 import torch
 
-from rlhf_lessons.alol import (
+from rlhf_lessons.alignment.alol import (
     ALoLConfig,
     BatchSampler,
     OfflineDataset,
@@ -241,10 +241,10 @@ def test_train_alol_refuses_advantage_methods_without_a_value(tiny_lm):
 
 @pytest.mark.slow
 def test_a_lol_beats_nll_on_the_true_reward_in_the_review_world():
-    from rlhf_lessons.alignment_eval import evaluate_policy
-    from rlhf_lessons.alol import fit_reference_value
-    from rlhf_lessons.review_corpus import prompts
-    from rlhf_lessons.tiny_lm import load_sft_model
+    from rlhf_lessons.alignment.alol import fit_reference_value
+    from rlhf_lessons.review_world.evaluation import evaluate_policy
+    from rlhf_lessons.review_world.grammar import prompts
+    from rlhf_lessons.review_world.tiny_lm import load_sft_model
 
     sft, tok = load_sft_model(show_progress=False)
     data = build_offline_dataset(sft, tok, prompts(300, seed=21), k=2, seed=0)

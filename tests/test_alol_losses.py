@@ -6,7 +6,7 @@ import math
 import pytest
 import torch
 
-from rlhf_lessons.alol_losses import (
+from rlhf_lessons.alignment.alol_losses import (
     ADVANTAGE_METHODS,
     METHODS,
     a_lol_kl_loss,

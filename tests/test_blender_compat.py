@@ -5,7 +5,7 @@ import json
 import pytest
 import torch
 
-from rlhf_lessons import blender_compat as bc
+from rlhf_lessons.rewards import blender_compat as bc
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -81,7 +81,7 @@ def test_checkpoint_config_nulls_machine_fields_and_checks_required_ones():
 
 
 def test_checkpoint_round_trip_through_blender_loadranker(tiny_backbone, tmp_path):
-    from rlhf_lessons.pair_ranker import build_pair_ranker, load_blender, save_pair_ranker
+    from rlhf_lessons.rewards.pairrm import build_pair_ranker, load_blender, save_pair_ranker
 
     bundle = build_pair_ranker(tiny_backbone, source_maxlength=16, candidate_maxlength=16, seed=3)
     folder = save_pair_ranker(bundle, tmp_path / "ckpt")

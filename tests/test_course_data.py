@@ -2,8 +2,8 @@ from collections import Counter
 
 import pytest
 
-from rlhf_lessons.course_data import load_preferences, make_preference_split
-from rlhf_lessons.preferences import ranked_to_pairs
+from rlhf_lessons.course.data import load_preferences, make_preference_split
+from rlhf_lessons.rewards.preference_data import ranked_to_pairs
 
 
 def test_committed_split_is_the_derived_one():

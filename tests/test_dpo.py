@@ -8,7 +8,7 @@ import math
 import pytest
 import torch
 
-from rlhf_lessons.dpo import (
+from rlhf_lessons.alignment.dpo import (
     DPOConfig,
     ReferenceLogps,
     adapter_disabled,
@@ -18,9 +18,9 @@ from rlhf_lessons.dpo import (
     tokenize_preferences,
     train_dpo,
 )
-from rlhf_lessons.dpo_losses import simpo_loss
+from rlhf_lessons.alignment.dpo_losses import simpo_loss
 from rlhf_lessons.lm import sequence_logprobs, token_logprobs
-from rlhf_lessons.preferences import PreferenceDataError
+from rlhf_lessons.rewards.preference_data import PreferenceDataError
 
 PAIRS = [
     {"prompt": "the movie was ", "chosen": "great", "rejected": "awful"},
@@ -112,7 +112,7 @@ def test_precomputed_reference_logps_equal_on_the_fly_ones(tiny_lm):
 def test_implicit_reward_accuracy_takes_its_threads_from_the_config(tiny_lm, monkeypatch):
     """A config's ``threads`` (None: leave torch's setting alone, as the SmolLM2 lessons use
     it) reaches every reference pass; without a config the default is 1."""
-    import rlhf_lessons.dpo as dpo
+    import rlhf_lessons.alignment.dpo as dpo
 
     seen, real = [], dpo.precompute_reference_logps
 
@@ -129,7 +129,7 @@ def test_implicit_reward_accuracy_takes_its_threads_from_the_config(tiny_lm, mon
 
 
 def test_rows_per_pass_keeps_the_logits_within_the_budget(tiny_lm):
-    from rlhf_lessons.dpo import LOGITS_BUDGET, rows_per_pass
+    from rlhf_lessons.alignment.dpo import LOGITS_BUDGET, rows_per_pass
 
     model, tok = tiny_lm
     batch = tokenize_preferences(tok, PAIRS)
@@ -379,12 +379,12 @@ def test_dpo_raises_the_true_reward_of_the_review_model():
     The SFT model scores 0.075 +- 0.10 on the held-out prompts; DPO (beta 0.5) reached
     0.37-0.42 at KL 1.1-1.3 over training seeds 0-2, and its implicit reward ranked 73-75% of
     held-out pairs right."""
-    from rlhf_lessons.alignment_eval import evaluate_policy
-    from rlhf_lessons.device import torch_threads
-    from rlhf_lessons.preferences import ranked_to_pairs
-    from rlhf_lessons.review_corpus import prompts
-    from rlhf_lessons.review_preferences import sample_ranked_completions
-    from rlhf_lessons.tiny_lm import load_sft_model
+    from rlhf_lessons.course.device import torch_threads
+    from rlhf_lessons.review_world.evaluation import evaluate_policy
+    from rlhf_lessons.review_world.grammar import prompts
+    from rlhf_lessons.review_world.preferences import sample_ranked_completions
+    from rlhf_lessons.review_world.tiny_lm import load_sft_model
+    from rlhf_lessons.rewards.preference_data import ranked_to_pairs
 
     sft, tok = load_sft_model()
     sft.eval()

@@ -8,10 +8,14 @@ import torch
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
-from rlhf_lessons import budget, device, seeding  # noqa: E402
-from rlhf_lessons.cartpole import evaluate, first_solved  # noqa: E402
-from rlhf_lessons.plotting import moving_average, on_grid, plot_seeds, save_figure  # noqa: E402
-from rlhf_lessons.progress import progress  # noqa: E402
+from rlhf_lessons.course import (
+    budget,
+    device,
+    seeding,  # noqa: E402
+)
+from rlhf_lessons.course.plotting import moving_average, on_grid, plot_seeds, save_figure  # noqa: E402
+from rlhf_lessons.course.progress import progress  # noqa: E402
+from rlhf_lessons.rl.cartpole import evaluate, first_solved  # noqa: E402
 
 
 def test_seed_everything_repeats_all_generators():
@@ -98,7 +102,7 @@ def test_evaluate_and_first_solved():
 
 
 def test_lm_threads_is_one_in_a_parallel_test_worker_and_can_be_overridden(monkeypatch):
-    from rlhf_lessons.device import lm_threads
+    from rlhf_lessons.course.device import lm_threads
 
     monkeypatch.delenv("RLHF_LESSONS_THREADS", raising=False)
     monkeypatch.setenv("PYTEST_XDIST_WORKER", "gw1")

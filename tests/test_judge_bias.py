@@ -1,9 +1,8 @@
 import numpy as np
 import pytest
 
-from rlhf_lessons.course_data import load_preferences
-from rlhf_lessons.judge import PairwiseConfig, PairwiseResult
-from rlhf_lessons.judge_bias import (
+from rlhf_lessons.course.data import load_preferences
+from rlhf_lessons.judges.judge_bias import (
     PAPER_GPT4,
     JudgedPair,
     LengthJudge,
@@ -21,6 +20,7 @@ from rlhf_lessons.judge_bias import (
     verbosity_metrics,
     verbosity_pairs,
 )
+from rlhf_lessons.judges.llm_judge import PairwiseConfig, PairwiseResult
 
 RECORDS = [
     {"id": "x-2", "category": "factuality", "prompt": "p2", "ranked_outputs": ["a b", "c"]},

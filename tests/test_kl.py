@@ -3,7 +3,7 @@ import math
 import pytest
 import torch
 
-from rlhf_lessons.kl import (
+from rlhf_lessons.rl.kl import (
     estimator_stats,
     fit_gaussian,
     gaussian_kl,

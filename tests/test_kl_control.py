@@ -1,13 +1,13 @@
 import pytest
 import torch
 
-from rlhf_lessons.advantages import grpo_advantages, masked_whiten, rloo_advantages
-from rlhf_lessons.kl_control import (
+from rlhf_lessons.alignment.kl_control import (
     AdaptiveKLController,
     FixedKLController,
     shape_rewards,
     token_kl,
 )
+from rlhf_lessons.rl.advantages import grpo_advantages, masked_whiten, rloo_advantages
 
 
 def test_rloo_sums_to_zero_and_is_leave_one_out():

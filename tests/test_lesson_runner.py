@@ -1,7 +1,7 @@
 import nbformat
 from nbformat.v4 import new_code_cell, new_notebook
 
-from rlhf_lessons.lesson_runner import run_lessons
+from rlhf_lessons.course.lesson_runner import run_lessons
 
 
 def _write(path, checkpoint_source):

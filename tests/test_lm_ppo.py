@@ -6,17 +6,17 @@ import math
 import pytest
 import torch
 
-from rlhf_lessons.advantages import gae
-from rlhf_lessons.lm import generate, token_logprobs, token_logprobs_and_states
-from rlhf_lessons.lm_ppo import (
+from rlhf_lessons.alignment.lm_ppo import (
     LMPPOConfig,
     PolicyWithValueHead,
     completion_dones,
     lm_advantages,
     train_lm_ppo,
 )
-from rlhf_lessons.ppo import clipped_surrogate_loss, value_loss
-from rlhf_lessons.rollouts import collect_rollout, score_completions
+from rlhf_lessons.alignment.rollouts import collect_rollout, score_completions
+from rlhf_lessons.lm import generate, token_logprobs, token_logprobs_and_states
+from rlhf_lessons.rl.advantages import gae
+from rlhf_lessons.rl.ppo import clipped_surrogate_loss, value_loss
 
 
 def _prompts():
@@ -177,11 +177,11 @@ def test_ppo_pushes_a_tiny_model_toward_the_reward(tiny_lm):
 @pytest.mark.slow
 def test_ppo_raises_the_true_reward_of_the_review_model():
     """Lesson 05's claim in small: PPO on the true (VADER) reward, beta = 0.1."""
-    from rlhf_lessons.alignment_eval import evaluate_policy
-    from rlhf_lessons.device import torch_threads
-    from rlhf_lessons.review_corpus import prompts
-    from rlhf_lessons.sentiment_reward import reward_of
-    from rlhf_lessons.tiny_lm import load_sft_model
+    from rlhf_lessons.course.device import torch_threads
+    from rlhf_lessons.review_world.evaluation import evaluate_policy
+    from rlhf_lessons.review_world.grammar import prompts
+    from rlhf_lessons.review_world.tiny_lm import load_sft_model
+    from rlhf_lessons.review_world.true_reward import reward_of
 
     with torch_threads(1):
         ref, tok = load_sft_model(show_progress=False)

@@ -8,11 +8,11 @@ import pytest
 import torch
 from toy_sft import DATA
 
-from rlhf_lessons import pipeline as pl
-from rlhf_lessons import self_rewarding as sr
-from rlhf_lessons.dpo import DPOConfig
+from rlhf_lessons.alignment import pipeline as pl
+from rlhf_lessons.alignment import self_rewarding as sr
+from rlhf_lessons.alignment.dpo import DPOConfig
+from rlhf_lessons.alignment.spin import SPINConfig
 from rlhf_lessons.lm import token_logprobs, tokenize_pairs
-from rlhf_lessons.spin import SPINConfig
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 

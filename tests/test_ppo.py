@@ -2,8 +2,8 @@ import numpy as np
 import pytest
 import torch
 
-from rlhf_lessons.cartpole import SOLVED_RETURN, first_solved
-from rlhf_lessons.ppo import PPOConfig, clipped_surrogate_loss, train_ppo, value_loss
+from rlhf_lessons.rl.cartpole import SOLVED_RETURN, first_solved
+from rlhf_lessons.rl.ppo import PPOConfig, clipped_surrogate_loss, train_ppo, value_loss
 
 
 def test_cleanrl_preset_batch_sizes_and_iterations():
@@ -83,7 +83,7 @@ def test_truncated_episodes_are_bootstrapped(monkeypatch):
     # A 10-step time limit: every episode that reaches it must be bootstrapped with V(final obs).
     import gymnasium as gym
 
-    from rlhf_lessons import ppo
+    from rlhf_lessons.rl import ppo
 
     seen = {}
     real_gae = ppo.gae

@@ -2,7 +2,7 @@ import numpy as np
 import pytest
 import torch
 
-from rlhf_lessons.reinforce import (
+from rlhf_lessons.rl.reinforce import (
     PolicyNet,
     ReinforceConfig,
     gradient_variance,

@@ -3,9 +3,9 @@
 import pytest
 import torch
 
-from rlhf_lessons.preferences import ranked_to_pairs, validate_ranked
-from rlhf_lessons.review_preferences import NormalizedReward, sample_ranked_completions
-from rlhf_lessons.reward_model import CausalLMRewardModel
+from rlhf_lessons.review_world.preferences import NormalizedReward, sample_ranked_completions
+from rlhf_lessons.rewards.preference_data import ranked_to_pairs, validate_ranked
+from rlhf_lessons.rewards.reward_model import CausalLMRewardModel
 
 
 def test_ranked_completions_are_ordered_by_the_reward_and_valid(tiny_lm):

@@ -7,8 +7,8 @@ import matplotlib
 import pytest
 import torch
 
-from rlhf_lessons import review_corpus as rc
-from rlhf_lessons.alignment_eval import (
+from rlhf_lessons.review_world import grammar as rc
+from rlhf_lessons.review_world.evaluation import (
     KL_LABEL,
     METHOD_STYLES,
     REWARD_LABEL,
@@ -18,7 +18,7 @@ from rlhf_lessons.alignment_eval import (
     plot_reward_vs_kl,
     to_point,
 )
-from rlhf_lessons.sentiment_reward import reward_of, summarize, true_reward
+from rlhf_lessons.review_world.true_reward import reward_of, summarize, true_reward
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
@@ -299,10 +299,10 @@ GRAMMATICAL_MIN = 0.6
 
 @pytest.mark.slow
 def test_sft_model_writes_fluent_reviews_of_both_polarities():
-    from rlhf_lessons.device import torch_threads
+    from rlhf_lessons.course.device import torch_threads
     from rlhf_lessons.lm import generate
     from rlhf_lessons.models import load_causal_lm
-    from rlhf_lessons.tiny_lm import (
+    from rlhf_lessons.review_world.tiny_lm import (
         load_sft_model,
         sample_reviews,
         sft_model_path,

@@ -5,7 +5,7 @@ from types import SimpleNamespace
 import pytest
 import torch
 
-from rlhf_lessons.reward_losses import (
+from rlhf_lessons.rewards.reward_losses import (
     bradley_terry_loss,
     kwise_loss,
     kwise_loss_from_margins,

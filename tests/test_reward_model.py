@@ -5,11 +5,11 @@ import pytest
 import torch
 from torch import nn
 
-from rlhf_lessons.course_data import load_preferences
+from rlhf_lessons.course.data import load_preferences
 from rlhf_lessons.lm import Batch, tokenize_pairs
-from rlhf_lessons.preferences import PreferenceDataError
-from rlhf_lessons.reward_losses import kwise_loss
-from rlhf_lessons.reward_model import (
+from rlhf_lessons.rewards.preference_data import PreferenceDataError
+from rlhf_lessons.rewards.reward_losses import kwise_loss
+from rlhf_lessons.rewards.reward_model import (
     CausalLMRewardModel,
     RewardModel,
     evaluate_reward_model,

@@ -1,8 +1,8 @@
 import pytest
 
-from rlhf_lessons.ppo import PPOConfig
-from rlhf_lessons.reinforce import ReinforceConfig
-from rlhf_lessons.runs import run_seeds
+from rlhf_lessons.rl.ppo import PPOConfig
+from rlhf_lessons.rl.reinforce import ReinforceConfig
+from rlhf_lessons.rl.runs import run_seeds
 
 
 def test_cache_hit_returns_the_same_curves_and_config_changes_miss(tmp_cache, monkeypatch):
@@ -11,7 +11,7 @@ def test_cache_hit_returns_the_same_curves_and_config_changes_miss(tmp_cache, mo
     files = sorted((tmp_cache / "runs").glob("*.json"))
     assert len(files) == 2
 
-    from rlhf_lessons import runs
+    from rlhf_lessons.rl import runs
 
     def must_not_train(*a, **k):
         raise AssertionError("a cached run was trained again")

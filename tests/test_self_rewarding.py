@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 import torch
 
-from rlhf_lessons import self_rewarding as sr
-from rlhf_lessons.self_rewarding import (
+from rlhf_lessons.alignment import self_rewarding as sr
+from rlhf_lessons.alignment.self_rewarding import (
     PromptWriterConfig,
     SelfRewardConfig,
     build_pairs,

@@ -9,9 +9,9 @@ import torch
 import torch.nn.functional as F
 from toy_sft import DATA
 
-from rlhf_lessons import spin
-from rlhf_lessons.dpo import DPOConfig
-from rlhf_lessons.dpo_losses import dpo_loss
+from rlhf_lessons.alignment import spin
+from rlhf_lessons.alignment.dpo import DPOConfig
+from rlhf_lessons.alignment.dpo_losses import dpo_loss
 from rlhf_lessons.lm import Generation, sequence_logprobs, token_logprobs, tokenize_pairs
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -103,12 +103,12 @@ def test_bad_sft_data_is_rejected_with_the_field_named():
 def test_spin_raises_the_true_reward_in_the_review_world():
     """From review-gpt fine-tuned on a few positive answers, two SPIN iterations on the others
     raise the true reward of its completions of held-out prompts."""
-    from rlhf_lessons.alignment_eval import evaluate_policy
-    from rlhf_lessons.pipeline import SFTConfig, train_sft
-    from rlhf_lessons.review_corpus import is_grammatical, prompts
-    from rlhf_lessons.self_rewarding import review_seed_data
-    from rlhf_lessons.sentiment_reward import reward_of
-    from rlhf_lessons.tiny_lm import load_sft_model
+    from rlhf_lessons.alignment.pipeline import SFTConfig, train_sft
+    from rlhf_lessons.alignment.self_rewarding import review_seed_data
+    from rlhf_lessons.review_world.evaluation import evaluate_policy
+    from rlhf_lessons.review_world.grammar import is_grammatical, prompts
+    from rlhf_lessons.review_world.tiny_lm import load_sft_model
+    from rlhf_lessons.review_world.true_reward import reward_of
 
     base, tok = load_sft_model()
     ift = review_seed_data(base, tok, prompts(600, seed=10), reward_of, is_grammatical)["ift"]

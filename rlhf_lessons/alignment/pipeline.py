@@ -1,0 +1,477 @@
+"""Fine-tuning pipelines: SFT, self-rewarding DPO, external-reward DPO and SPIN, in any order.
+
+After lucidrains/self-rewarding-lm-pytorch, whose trainer takes a list of stage configs and
+saves a checkpoint after each. The self-rewarding paper's run (Yuan et al. 2024, arXiv
+2401.10020) is ``[SFTStage(IFT + EFT), SelfRewardStage, SelfRewardStage]`` (M1, M2, M3); its
+README also suggests interleaving, e.g. SFT -> SPIN -> external-reward DPO -> self-reward DPO ->
+SPIN -> self-reward DPO. Every stage starts from the model the previous one left:
+
+- :class:`SFTStage`: next-token loss on the completions of ``{"prompt", "completion"}`` records
+  (:func:`train_sft`).
+- :class:`SelfRewardStage`: optionally writes new prompts from few-shot seed prompts, samples
+  N candidates, judges them with the model itself, keeps (best, worst) pairs and runs DPO
+  (:mod:`rlhf_lessons.alignment.self_rewarding`).
+- :class:`ExternalRewardDPOStage`: the same, but a given reward scores the candidates: a reward
+  model, a pairwise ranker turned into scores, or any ``(prompts, completions) -> scores``.
+- :class:`SPINStage`: one SPIN iteration (:mod:`rlhf_lessons.alignment.spin`).
+
+**The reference of every DPO stage is the model the stage starts from** (M_t), as in both
+papers. With full weights, :func:`rlhf_lessons.alignment.dpo.train_dpo` takes the policy before its first
+update as the reference. With ``lora=...`` each stage trains a *fresh* adapter on top of the
+model so far and merges it afterwards, so "the adapter disabled" is again M_t.
+
+**Checkpoints and resuming.** Stage i writes ``output_dir/<i>-<name>/``: the model (full
+weights) or the adapter (LoRA), the tokenizer, ``stage.json`` (the stage's metrics and the
+evaluation after it) and ``data.json`` (its pairs and, for the self-rewarding stages, every
+candidate and judgement). A folder is written under a temporary name and renamed when complete.
+Calling :func:`run_pipeline` again with the same ``output_dir`` skips the finished stages:
+it loads their checkpoints (a full-weight run loads the last one; a LoRA run merges each saved
+adapter into the starting model in order) and their saved metrics, and continues with the
+first unfinished stage.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import math
+import shutil
+import time
+import warnings
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import ClassVar
+
+import numpy as np
+import torch
+from torch import nn
+
+from rlhf_lessons import lm
+from rlhf_lessons.alignment.dpo import DPOConfig, add_lora, train_dpo
+from rlhf_lessons.alignment.self_rewarding import (
+    PromptWriterConfig,
+    SelfRewardConfig,
+    build_pairs,
+    generate_candidates,
+    generate_prompts,
+    judge_agreement,
+    self_reward_round,
+)
+from rlhf_lessons.alignment.spin import SPINConfig, check_sft_data, spin_pairs
+from rlhf_lessons.course.cache import save_folder_atomically
+from rlhf_lessons.course.device import torch_threads
+from rlhf_lessons.course.progress import progress
+from rlhf_lessons.course.seeding import seed_everything
+
+RewardFn = Callable[[Sequence[str], Sequence[str]], torch.Tensor]
+STAGE_FILE = "stage.json"
+DATA_FILE = "data.json"
+RUN_FILE = "run.json"
+
+# --- supervised fine-tuning ---------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class SFTConfig:
+    """Settings of :func:`train_sft`: Adam, a constant learning rate after a linear warm-up."""
+
+    lr: float = 1e-3
+    epochs: int = 1
+    batch_size: int = 64
+    max_steps: int | None = None
+    warmup_steps: int = 10
+    max_grad_norm: float = 1.0
+    max_prompt_length: int | None = None
+    max_completion_length: int | None = None
+    add_eos: bool = True  # the model learns to stop
+    chat: bool = True  # wrap prompts in the chat template (a tokenizer without one: raw text)
+    threads: int | None = 1
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        if not self.lr > 0 or self.epochs < 1 or self.batch_size < 1:
+            raise ValueError("SFTConfig needs lr > 0, epochs >= 1 and batch_size >= 1")
+        if self.max_steps is not None and self.max_steps < 1:
+            raise ValueError(f"SFTConfig.max_steps must be >= 1 or None, got {self.max_steps}")
+
+
+def train_sft(model, tokenizer, data: Sequence[Mapping], config: SFTConfig | None = None,
+              show_progress: bool = True) -> dict:  # fmt: skip
+    """Fine-tune ``model`` in place on ``{"prompt", "completion"}`` records (the prompt is a user
+    message, formatted with :func:`rlhf_lessons.lm.format_prompt` when ``config.chat``).
+
+    Loss: the mean negative log-likelihood of the completion tokens (prompt tokens are context,
+    not targets), ``-sum_t m_t log pi(y_t | x, y_<t) / sum_t m_t`` over the minibatch, with
+    ``m`` the completion mask. Returns ``{"loss": [...], "steps", "seconds", "examples"}``.
+    """
+    cfg = config or SFTConfig()
+    data = check_sft_data(data)
+    params = [p for p in model.parameters() if p.requires_grad]
+    if not params:
+        raise ValueError("model has no trainable parameter: call model.requires_grad_(True)")
+    threads = torch_threads(cfg.threads) if cfg.threads else contextlib.nullcontext()
+    with threads:
+        seed_everything(cfg.seed)
+        prompts = [lm.format_prompt(tokenizer, r["prompt"]) if cfg.chat else r["prompt"]
+                   for r in data]  # fmt: skip
+        batch = lm.tokenize_pairs(tokenizer, prompts, [r["completion"] for r in data],
+                                  cfg.max_prompt_length, cfg.max_completion_length, cfg.add_eos)  # fmt: skip
+        device = next(model.parameters()).device
+        optimizer = torch.optim.Adam(params, lr=cfg.lr)
+        warm = max(cfg.warmup_steps, 1)
+        schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: min(1.0, (s + 1) / warm))
+        generator = torch.Generator().manual_seed(cfg.seed)
+        total = math.ceil(len(data) / cfg.batch_size) * cfg.epochs
+        if cfg.max_steps is not None:
+            total = min(total, cfg.max_steps)
+        losses, start = [], time.perf_counter()
+        model.eval()  # no dropout: the loss is the model's own likelihood
+        bar = progress(total=total, desc="SFT", disable=not show_progress)
+        for _ in range(cfg.epochs):
+            for idx in torch.randperm(len(data), generator=generator).split(cfg.batch_size):
+                if len(losses) == total:
+                    break
+                rows = batch.rows(idx)
+                width = int(rows.attention_mask.sum(-1).max())  # drop all-padding columns
+                rows = lm.Batch(rows.input_ids[:, :width], rows.attention_mask[:, :width],
+                                rows.completion_mask[:, :width]).to(device)  # fmt: skip
+                logp = lm.token_logprobs(model, rows)
+                mask = rows.completion_mask.float()
+                loss = -(logp * mask).sum() / mask.sum()
+                optimizer.zero_grad()
+                loss.backward()
+                nn.utils.clip_grad_norm_(params, cfg.max_grad_norm)
+                optimizer.step()
+                schedule.step()
+                losses.append(loss.item())
+                bar.update(1)
+                bar.set_postfix(loss=f"{loss.item():.3f}")
+        bar.close()
+    model.eval()
+    return {"loss": losses, "steps": len(losses), "seconds": time.perf_counter() - start,
+            "examples": len(data)}  # fmt: skip
+
+
+# --- stages -------------------------------------------------------------------------------------
+
+
+def _jsonable(x):
+    """Counters, numpy numbers and NaN-holding arrays as plain JSON values."""
+    if isinstance(x, Mapping):
+        return {str(k): _jsonable(v) for k, v in x.items()}
+    if isinstance(x, list | tuple):
+        return [_jsonable(v) for v in x]
+    if isinstance(x, np.ndarray):
+        return _jsonable(x.tolist())
+    if isinstance(x, np.integer):
+        return int(x)
+    if isinstance(x, float | np.floating):
+        return None if math.isnan(x) else float(x)
+    return x
+
+
+@dataclass
+class StageOutput:
+    """What a stage returns: ``metrics`` (saved in ``stage.json``) and ``data`` (``data.json``)."""
+
+    metrics: dict
+    data: dict = field(default_factory=dict)
+
+
+@dataclass
+class SFTStage:
+    """Supervised fine-tuning on ``{"prompt", "completion"}`` records (e.g. IFT + EFT)."""
+
+    data: Sequence[Mapping]
+    config: SFTConfig = field(default_factory=SFTConfig)
+    name: str = "sft"
+    kind: ClassVar[str] = "sft"
+
+    def run(self, model, tokenizer, show_progress: bool) -> StageOutput:
+        history = train_sft(model, tokenizer, self.data, self.config, show_progress)
+        return StageOutput({"examples": history["examples"], "steps": history["steps"],
+                            "final_loss": float(np.mean(history["loss"][-10:])),
+                            "loss": history["loss"], "seconds": history["seconds"]})  # fmt: skip
+
+
+def _train_on_pairs(model, tokenizer, pairs: list[dict], dpo: DPOConfig,
+                    show_progress: bool) -> dict:  # fmt: skip
+    if not pairs:  # nothing to learn from: the model stays as it is
+        return {"dpo_steps": 0, "dpo_loss": [], "dpo_accuracy": []}
+    history = train_dpo(model, tokenizer, pairs, dpo, show_progress=show_progress)
+    return {"dpo_steps": history.steps, "dpo_loss": history.loss,
+            "dpo_accuracy": history.accuracy, "dpo_margin": history.margin,
+            "dpo_seconds": history.seconds[-1] if history.seconds else 0.0,
+            "dpo_reference": history.reference}  # fmt: skip
+
+
+@dataclass
+class SelfRewardStage:
+    """One self-rewarding iteration M_t -> M_{t+1} (:mod:`rlhf_lessons.alignment.self_rewarding`).
+
+    The round's prompts are ``prompts`` (user messages, may be empty) followed by
+    ``n_new_prompts`` prompts the model writes itself from few-shot examples drawn from
+    ``few_shot_prompts`` (default: ``prompts``) as ``prompt_writer`` says. ``monitor``: a known
+    reward used only to *measure* the judge (:func:`rlhf_lessons.alignment.self_rewarding.
+    judge_agreement`), never to train."""
+
+    prompts: Sequence[str] = ()
+    config: SelfRewardConfig = field(default_factory=SelfRewardConfig)
+    dpo: DPOConfig = field(default_factory=DPOConfig)
+    n_new_prompts: int = 0
+    few_shot_prompts: Sequence[str] | None = None
+    prompt_writer: PromptWriterConfig | None = None
+    monitor: RewardFn | None = None
+    name: str = "self-reward"
+    kind: ClassVar[str] = "self-reward"
+
+    def run(self, model, tokenizer, show_progress: bool) -> StageOutput:
+        prompts, new, rejected = list(self.prompts), [], {}
+        if not prompts and not self.n_new_prompts:
+            raise ValueError(f"stage {self.name!r}: give prompts, or n_new_prompts > 0, or both")
+        if self.n_new_prompts:
+            model.eval()
+            pool = self.prompts if self.few_shot_prompts is None else self.few_shot_prompts
+            new, rejected = generate_prompts(model, tokenizer, pool, self.n_new_prompts,
+                                             self.prompt_writer, seed=self.config.seed)  # fmt: skip
+        if not prompts + new:
+            raise RuntimeError(
+                f"stage {self.name!r}: the model wrote no usable prompt ({dict(rejected)}); "
+                "check prompt_writer, or give seed prompts"
+            )
+        data = self_reward_round(model, tokenizer, prompts + new, self.config, show_progress)
+        metrics = {**data.summary(), "new_prompts": len(new),
+                   "prompts_rejected": dict(rejected)}  # fmt: skip
+        if self.monitor is not None:
+            metrics["judge"] = judge_agreement(data, self.monitor)
+        lengths = [len(tokenizer(c, add_special_tokens=False)["input_ids"])
+                   for cands in data.candidates for c in cands]  # fmt: skip
+        metrics["candidate_tokens"] = float(np.mean(lengths))
+        metrics.update(_train_on_pairs(model, tokenizer, data.pairs, self.dpo, show_progress))
+        saved = {"prompts": data.prompts, "candidates": data.candidates,
+                 "scores": data.judgements.scores, "reasons": data.judgements.reasons,
+                 "judge_texts": data.judgements.texts, "pairs": data.pairs,
+                 "decisions": [c.reason for c in data.choices]}  # fmt: skip
+        return StageOutput(metrics, saved)
+
+
+@dataclass
+class ExternalRewardDPOStage:
+    """DPO on pairs labelled by a given reward: N candidates per prompt (sampled as
+    ``config`` says; its judge settings are unused), scored by ``reward_fn(prompts,
+    completions)``; chosen = best, rejected = worst, ties skipped (the self-rewarding pair
+    rule with one "judgement" per candidate)."""
+
+    prompts: Sequence[str]
+    reward_fn: RewardFn
+    config: SelfRewardConfig = field(default_factory=SelfRewardConfig)
+    dpo: DPOConfig = field(default_factory=DPOConfig)
+    name: str = "external-reward-dpo"
+    kind: ClassVar[str] = "external-reward-dpo"
+
+    def run(self, model, tokenizer, show_progress: bool) -> StageOutput:
+        prompts = list(self.prompts)
+        if not prompts:
+            raise ValueError(f"stage {self.name!r}: prompts is empty")
+        model.eval()
+        candidates = generate_candidates(model, tokenizer, prompts, self.config)
+        n = self.config.n_candidates
+        flat_prompts = [p for p in prompts for _ in range(n)]
+        scores = torch.as_tensor(self.reward_fn(flat_prompts, [c for cs in candidates for c in cs]),
+                                 dtype=torch.float64).numpy()  # fmt: skip
+        if scores.shape != (len(flat_prompts),):
+            raise ValueError(
+                f"reward_fn must return one score per completion, shape ({len(flat_prompts)},), "
+                f"got {scores.shape}"
+            )
+        formatted = [lm.format_prompt(tokenizer, p) if self.config.chat else p for p in prompts]
+        choices, pairs, skipped = build_pairs(prompts, formatted, candidates,
+                                              scores.reshape(len(prompts), n, 1))  # fmt: skip
+        metrics = {"prompts": len(prompts), "pairs": len(pairs),
+                   "skipped_tie": skipped.get("tie", 0),
+                   "candidate_reward": float(scores.mean())}  # fmt: skip
+        metrics.update(_train_on_pairs(model, tokenizer, pairs, self.dpo, show_progress))
+        return StageOutput(metrics, {"prompts": prompts, "candidates": candidates,
+                                     "scores": scores.reshape(len(prompts), n), "pairs": pairs})  # fmt: skip
+
+
+@dataclass
+class SPINStage:
+    """One SPIN iteration (:mod:`rlhf_lessons.alignment.spin`): chosen = the data's answer, rejected =
+    the current model's sample, reference = the current model. ``dpo.beta`` is SPIN's lambda."""
+
+    data: Sequence[Mapping]
+    config: SPINConfig = field(default_factory=SPINConfig)
+    dpo: DPOConfig = field(default_factory=DPOConfig)
+    name: str = "spin"
+    kind: ClassVar[str] = "spin"
+
+    def run(self, model, tokenizer, show_progress: bool) -> StageOutput:
+        pairs, skipped = spin_pairs(model, tokenizer, self.data, self.config)
+        metrics = {"examples": len(self.data), "pairs": len(pairs),
+                   "skipped_same_as_data": skipped.get("same as data", 0),
+                   "skipped_empty": skipped.get("empty", 0)}  # fmt: skip
+        metrics.update(_train_on_pairs(model, tokenizer, pairs, self.dpo, show_progress))
+        return StageOutput(metrics, {"pairs": pairs})
+
+
+Stage = SFTStage | SelfRewardStage | ExternalRewardDPOStage | SPINStage
+STAGES = (SFTStage, SelfRewardStage, ExternalRewardDPOStage, SPINStage)
+
+
+# --- the run ------------------------------------------------------------------------------------
+
+
+@dataclass
+class StageRecord:
+    """A finished stage: where its checkpoint is, its metrics and the evaluation after it;
+    ``resumed`` is True when it was loaded from an earlier run instead of trained now."""
+
+    index: int
+    name: str
+    kind: str
+    folder: Path
+    metrics: dict
+    evaluation: dict | None
+    seconds: float
+    resumed: bool = False
+
+
+@dataclass
+class PipelineRun:
+    """The final model and one record per stage (``initial_evaluation``: before any stage)."""
+
+    model: nn.Module
+    records: list[StageRecord]
+    initial_evaluation: dict | None = None
+
+    def evaluations(self) -> list[dict]:
+        """``[{"stage": "start", ...}, {"stage": name, ...}, ...]`` (the eval_fn results)."""
+        rows = [{"stage": "start", **(self.initial_evaluation or {})}]
+        return rows + [{"stage": r.name, **(r.evaluation or {})} for r in self.records]
+
+
+def stage_folder(output_dir: Path, index: int, stage) -> Path:
+    return Path(output_dir) / f"{index:02d}-{stage.name}"
+
+
+def _signature(stages: Sequence, lora: Mapping | None) -> dict:
+    return {"stages": [[s.kind, s.name] for s in stages], "lora": dict(lora) if lora else None}
+
+
+def _check_run_file(output_dir: Path, stages: Sequence, lora: Mapping | None) -> None:
+    """A resumed run must be the same run: the finished stages' kinds and names and the LoRA
+    setting must match what ``run.json`` recorded."""
+    path = output_dir / RUN_FILE
+    new = _signature(stages, lora)
+    if path.exists():
+        old = json.loads(path.read_text())
+        n = min(len(old["stages"]), len(new["stages"]))
+        if old["stages"][:n] != new["stages"][:n] or old["lora"] != new["lora"]:
+            raise ValueError(
+                f"{output_dir} holds a different run ({old}); this one is {new}. Use another "
+                "output_dir, or delete the folder to start over"
+            )
+    output_dir.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(new))
+
+
+def _load_checkpoint(model, folder: Path, lora: Mapping | None):
+    """The model after a finished stage: merge its adapter into ``model`` (LoRA) or load its
+    full weights (onto ``model``'s device, fp32)."""
+    if lora:
+        from peft import PeftModel
+
+        with warnings.catch_warnings():  # peft calls a method transformers 5 deprecates
+            warnings.filterwarnings(
+                "ignore", message=".*is_gradient_checkpointing", category=FutureWarning
+            )
+            return PeftModel.from_pretrained(model, str(folder)).merge_and_unload().eval()
+    from transformers import AutoModelForCausalLM
+
+    device = next(model.parameters()).device
+    return AutoModelForCausalLM.from_pretrained(str(folder), dtype=torch.float32).to(device).eval()
+
+
+def run_pipeline(model, tokenizer, stages: Sequence[Stage], output_dir: str | Path,
+                 lora: Mapping | None = None, eval_fn: Callable[[nn.Module], dict] | None = None,
+                 show_progress: bool = True) -> PipelineRun:  # fmt: skip
+    """Run ``stages`` in order on ``model``, checkpointing each under ``output_dir`` and
+    skipping (loading) the ones an earlier call already finished.
+
+    Args:
+        model: the starting causal LM (M0). A full-weight run trains it in place; keep a copy if
+            you need the original.
+        tokenizer: its tokenizer (saved with every checkpoint).
+        stages: :class:`SFTStage`, :class:`SelfRewardStage`, :class:`ExternalRewardDPOStage`,
+            :class:`SPINStage` in any order; their names must be unique.
+        output_dir: where the stage folders and ``run.json`` go.
+        lora: ``None`` trains all weights; a dict of :func:`rlhf_lessons.alignment.dpo.add_lora` arguments
+            (``{}`` is not allowed: use ``{"r": 8}``) trains a fresh adapter per stage and
+            merges it afterwards.
+        eval_fn: ``model -> dict`` of JSON-able numbers, run at the start and after every stage
+            (saved, so a resumed run does not recompute it).
+    """
+    stages = list(stages)
+    for s in stages:
+        if not isinstance(s, STAGES):
+            raise TypeError(
+                f"stages must be {[c.__name__ for c in STAGES]}, got {type(s).__name__}"
+            )
+    names = [s.name for s in stages]
+    if len(set(names)) != len(names):
+        raise ValueError(f"stage names must be unique (they name the checkpoints), got {names}")
+    if lora is not None and not lora:
+        raise ValueError("lora={} is ambiguous: pass None (full weights) or e.g. {'r': 8}")
+    output_dir = Path(output_dir)
+    _check_run_file(output_dir, stages, lora)
+
+    initial_path = output_dir / "initial.json"
+    initial = None
+    if eval_fn is not None:
+        if initial_path.exists():
+            initial = json.loads(initial_path.read_text())
+        else:
+            initial = _jsonable(eval_fn(model))
+            initial_path.write_text(json.dumps(initial))
+
+    records: list[StageRecord] = []
+    for i, stage in enumerate(stages):
+        folder = stage_folder(output_dir, i, stage)
+        if (folder / STAGE_FILE).exists():  # finished earlier: load, do not train again
+            saved = json.loads((folder / STAGE_FILE).read_text())
+            model = _load_checkpoint(model, folder, lora)
+            records.append(StageRecord(i, stage.name, stage.kind, folder, saved["metrics"],
+                                       saved["evaluation"], saved["seconds"], resumed=True))  # fmt: skip
+            continue
+        for j in range(i, len(stages)):  # a later stage's folder belongs to another history
+            stale = stage_folder(output_dir, j, stages[j])
+            if stale.exists():
+                shutil.rmtree(stale)
+        start = time.perf_counter()
+        seed_everything(i)
+        if lora:
+            model = add_lora(model, **lora, seed=i)
+        else:
+            model.requires_grad_(True)
+        output = stage.run(model, tokenizer, show_progress)
+        seconds = time.perf_counter() - start
+        model.eval()
+        evaluation = _jsonable(eval_fn(model)) if eval_fn is not None else None
+        info = {"index": i, "name": stage.name, "kind": stage.kind, "seconds": seconds,
+                "metrics": _jsonable(output.metrics), "evaluation": evaluation}  # fmt: skip
+        # a LoRA stage saves its adapter (before merging it), a full-weight stage the model
+        save_folder_atomically(folder, model, tokenizer,
+                               {DATA_FILE: json.dumps(_jsonable(output.data)),
+                                STAGE_FILE: json.dumps(info)})  # fmt: skip
+        if lora:
+            model = model.merge_and_unload().eval()
+        records.append(StageRecord(i, stage.name, stage.kind, folder, info["metrics"],
+                                   evaluation, seconds))  # fmt: skip
+    return PipelineRun(model, records, initial)
+
+
+def load_stage_data(record: StageRecord) -> dict:
+    """The ``data.json`` a stage saved (its pairs, and candidates and judgements if any)."""
+    return json.loads((record.folder / DATA_FILE).read_text())

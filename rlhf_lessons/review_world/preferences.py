@@ -1,0 +1,166 @@
+"""Preferences in the known-reward world, and a reward model learned from them.
+
+The DPO paper's IMDb experiment (Rafailov et al. 2023, arXiv 2305.18290, section 6.1) builds its
+preference data from the SFT model itself: several completions of each prompt are sampled and
+ordered by the true reward (there, a sentiment classifier; here VADER,
+:mod:`rlhf_lessons.review_world.true_reward`). The "labeller" is then perfectly consistent, and every
+method's result can be scored on the reward that produced its labels.
+
+- :func:`sample_ranked_completions` draws K completions per prompt from a policy and ranks them
+  by the true reward: ranked records ``{"prompt", "ranked_outputs": [best, ..., worst],
+  "rewards": [...]}`` in the course's preference format (:mod:`rlhf_lessons.rewards.preference_data`;
+  ``ranked_to_pairs`` gives the C(K, 2) pairs). Completions that tie on the reward (VADER often
+  gives 0.0 to neutral text) or repeat cannot be ordered and are dropped; a prompt left with
+  fewer than two is skipped.
+- :func:`train_review_reward_model` fits lesson 04's :class:`~rlhf_lessons.rewards.reward_model.
+  CausalLMRewardModel` (a copy of the SFT model's transformer with a scalar head on the
+  last token's state) on those pairs with the Bradley-Terry loss; then it is *normalised* so
+  that the SFT model's own samples score mean 0 and std 1 ("N implementation details", no. 2):
+  the scale of a learned reward is arbitrary, and this fixes what a beta of 0.1 means.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import torch
+
+from rlhf_lessons.alignment.rollouts import RewardFn, score_completions
+from rlhf_lessons.lm import generate
+from rlhf_lessons.review_world.true_reward import reward_of
+from rlhf_lessons.rewards.reward_model import (
+    CausalLMRewardModel,
+    RewardTrainHistory,
+    evaluate_reward_model,
+    train_reward_model,
+)
+
+
+def sample_ranked_completions(
+    model,
+    tokenizer,
+    prompts: Sequence[str],
+    k: int = 2,
+    max_new_tokens: int = 16,
+    temperature: float = 1.0,
+    seed: int = 0,
+    reward_fn: RewardFn = reward_of,
+    min_gap: float = 1e-6,
+) -> list[dict]:
+    """Sample ``k`` completions of every prompt and rank them by ``reward_fn``.
+
+    Returns ranked records (best first) with their ``rewards``. Two completions whose rewards
+    differ by less than ``min_gap`` (or whose texts are equal) cannot be ordered: only the first
+    of them is kept. Prompts left with fewer than 2 completions are skipped, so the result may
+    be shorter than ``prompts``.
+    """
+    if k < 2:
+        raise ValueError(f"k must be >= 2 completions per prompt to rank, got {k}")
+    expanded = [p for p in prompts for _ in range(k)]
+    gen = generate(
+        model, tokenizer, expanded, max_new_tokens=max_new_tokens, temperature=temperature,
+        batch_size=64, seed=seed,
+    )  # fmt: skip
+    rewards = score_completions(reward_fn, expanded, gen.completions).tolist()
+    records = []
+    for i, prompt in enumerate(prompts):
+        group = sorted(
+            zip(rewards[i * k : (i + 1) * k], gen.completions[i * k : (i + 1) * k], strict=True),
+            key=lambda rc: -rc[0],
+        )
+        kept: list[tuple[float, str]] = []
+        for r, c in group:
+            if c.strip() and all(
+                abs(r - r2) >= min_gap and c.strip() != c2.strip() for r2, c2 in kept
+            ):
+                kept.append((r, c))
+        if len(kept) >= 2:
+            records.append(
+                {
+                    "prompt": prompt,
+                    "ranked_outputs": [c for _, c in kept],
+                    "rewards": [r for r, _ in kept],
+                }  # fmt: skip
+            )
+    return records
+
+
+@dataclass
+class NormalizedReward:
+    """A reward model as a reward function: ``(prompts, completions) -> (B,)`` scores
+    ``(r(x, y) - mean) / std``, with ``mean`` and ``std`` measured on reference samples."""
+
+    model: CausalLMRewardModel
+    mean: float = 0.0
+    std: float = 1.0
+
+    def __call__(self, prompts: Sequence[str], completions: Sequence[str]) -> torch.Tensor:
+        return (
+            self.model.score(list(prompts), list(completions), batch_size=64) - self.mean
+        ) / self.std
+
+    @classmethod
+    def fit(cls, model, prompts: Sequence[str], completions: Sequence[str]) -> NormalizedReward:
+        """Gain and bias so that these (reference) samples score mean 0 and std 1."""
+        raw = model.score(list(prompts), list(completions), batch_size=64)
+        std = raw.std().item()
+        if not math.isfinite(std) or std == 0:
+            raise ValueError("the reward model gives every reference sample the same score")
+        return cls(model, raw.mean().item(), std)
+
+
+@dataclass
+class LearnedReward:
+    """What :func:`train_review_reward_model` returns."""
+
+    reward_fn: NormalizedReward  # the normalised reward model, ready for PPO
+    history: RewardTrainHistory
+    heldout_accuracy: float  # pairwise accuracy on held-out pairs labelled by the true reward
+    n_train_pairs: int
+    n_heldout_pairs: int
+
+
+def train_review_reward_model(
+    sft_model,
+    tokenizer,
+    train_prompts: Sequence[str],
+    heldout_prompts: Sequence[str],
+    k: int = 2,
+    max_new_tokens: int = 16,
+    epochs: int = 2,
+    lr: float = 1e-3,
+    batch_size: int = 32,
+    seed: int = 0,
+    show_progress: bool = True,
+) -> LearnedReward:
+    """Sample preference data from ``sft_model``, label it with the true reward, and fit a
+    reward model on it (a copy of the SFT model with a scalar head, every weight trained).
+
+    The normalisation (mean 0, std 1) is measured on fresh SFT samples of ``heldout_prompts``.
+    """
+    train = sample_ranked_completions(
+        sft_model, tokenizer, train_prompts, k, max_new_tokens, seed=seed
+    )
+    heldout = sample_ranked_completions(
+        sft_model, tokenizer, heldout_prompts, k, max_new_tokens, seed=seed + 1
+    )
+    if not train or not heldout:
+        raise ValueError("no rankable prompts: every sampled group tied on the reward")
+    rm = CausalLMRewardModel(copy.deepcopy(sft_model), tokenizer, format_prompts=False)
+    rm, history = train_reward_model(
+        train, mode="pairs", epochs=epochs, lr=lr, batch_size=batch_size, seed=seed, model=rm,
+        dropout=False, show_progress=show_progress,
+    )  # fmt: skip
+    for p in rm.parameters():
+        p.requires_grad_(False)
+    accuracy = evaluate_reward_model(rm, heldout).accuracy
+    ref = generate(
+        sft_model, tokenizer, list(heldout_prompts), max_new_tokens=max_new_tokens,
+        batch_size=64, seed=seed + 2,
+    )  # fmt: skip
+    reward_fn = NormalizedReward.fit(rm, ref.prompts, ref.completions)
+    n_pairs = lambda recs: sum(math.comb(len(r["ranked_outputs"]), 2) for r in recs)  # noqa: E731
+    return LearnedReward(reward_fn, history, accuracy, n_pairs(train), n_pairs(heldout))

@@ -1,0 +1,204 @@
+"""The same DPO / IPO / SimPO run through TRL, to check :mod:`rlhf_lessons.alignment.dpo` against it
+(lessons 06-07 and ``benchmarks/dpo_step.py``).
+
+TRL 1.x trains DPO, IPO and the hinge loss with ``trl.DPOTrainer`` and SimPO with
+``trl.experimental.cpo.CPOTrainer`` (``loss_type="simpo"``, ``cpo_alpha=0``: CPO's extra NLL
+term off). :func:`train_with_trl` runs one of them at the settings of a :class:`~rlhf_lessons.
+dpo.DPOConfig` so that, step for step, TRL sees what :func:`~rlhf_lessons.alignment.dpo.train_dpo` sees:
+
+- the same texts: prompts rendered with the chat template by our :func:`~rlhf_lessons.alignment.dpo.
+  pair_texts` and handed to TRL as plain strings, EOS appended to each response (TRL's tokens
+  are compared with ours in the tests);
+- the same minibatches: the pairs in :func:`~rlhf_lessons.alignment.dpo.pair_order`'s order, read
+  sequentially (TRL's default sampler would reshuffle them with its own seed);
+- the same optimiser: AdamW with no weight decay is Adam; a constant learning rate after
+  ``warmup_steps`` (TRL's default decays it linearly to 0; ours does not), gradients clipped at
+  ``max_grad_norm``; fp32 on the CPU, dropout off, no gradient checkpointing;
+- the same reference: with a LoRA policy, the base model with the adapter disabled, its
+  log-probs computed once before training (``precompute_ref_log_probs=True``).
+
+Start both runs from the same weights (e.g. :func:`~rlhf_lessons.alignment.dpo.add_lora` with the same
+seed on freshly loaded models) and their loss curves should agree to float rounding.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import tempfile
+import time
+import warnings
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from rlhf_lessons.alignment.dpo import DPOConfig, pair_order, pair_texts
+from rlhf_lessons.course.device import torch_threads
+
+_TRL_LOSS = {"dpo": "sigmoid", "ipo": "ipo", "hinge": "hinge"}
+
+
+@dataclass
+class TRLRun:
+    """What :func:`train_with_trl` returns; lists have one entry per optimizer step, named as
+    in :class:`~rlhf_lessons.alignment.dpo.DPOHistory`."""
+
+    trainer: str  # "DPOTrainer" or "CPOTrainer"
+    policy: nn.Module  # the trained model
+    loss: list[float]
+    rewards_chosen: list[float]
+    rewards_rejected: list[float]
+    margin: list[float]
+    accuracy: list[float]
+    seconds: float  # wall-clock of trainer.train() (includes TRL's reference pass)
+    log_history: list[dict]  # everything TRL logged
+
+
+def trl_dataset(tokenizer, pairs: Sequence[Mapping], config: DPOConfig):
+    """``pairs`` as the ``datasets.Dataset`` TRL reads: standard-format strings (prompt already
+    rendered with the chat template, as :func:`~rlhf_lessons.alignment.dpo.pair_texts` gives it to our
+    trainer), rows in the order our trainer visits them (all epochs, one after another)."""
+    from datasets import Dataset
+
+    prompts, chosen, rejected = pair_texts(tokenizer, pairs)
+    order = torch.cat(pair_order(len(prompts), config)).tolist()
+    return Dataset.from_dict({"prompt": [prompts[i] for i in order],
+                              "chosen": [chosen[i] for i in order],
+                              "rejected": [rejected[i] for i in order]})  # fmt: skip
+
+
+def trl_config(
+    config: DPOConfig, n_pairs: int, max_length: int, output_dir: str, show_progress: bool = False
+):
+    """The ``trl.DPOConfig`` (DPO, IPO, hinge) or ``CPOConfig`` (SimPO) matching ``config``.
+
+    The dataset already holds every epoch (:func:`trl_dataset`), so TRL runs one epoch over it;
+    ``max_steps`` caps it like ours. ``max_length`` should be the longest prompt + response:
+    our trainer's ``max_prompt_length`` / ``max_completion_length`` cut prompt and response
+    separately, TRL's ``max_length`` cuts their sum, so :func:`train_with_trl` compares them
+    only on pairs that neither cuts.
+    """
+    from trl import DPOConfig as TRLDPOConfig
+    from trl.experimental.cpo import CPOConfig
+
+    steps = -(-n_pairs // config.batch_size) * config.epochs
+    if config.max_steps is not None:
+        steps = min(steps, config.max_steps)
+    common = dict(
+        output_dir=output_dir, per_device_train_batch_size=config.batch_size,
+        gradient_accumulation_steps=1, num_train_epochs=1, max_steps=steps,
+        learning_rate=config.lr, lr_scheduler_type="constant_with_warmup",
+        warmup_steps=config.warmup_steps, weight_decay=0.0, max_grad_norm=config.max_grad_norm,
+        beta=config.beta, max_length=max_length, disable_dropout=True, seed=config.seed,
+        use_cpu=True, bf16=False, fp16=False, gradient_checkpointing=False, report_to="none",
+        save_strategy="no", logging_steps=1, disable_tqdm=not show_progress,
+        dataloader_num_workers=0, remove_unused_columns=False,
+    )  # fmt: skip
+    if config.loss == "simpo":
+        return CPOConfig(**common, loss_type="simpo", cpo_alpha=0.0, simpo_gamma=config.gamma,
+                         label_smoothing=config.label_smoothing)  # fmt: skip
+    return TRLDPOConfig(**common, loss_type=[_TRL_LOSS[config.loss]],
+                        label_smoothing=config.label_smoothing,
+                        precompute_ref_log_probs=True)  # fmt: skip
+
+
+def _in_order(trainer_cls):
+    """``trainer_cls`` reading its dataset front to back: the rows are already shuffled."""
+    from torch.utils.data import SequentialSampler
+
+    class InOrder(trainer_cls):
+        def _get_train_sampler(self, *args, **kwargs):
+            return SequentialSampler(self.train_dataset)
+
+    InOrder.__name__ = trainer_cls.__name__
+    return InOrder
+
+
+def _longest(tokenizer, pairs, config: DPOConfig) -> int:
+    """The longest prompt + response (EOS included) in tokens, after checking that neither
+    trainer would truncate: ours cuts prompt and response separately, TRL cuts their sum."""
+    prompts, chosen, rejected = pair_texts(tokenizer, pairs)
+
+    def n_tokens(text: str) -> int:
+        return len(tokenizer(text, add_special_tokens=False)["input_ids"])
+
+    p_len = [n_tokens(p) for p in prompts]
+    r_len = [max(n_tokens(c), n_tokens(r)) + 1 for c, r in zip(chosen, rejected, strict=True)]
+    for name, lengths, limit in (("prompt", p_len, config.max_prompt_length),
+                                 ("completion", r_len, config.max_completion_length)):  # fmt: skip
+        if limit is not None and max(lengths) > limit:
+            raise ValueError(
+                f"pairs[{lengths.index(max(lengths))}] has a {name} of {max(lengths)} tokens but "
+                f"config.max_{name}_length is {limit}: the two trainers truncate differently, so "
+                "compare them on pairs that neither cuts (raise the limit or drop long pairs)"
+            )
+    return max(p + r for p, r in zip(p_len, r_len, strict=True))
+
+
+def train_with_trl(
+    policy,
+    tokenizer,
+    pairs: Sequence[Mapping],
+    config: DPOConfig | None = None,
+    show_progress: bool = False,
+) -> TRLRun:
+    """Train ``policy`` (changed in place; a peft LoRA model or a plain causal LM) on ``pairs``
+    with TRL's ``DPOTrainer`` (``config.loss`` "dpo", "ipo", "hinge") or ``CPOTrainer``
+    ("simpo"), at the settings of ``config`` (see the module docstring and :func:`trl_config`).
+
+    A plain (non-peft) policy is its own reference in TRL only through a second copy; pass a
+    LoRA model, whose reference is the base with the adapter disabled, as in our trainer.
+
+    Returns a :class:`TRLRun` with TRL's per-step loss, implicit rewards, margin and accuracy.
+    """
+    import datasets
+    from transformers import PrinterCallback
+    from trl import DPOTrainer
+    from trl.experimental.cpo import CPOTrainer
+
+    cfg = config or DPOConfig()
+    max_length = _longest(tokenizer, pairs, cfg)
+    dataset = trl_dataset(tokenizer, pairs, cfg)
+    trainer_cls = _in_order(CPOTrainer if cfg.loss == "simpo" else DPOTrainer)
+    threads = torch_threads(cfg.threads) if cfg.threads else contextlib.nullcontext()
+    with tempfile.TemporaryDirectory() as out, threads, warnings.catch_warnings():
+        # transformers 5 deprecations inside TRL / peft, and CPOTrainer's "experimental" notice
+        warnings.simplefilter("ignore", FutureWarning)
+        warnings.simplefilter("ignore", UserWarning)
+        args = trl_config(cfg, len(pairs), max_length, out, show_progress)
+        bars, tqdm_off = datasets.is_progress_bar_enabled(), os.environ.get("TQDM_DISABLE")
+        if not show_progress:  # TRL's datasets.map calls and its reference pass show bars too
+            datasets.disable_progress_bars()
+            os.environ["TQDM_DISABLE"] = "1"
+        trainer = trainer_cls(model=policy, args=args, train_dataset=dataset,
+                              processing_class=tokenizer)  # fmt: skip
+        trainer.remove_callback(PrinterCallback)  # no dict printed per step
+        start = time.perf_counter()
+        try:
+            trainer.train()
+        finally:
+            if bars:
+                datasets.enable_progress_bars()
+            if tqdm_off is None:
+                os.environ.pop("TQDM_DISABLE", None)
+            else:
+                os.environ["TQDM_DISABLE"] = tqdm_off
+        seconds = time.perf_counter() - start
+    logs = [h for h in trainer.state.log_history if "loss" in h and "train_runtime" not in h]
+
+    def column(key: str) -> list[float]:
+        return [float(h[key]) for h in logs if key in h]
+
+    return TRLRun(
+        trainer=trainer_cls.__name__,
+        policy=trainer.accelerator.unwrap_model(trainer.model),
+        loss=column("loss"),
+        rewards_chosen=column("rewards/chosen"),
+        rewards_rejected=column("rewards/rejected"),
+        margin=column("rewards/margins"),
+        accuracy=column("rewards/accuracies"),
+        seconds=seconds,
+        log_history=list(trainer.state.log_history),
+    )

@@ -1,0 +1,257 @@
+"""PairRanker (lesson 08): the loss against hand values and llm-blender's own code, the
+aggregation facts, training plumbing, forward-pass counts and Blender's API on a tiny BERT."""
+
+import math
+import random
+from types import SimpleNamespace
+
+import numpy as np
+import pytest
+import torch
+from test_blender_compat import tiny_backbone  # noqa: F401  (the shared tiny-BERT fixture)
+
+from rlhf_lessons.rewards import pairrm as pr
+from rlhf_lessons.rewards.preference_data import PreferenceDataError
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+RECORDS = [
+    {"prompt": "is the sky blue?", "category": "factuality",
+     "ranked_outputs": ["yes, on a clear day.", "it is green.", "no idea."]},
+    {"prompt": "say hi", "category": "helpfulness", "ranked_outputs": ["hi!", "go away."]},
+    {"prompt": "two plus two?", "category": "factuality",
+     "ranked_outputs": ["four.", "five.", "twenty-two.", "a fish."]},
+    {"prompt": "name a colour", "category": "helpfulness", "ranked_outputs": ["red.", "seven."]},
+]  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def bundle(tiny_backbone):  # noqa: F811
+    return pr.build_pair_ranker(tiny_backbone, source_maxlength=16, candidate_maxlength=16)
+
+
+@pytest.fixture(scope="module")
+def blender(bundle, tiny_backbone, tmp_path_factory):  # noqa: F811
+    folder = pr.save_pair_ranker(bundle, tmp_path_factory.mktemp("ranker") / "ckpt")
+    return pr.load_blender(folder, backbone=tiny_backbone)
+
+
+# --- the loss ------------------------------------------------------------------------------------
+
+
+def test_pairrm_loss_worked_example_by_hand():
+    # The lesson's worked example: pair-specific scores s_i = 0.9, s_j = -0.4.
+    s_i, s_j = torch.tensor([0.9]), torch.tensor([-0.4])
+    right, _ = pr.pairrm_loss(s_i, s_j, torch.tensor([1.0]), torch.tensor([0.0]))
+    wrong, m = pr.pairrm_loss(s_i, s_j, torch.tensor([0.0]), torch.tensor([1.0]))
+    assert right.item() == pytest.approx(math.log1p(math.exp(-1.3)), abs=1e-6)  # 0.2410
+    assert wrong.item() == pytest.approx(math.log1p(math.exp(1.3)), abs=1e-6)  # 1.5410
+    assert m["accuracy"] == 0.0 and m["pairs"] == 1.0 and m["ties"] == 0.0
+    # only the sign of the quality gap counts
+    scaled, _ = pr.pairrm_loss(s_i, s_j, torch.tensor([7.5]), torch.tensor([0.1]))
+    assert scaled.item() == pytest.approx(right.item(), abs=1e-7)
+
+
+def test_pairrm_loss_ties_give_log2_and_no_gradient():
+    left = torch.tensor([2.0, -1.0], requires_grad=True)
+    right = torch.zeros(2)
+    loss, m = pr.pairrm_loss(left, right, torch.tensor([1.0, 3.0]), torch.tensor([1.0, 0.0]))
+    loss.backward()
+    assert loss.item() == pytest.approx((math.log(2) + math.log1p(math.exp(1.0))) / 2, abs=1e-6)
+    assert left.grad[0].item() == 0.0 and left.grad[1].item() != 0.0
+    assert m["ties"] == 1.0 and m["accuracy"] == 0.0
+
+
+def test_pairrm_loss_matches_llm_blender_compute_loss():
+    pr.import_llm_blender()
+    from llm_blender.pair_ranker.ranker import CrossCompareReranker
+
+    g = torch.Generator().manual_seed(0)
+    for shape in ((50,), (40, 3)):
+        left, right = torch.randn(*shape, generator=g) * 3, torch.randn(*shape, generator=g) * 3
+        ql = torch.randint(0, 4, shape, generator=g).float()  # small integers: some ties
+        qr = torch.randint(0, 4, shape, generator=g).float()
+        ours, _ = pr.pairrm_loss(left, right, ql, qr)
+        theirs = CrossCompareReranker.compute_loss(
+            SimpleNamespace(loss_type="instructgpt"), left, right, ql, qr
+        )
+        assert abs(ours.item() - theirs.item()) < 1e-6
+
+
+def test_pairrm_loss_matches_the_ranker_forward_loss(bundle):
+    # llm-blender's _forward on a real batch (T = 1 task: its logit is s_left - s_right)
+    batch = bundle.collator([{"source": r["prompt"], "candidates": r["ranked_outputs"][:2],
+                              "scores": [[1.0], [0.0]]} for r in RECORDS])  # fmt: skip
+    for order in ((0, 1), (1, 0)):
+        i, j = order
+        with torch.no_grad():
+            out = bundle.ranker._forward(
+                batch["source_ids"], batch["source_attention_mask"],
+                batch["candidate_ids"][:, i], batch["candidate_attention_mask"][:, i],
+                batch["candidate_ids"][:, j], batch["candidate_attention_mask"][:, j],
+                batch["scores"][:, i], batch["scores"][:, j],
+            )  # fmt: skip
+        logit = out["logits"]
+        ours, _ = pr.pairrm_loss(logit, torch.zeros_like(logit), batch["scores"][:, i, 0],
+                                 batch["scores"][:, j, 0])  # fmt: skip
+        assert abs(ours.item() - out["loss"].item()) < 1e-6
+
+
+def test_pairrm_loss_rejects_bad_input():
+    ok = torch.zeros(3)
+    with pytest.raises(ValueError, match="right_scores has shape"):
+        pr.pairrm_loss(ok, torch.zeros(2), ok, ok)
+    with pytest.raises(ValueError, match="left_quality has 1 non-finite"):
+        pr.pairrm_loss(ok, ok, torch.tensor([0.0, float("nan"), 1.0]), ok)
+    with pytest.raises(ValueError, match="P >= 1"):
+        pr.pairrm_loss(torch.zeros(0), torch.zeros(0), torch.zeros(0), torch.zeros(0))
+    with pytest.raises(ValueError, match="must be a tensor"):
+        pr.pairrm_loss([0.0], ok, ok, ok)
+
+
+# --- aggregation (fact sheet, checkable fact 9) --------------------------------------------------
+
+
+def test_max_logits_scores_match_llm_blender_and_the_facts():
+    pr.import_llm_blender()
+    from llm_blender.gpt_eval.utils import get_scores_from_cmps
+
+    g = torch.Generator().manual_seed(1)
+    cmp = torch.randn(5, 4, 4, generator=g)
+    cmp[:, torch.arange(4), torch.arange(4)] = 0.0  # llm-blender leaves the diagonal at 0
+    ours = pr.max_logits_scores(cmp)
+    assert np.allclose(ours.numpy(), get_scores_from_cmps(cmp.numpy()), atol=1e-6)
+    assert torch.allclose(ours.sum(-1), torch.zeros(5), atol=1e-6)  # scores sum to 0
+    perm = torch.tensor([2, 0, 3, 1])
+    permuted = pr.max_logits_scores(cmp[:, perm][:, :, perm])
+    assert torch.allclose(permuted, ours[:, perm], atol=1e-6)  # permuting permutes the scores
+    # the diagonal is ignored; a constant left-slot bias cancels
+    noisy = cmp + 5.0
+    assert torch.allclose(pr.max_logits_scores(noisy), ours, atol=1e-5)
+    with pytest.raises(ValueError, match=r"\(N, N\)"):
+        pr.max_logits_scores(torch.zeros(2, 3))
+
+
+def test_compare_both_orders_is_antisymmetric_and_is_ab_minus_ba(blender):
+    x, a, b = ["say hi"] * 2, ["hi!", "hello there."], ["go away.", "no."]
+    kw = dict(return_logits=True, disable_tqdm=True)
+    ab_ba = np.asarray(blender.compare(x, a, b, **kw))
+    ba_ab = np.asarray(blender.compare(x, b, a, **kw))
+    assert np.allclose(ab_ba, -ba_ab, atol=1e-5)  # "[A,B]+[B,A]" flips sign with the order
+    one = np.asarray(blender.compare(x, a, b, mode="[A,B]", **kw))
+    other = np.asarray(blender.compare(x, b, a, mode="[A,B]", **kw))
+    assert np.allclose(ab_ba, one - other, atol=1e-5)
+    # llm-blender's "[B,A]" mode returns the logit that B (on the left) wins
+    swapped = np.asarray(blender.compare(x, a, b, mode="[B,A]", **kw))
+    assert np.allclose(swapped, other, atol=1e-5)
+
+
+# --- data and training -----------------------------------------------------------------------
+
+
+def test_ranker_dataset_scores_follow_the_ranking():
+    ds = pr.ranker_dataset(RECORDS)
+    assert len(ds) == 4
+    item = ds[2]
+    assert item["source"] == "two plus two?" and item["candidates"][0] == "four."
+    assert item["scores"] == [[3.0], [2.0], [1.0], [0.0]]
+    with pytest.raises(PreferenceDataError, match="ranked_outputs"):
+        pr.ranker_dataset([{"prompt": "p", "ranked_outputs": ["only one"]}])
+    with pytest.raises(ValueError, match="empty"):
+        pr.ranker_dataset([])
+
+
+def test_same_k_batches_cover_every_record_once_with_one_k_per_batch():
+    records = RECORDS * 3
+    batches = pr.same_k_batches(records, 2, random.Random(0))
+    flat = sorted(i for b in batches for i in b)
+    assert flat == list(range(len(records)))
+    for b in batches:
+        assert len({len(records[i]["ranked_outputs"]) for i in b}) == 1 and len(b) <= 2
+
+
+def test_same_k_batches_by_length_groups_similar_lengths():
+    gen = random.Random(0)
+    records = [
+        {"prompt": "p", "ranked_outputs": ["x" * gen.randint(1, 100), "y"]} for _ in range(40)
+    ]
+    longest = [max(map(len, r["ranked_outputs"])) for r in records]
+    batches = pr.same_k_batches(records, 4, random.Random(0), by_length=True)
+    assert sorted(i for b in batches for i in b) == list(range(40))
+    # sorted before chunking: the batches' length ranges do not overlap
+    spans = sorted((min(longest[i] for i in b), max(longest[i] for i in b)) for b in batches)
+    assert all(hi <= lo_next for (_, hi), (lo_next, _) in zip(spans[:-1], spans[1:], strict=True))
+    padded = lambda bs: sum(len(b) * max(longest[i] for i in b) for b in bs)  # noqa: E731
+    assert padded(batches) < padded(pr.same_k_batches(records, 4, random.Random(0)))
+
+
+def test_train_pair_ranker_uses_all_pairs_and_repeats(tiny_backbone):  # noqa: F811
+    def run():
+        b = pr.build_pair_ranker(tiny_backbone, source_maxlength=16, candidate_maxlength=16)
+        return b, pr.train_pair_ranker(b, RECORDS, epochs=2, lr=1e-3, batch_size=2, seed=0,
+                                       show_progress=False)  # fmt: skip
+
+    b1, h1 = run()
+    _, h2 = run()
+    pairs = sum(math.comb(len(r["ranked_outputs"]), 2) for r in RECORDS)  # 3 + 1 + 6 + 1
+    assert h1.pairs_seen == 2 * pairs and h1.sequences == 2 * pairs  # one sequence per pair
+    assert h1.steps == 2 * 3  # per epoch: the K=2 pair of prompts, one K=3, one K=4
+    assert all(math.isfinite(v) for v in h1.loss)
+    assert h1.loss == h2.loss  # seeded: the same run twice
+    assert not b1.ranker.training
+    h3 = pr.train_pair_ranker(b1, RECORDS, epochs=2, lr=1e-3, batch_size=2, max_steps=4,
+                              show_progress=False)  # fmt: skip
+    assert h3.steps == 4 and not h3.config["by_length"]  # max_steps stops early
+    with pytest.raises(ValueError, match="lr"):
+        pr.train_pair_ranker(b1, RECORDS, lr=0.0)
+
+
+# --- Blender's API: held-out pairs, full vs bubble -------------------------------------------
+
+
+def test_evaluate_pairs_counts_two_passes_per_pair(blender):
+    ev = pr.evaluate_pairs(blender, RECORDS)
+    n = sum(math.comb(len(r["ranked_outputs"]), 2) for r in RECORDS)
+    assert ev.n_pairs == n and ev.sequences == 2 * n
+    assert 0.0 <= ev.accuracy <= 1.0
+    assert ev.accuracy_one_order == pytest.approx(
+        (ev.accuracy_better_left + ev.accuracy_better_right) / 2
+    )
+    assert set(ev.per_category()) == {"factuality", "helpfulness"}
+    x = [RECORDS[0]["prompt"]]
+    a, b = [RECORDS[0]["ranked_outputs"][0]], [RECORDS[0]["ranked_outputs"][1]]
+    default = blender.compare(x, a, b, return_logits=True, disable_tqdm=True)
+    assert abs(float(default[0]) - ev.both[0]) < 1e-5
+
+
+def test_pairwise_accuracy_of_scores_follows_pair_order():
+    scores = [[3, 1, 2], [0, 1], [4, 3, 2, 1], [1, 0]]
+    right = pr.pairwise_accuracy_of_scores(RECORDS, scores)
+    assert right.tolist() == [True, True, False, False, *[True] * 6, True]
+
+
+def test_full_matrix_and_bubble_forward_pass_counts(blender):
+    prompts = ["say hi", "name a colour"]
+    cands = [["hi!", "go away.", "hello.", "bye."], ["red.", "seven.", "blue.", "a chair."]]
+    full = pr.top_by_full_matrix(blender, prompts, cands)
+    bubble = pr.top_by_bubble(blender, prompts, cands, seed=0)
+    n = 4
+    assert full.sequences == len(prompts) * n * (n - 1)  # N(N-1) ordered comparisons
+    assert bubble.sequences == len(prompts) * 2 * (n - 1)  # 2(N-1): neighbours, both orders
+    assert full.picks.shape == bubble.picks.shape == (2,)
+    assert all(0 <= p < n for p in [*full.picks, *bubble.picks])
+    again = pr.top_by_bubble(blender, prompts, cands, seed=0)
+    assert again.picks.tolist() == bubble.picks.tolist()
+
+
+def test_best_of_n_bookkeeping(blender, tiny_lm):
+    policy, tok = tiny_lm
+    rewards = lambda p, c: torch.tensor([float(len(x)) for x in c])  # noqa: E731
+    res = pr.best_of_n(blender, policy, tok, ["the movie", "the plot"], n=3, max_new_tokens=4,
+                       seed=0, reward_fn=rewards)  # fmt: skip
+    assert res.rewards.shape == (2, 3)
+    assert torch.all(res.oracle >= res.picked(res.full.picks))
+    assert torch.allclose(res.random_pick, res.rewards.mean(-1))
+    assert 0.0 <= res.agreement <= 1.0
+    with pytest.raises(ValueError, match="n must be >= 2"):
+        pr.best_of_n(blender, policy, tok, ["the movie"], n=1)
