@@ -4,6 +4,7 @@ python -m rlhf_lessons cartpole --algo ppo --seed 0          # train, print, sav
 python -m rlhf_lessons cartpole --algo reinforce --seeds 0 1 2
 python -m rlhf_lessons lessons [--only 01 02]                 # what `make lessons` runs
 python -m rlhf_lessons prepare-models                         # convert/cache the models once
+python -m rlhf_lessons report [--check]                       # README numbers from build/results
 """
 
 from __future__ import annotations
@@ -74,6 +75,24 @@ def _prepare_models(args: argparse.Namespace) -> int:
     return 0
 
 
+def _report(args: argparse.Namespace) -> int:
+    from rlhf_lessons.course import report
+    from rlhf_lessons.course.results import repo_root
+
+    root = repo_root()
+    if root is None:
+        print("run this inside the rlhf-lessons checkout", file=sys.stderr)
+        return 2
+    if args.check:
+        diff = report.check(root)
+        print(diff or "README.md agrees with docs/results/")
+        return 1 if diff else 0
+    for path in report.publish(Path(args.build), root):
+        print(f"updated {path}")
+    print("README.md rendered from docs/results/")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="rlhf_lessons",
@@ -103,6 +122,13 @@ def build_parser() -> argparse.ArgumentParser:
     )
     pm.add_argument("--refresh", action="store_true", help="convert again even if cached")
     pm.set_defaults(func=_prepare_models)
+
+    rp = sub.add_parser(
+        "report", help="copy a full run's results and figures to docs/ and render the README"
+    )
+    rp.add_argument("--build", default="build", help="the run's build folder (default build/)")
+    rp.add_argument("--check", action="store_true", help="only check README against docs/results")
+    rp.set_defaults(func=_report)
     return parser
 
 

@@ -47,6 +47,13 @@ class Batch:
         return Batch(self.input_ids[index], self.attention_mask[index],
                      self.completion_mask[index])  # fmt: skip
 
+    def trimmed(self) -> Batch:
+        """The batch without the columns that are padding in every row (right-padded rows: a
+        minibatch of short rows cut from a batch padded to its longest)."""
+        width = int(self.attention_mask.sum(-1).max())
+        return Batch(self.input_ids[:, :width], self.attention_mask[:, :width],
+                     self.completion_mask[:, :width])  # fmt: skip
+
 
 def format_prompt(tokenizer, prompt: str | Sequence[dict], system: str | None = None) -> str:
     """Turn a user message (or a list of chat messages) into the text the model is prompted

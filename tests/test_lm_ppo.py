@@ -147,8 +147,9 @@ def test_first_minibatch_ratio_is_exactly_one(tiny_lm):
 def test_policy_must_not_share_weights_with_ref(tiny_lm):
     model, tok = tiny_lm
     with pytest.raises(ValueError, match="copy"):
-        train_lm_ppo(PolicyWithValueHead(model), model, tok, _prompts(),
-                     lambda p, c: torch.zeros(len(c)), LMPPOConfig(batch_size=4, minibatch_size=2))  # fmt: skip
+        train_lm_ppo(PolicyWithValueHead(model), tok, _prompts(),
+                     LMPPOConfig(batch_size=4, minibatch_size=2), ref=model,
+                     reward_fn=lambda p, c: torch.zeros(len(c)))  # fmt: skip
 
 
 def test_config_errors_name_the_field():
@@ -167,8 +168,10 @@ def test_ppo_pushes_a_tiny_model_toward_the_reward(tiny_lm):
         return torch.tensor([float(c.split().count("great")) for c in completions])
 
     cfg = LMPPOConfig(iterations=12, batch_size=32, minibatch_size=8, lr=1e-2, max_new_tokens=6,
-                      init_kl_coef=0.01, missing_eos_penalty=None, seed=0)  # fmt: skip
-    h = train_lm_ppo(policy, model, tok, _prompts() * 8, reward, cfg, show_progress=False)
+                      beta=0.01, missing_eos_penalty=None, seed=0)  # fmt: skip
+    h = train_lm_ppo(
+        policy, tok, _prompts() * 8, cfg, ref=model, reward_fn=reward, show_progress=False
+    )
     assert len(h.score) == 12 and h.kl[0] == pytest.approx(0.0, abs=1e-5)
     assert sum(h.score[-3:]) / 3 > sum(h.score[:3]) / 3 + 1.0, h.score
     assert h.kl[-1] > 0.1
@@ -188,8 +191,15 @@ def test_ppo_raises_the_true_reward_of_the_review_model():
         ev = prompts(32, seed=1)
         sft = evaluate_policy(ref, ref, tok, ev, n_samples=4, max_new_tokens=16)
         policy = PolicyWithValueHead(copy.deepcopy(ref))
-        train_lm_ppo(policy, ref, tok, prompts(256, seed=0), reward_of,
-                     LMPPOConfig(iterations=20), show_progress=False)  # fmt: skip
+        train_lm_ppo(
+            policy,
+            tok,
+            prompts(256, seed=0),
+            LMPPOConfig(iterations=20),
+            ref=ref,
+            reward_fn=reward_of,
+            show_progress=False,
+        )
         after = evaluate_policy(policy.lm, ref, tok, ev, n_samples=4, max_new_tokens=16)
     assert after["reward"] > sft["reward"] + 0.25, (sft["reward"], after["reward"])
     assert after["kl"] < 10.0

@@ -45,8 +45,8 @@ def test_train_sft_learns_the_completions(tiny_lm):
     model = copy.deepcopy(model)
     history = pl.train_sft(model, tok, DATA, pl.SFTConfig(lr=1e-2, epochs=20, batch_size=4),
                            show_progress=False)  # fmt: skip
-    assert history["steps"] == 20 and history["examples"] == 4
-    assert history["loss"][-1] < 0.5 * history["loss"][0]
+    assert history.steps == 20 and history.examples == 4
+    assert history.loss[-1] < 0.5 * history.loss[0]
     with pytest.raises(ValueError, match=r"data\[0\]"):
         pl.train_sft(model, tok, [{"prompt": "x"}])
 

@@ -332,3 +332,18 @@ def test_sft_model_writes_fluent_reviews_of_both_polarities():
     out = evaluate_policy(model, model, tok, rc.prompts(40, seed=0), n_samples=4, threads=1)
     assert out["kl"] == 0.0 and out["eos_fraction"] > 0.95 and out["grammatical"] > GRAMMATICAL_MIN
     assert abs(out["reward"]) < 0.3 and out["distinct_2"] > 0.2
+
+
+def test_named_prompt_splits_are_fixed_distinct_and_disjoint(monkeypatch):
+    from rlhf_lessons.review_world import splits
+
+    test, val = splits.test_prompts(), splits.validation_prompts()
+    assert len(set(test)) == len(test) == 64 and len(set(val)) == len(val) == 64
+    assert not set(test) & set(val)
+    monkeypatch.setenv("RLHF_LESSONS_SEEDS", "1000")  # the seeds switch does not move them
+    assert splits.test_prompts() == test
+    for seed in (0, 1, 1000):
+        train = splits.train_prompts(500, seed)
+        assert len(train) == 500 and not set(train) & (set(test) | set(val))
+    with pytest.raises(ValueError, match="split must be"):
+        splits.split_prompts("dev")

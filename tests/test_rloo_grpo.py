@@ -285,12 +285,20 @@ def test_train_group_pg_runs_and_learns_a_toy_reward(tiny_lm, method):
                                          max_new_tokens=6, lr=3e-3, beta=0.01,
                                          missing_eos_penalty=None, epochs=2, minibatches=2)  # fmt: skip
     pool = ["the movie was", "a film", "the plot is", "the acting was not", "a movie", "the film"]
-    policy, h = train_group_pg(policy, model, tok, pool,
-                               _positive_words, cfg, eval_fn=lambda p: {"n": 1},
-                               eval_every=5, show_progress=False)  # fmt: skip
+    h = train_group_pg(
+        policy,
+        tok,
+        pool,
+        cfg,
+        ref=model,
+        reward_fn=_positive_words,
+        eval_fn=lambda p: {"n": 1},
+        eval_every=5,
+        show_progress=False,
+    )
     assert len(h.score) == len(h.kl) == len(h.loss) == len(h.seconds) == 12
     assert h.kl[0] == pytest.approx(0.0, abs=1e-5)  # the first batch is sampled from pi_ref
-    assert [e["iteration"] for e in h.evaluations] == [0, 5, 10, 12]
+    assert [e["step"] for e in h.evaluations] == [0, 5, 10, 12]
     assert all(torch.equal(a, b) for a, b in zip(before, model.parameters(), strict=True))
     assert sum(h.score[-3:]) / 3 > sum(h.score[:3]) / 3 + 0.5, h.score
     assert h.seconds == sorted(h.seconds) and len(h.samples) == 8
@@ -299,17 +307,34 @@ def test_train_group_pg_runs_and_learns_a_toy_reward(tiny_lm, method):
 def test_train_group_pg_rejects_bad_input(tiny_lm):
     model, tok = tiny_lm
     with pytest.raises(ValueError, match="same model"):
-        train_group_pg(model, model, tok, ["a"] * 20, _positive_words, show_progress=False)
+        train_group_pg(
+            model, tok, ["a"] * 20, ref=model, reward_fn=_positive_words, show_progress=False
+        )
     with pytest.raises(ValueError, match="fewer than prompts_per_iteration"):
-        train_group_pg(copy.deepcopy(model), model, tok, ["a film"], _positive_words,
-                       show_progress=False)  # fmt: skip
+        train_group_pg(
+            copy.deepcopy(model),
+            tok,
+            ["a film"],
+            ref=model,
+            reward_fn=_positive_words,
+            show_progress=False,
+        )
     frozen = copy.deepcopy(model).requires_grad_(False)
     with pytest.raises(ValueError, match="requires_grad"):
-        train_group_pg(frozen, model, tok, ["a film"] * 20, _positive_words, show_progress=False)
+        train_group_pg(
+            frozen, tok, ["a film"] * 20, ref=model, reward_fn=_positive_words, show_progress=False
+        )
     nan_reward = lambda p, c: torch.full((len(c),), float("nan"))  # noqa: E731
     with pytest.raises(ValueError, match="finite"):
-        train_group_pg(copy.deepcopy(model), model, tok, ["a film"] * 20, nan_reward,
-                       GroupPGConfig(iterations=1, max_new_tokens=3), show_progress=False)  # fmt: skip
+        train_group_pg(
+            copy.deepcopy(model),
+            tok,
+            ["a film"] * 20,
+            GroupPGConfig(iterations=1, max_new_tokens=3),
+            ref=model,
+            reward_fn=nan_reward,
+            show_progress=False,
+        )
 
 
 # --- parity with TRL 1.x: its own _compute_loss and advantage code on the same numbers ---------
@@ -513,8 +538,8 @@ def test_group_pg_raises_the_true_reward_of_the_review_model(review_world, metho
 
     ref, tok, pool, evaluate, sft = review_world
     cfg = getattr(GroupPGConfig, method)(iterations=40, seed=0)
-    policy, h = train_group_pg(copy.deepcopy(ref), ref, tok, pool, reward_of, cfg,
-                               show_progress=False)  # fmt: skip
+    policy = copy.deepcopy(ref)
+    h = train_group_pg(policy, tok, pool, cfg, ref=ref, reward_fn=reward_of, show_progress=False)
     after = evaluate(policy)
     assert after["reward"] > sft["reward"] + 0.2, (sft["reward"], after["reward"])
     assert after["reward"] - after["reward_ci"] > sft["reward"] + sft["reward_ci"]

@@ -12,6 +12,7 @@ from toy_sft import DATA
 from rlhf_lessons.alignment import spin
 from rlhf_lessons.alignment.dpo import DPOConfig
 from rlhf_lessons.alignment.dpo_losses import dpo_loss
+from rlhf_lessons.alignment.sft import check_sft_data
 from rlhf_lessons.lm import Generation, sequence_logprobs, token_logprobs, tokenize_pairs
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -88,13 +89,13 @@ def test_data_logprob_matches_a_direct_computation(tiny_lm):
 
 def test_bad_sft_data_is_rejected_with_the_field_named():
     with pytest.raises(ValueError, match="empty"):
-        spin.check_sft_data([])
+        check_sft_data([])
     with pytest.raises(ValueError, match=r"data\[1\].*'completion'"):
-        spin.check_sft_data([DATA[0], {"prompt": "x", "answer": "y"}])
+        check_sft_data([DATA[0], {"prompt": "x", "answer": "y"}])
     with pytest.raises(ValueError, match=r"data\[0\]: 'completion' is empty"):
-        spin.check_sft_data([{"prompt": "x", "completion": "  "}])
+        check_sft_data([{"prompt": "x", "completion": "  "}])
     with pytest.raises(TypeError, match="list"):
-        spin.check_sft_data(DATA[0])
+        check_sft_data(DATA[0])
     with pytest.raises(ValueError, match="temperature"):
         spin.SPINConfig(temperature=0)
 
@@ -103,8 +104,8 @@ def test_bad_sft_data_is_rejected_with_the_field_named():
 def test_spin_raises_the_true_reward_in_the_review_world():
     """From review-gpt fine-tuned on a few positive answers, two SPIN iterations on the others
     raise the true reward of its completions of held-out prompts."""
-    from rlhf_lessons.alignment.pipeline import SFTConfig, train_sft
     from rlhf_lessons.alignment.self_rewarding import review_seed_data
+    from rlhf_lessons.alignment.sft import SFTConfig, train_sft
     from rlhf_lessons.review_world.evaluation import evaluate_policy
     from rlhf_lessons.review_world.grammar import is_grammatical, prompts
     from rlhf_lessons.review_world.tiny_lm import load_sft_model

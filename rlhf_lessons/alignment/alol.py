@@ -537,13 +537,6 @@ class ALoLHistory:
         return len(self.loss)
 
 
-def _trim(batch: Batch) -> tuple[Batch, int]:
-    """Drop the columns that are padding in every (right-padded) row; returns the width too."""
-    width = int(batch.attention_mask.sum(-1).max())
-    return Batch(batch.input_ids[:, :width], batch.attention_mask[:, :width],
-                 batch.completion_mask[:, :width]), width  # fmt: skip
-
-
 def train_alol(
     policy,
     data: OfflineRLData,
@@ -599,8 +592,8 @@ def train_alol(
         for _ in bar:
             t0 = time.perf_counter()
             idx = next(sampler)
-            mb, width = _trim(data.batch.rows(idx))
-            mb = mb.to(device)
+            mb = data.batch.rows(idx).trimmed().to(device)
+            width = mb.input_ids.shape[1]
             logp = token_logprobs(policy, mb)
             adv = None if data.advantages is None else data.advantages[idx].to(device)
             loss, m = alol_objective(

@@ -70,11 +70,12 @@ convention, the default here) needs a larger beta than DPO for the same KL: its 
 from __future__ import annotations
 
 import contextlib
+import itertools
 import math
 import time
 import warnings
-from collections.abc import Callable, Iterator, Mapping, Sequence
-from dataclasses import asdict, dataclass, field, replace
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import asdict, dataclass, replace
 
 import torch
 from torch import nn
@@ -85,6 +86,7 @@ from rlhf_lessons.course.progress import progress
 from rlhf_lessons.course.seeding import seed_everything
 from rlhf_lessons.lm import Batch, format_prompt, sequence_logprobs, token_logprobs, tokenize_pairs
 from rlhf_lessons.rewards.preference_data import PreferenceDataError, validate_pair
+from rlhf_lessons.training import EvalFn, History, Stopwatch, trainable_parameters, warmup_schedule
 
 LOSSES = ("dpo", "ipo", "hinge", "simpo")
 DEFAULT_BETA = {"dpo": 0.1, "ipo": 0.1, "hinge": 0.1, "simpo": 2.0}
@@ -180,33 +182,6 @@ class DPOConfig:
         return replace(cls(loss="simpo"), **overrides)
 
 
-@dataclass
-class DPOHistory:
-    """One entry per optimizer step in each list (the minibatch's means, from the loss's
-    metrics: implicit rewards beta (log pi - log pi_ref), or beta avg log pi for SimPO)."""
-
-    config: dict
-    reference: str = ""  # where pi_ref came from (see train_dpo)
-    n_pairs: int = 0
-    ref_seconds: float = 0.0  # time spent precomputing the reference (0: ref_logps given)
-    loss: list[float] = field(default_factory=list)
-    rewards_chosen: list[float] = field(default_factory=list)
-    rewards_rejected: list[float] = field(default_factory=list)
-    margin: list[float] = field(default_factory=list)  # mean chosen - rejected reward
-    accuracy: list[float] = field(default_factory=list)  # chosen reward > rejected (ties: wrong)
-    logps_chosen: list[float] = field(default_factory=list)  # mean policy log-probs (as in loss)
-    logps_rejected: list[float] = field(default_factory=list)
-    grad_norm: list[float] = field(default_factory=list)  # before clipping
-    lr: list[float] = field(default_factory=list)
-    epoch: list[float] = field(default_factory=list)  # fractional epoch at the end of the step
-    seconds: list[float] = field(default_factory=list)  # training wall-clock since the start
-    evaluations: list[dict] = field(default_factory=list)  # {"step", **eval_fn(policy)}
-
-    @property
-    def steps(self) -> int:
-        return len(self.loss)
-
-
 # --- Pairs to tokens -------------------------------------------------------------------------
 
 
@@ -278,13 +253,6 @@ def tokenize_preferences(
             "max_completion_length or drop the pair"
         )
     return batch
-
-
-def _trim(batch: Batch) -> Batch:
-    """Drop the columns that are padding in every row (rows are right padded)."""
-    width = int(batch.attention_mask.sum(-1).max())
-    return Batch(batch.input_ids[:, :width], batch.attention_mask[:, :width],
-                 batch.completion_mask[:, :width])  # fmt: skip
 
 
 # --- The reference, computed once ------------------------------------------------------------
@@ -422,9 +390,9 @@ def precompute_reference_logps(
     by_length = torch.argsort(batch.attention_mask.sum(-1), stable=True)
     context = adapter_disabled(ref_model) if disable_adapter else contextlib.nullcontext()
     try:
-        with context, torch_threads(threads) if threads else contextlib.nullcontext():
+        with context, torch_threads(threads):
             for i in range(0, len(batch), chunk_size):
-                rows = _trim(batch.rows(by_length[i : i + chunk_size])).to(device)
+                rows = batch.rows(by_length[i : i + chunk_size]).trimmed().to(device)
                 logp = token_logprobs(ref_model, rows)
                 sums.append(sequence_logprobs(logp, rows.completion_mask).cpu())
                 means.append(sequence_logprobs(logp, rows.completion_mask, average=True).cpu())
@@ -474,50 +442,73 @@ def _pair_loss(cfg: DPOConfig, chosen, rejected, ref_chosen, ref_rejected):
                     loss_type=_LOSS_TYPE[cfg.loss], label_smoothing=cfg.label_smoothing)  # fmt: skip
 
 
+def _reference(policy, batch: Batch, cfg: DPOConfig, ref_model, ref_logps):
+    """log pi_ref of every row of ``batch`` and where it came from (see :func:`train_dpo`)."""
+    if not cfg.needs_reference:
+        return None, "none (reference-free)"
+    if ref_logps is not None:
+        if ref_model is not None:
+            raise ValueError("give ref_model or ref_logps, not both")
+        if len(ref_logps) != len(batch):
+            raise ValueError(
+                f"ref_logps holds {len(ref_logps)} rows but the {len(batch) // 2} pairs make "
+                f"{len(batch)} (chosen rows, then rejected rows): precompute it on "
+                "tokenize_preferences of the same pairs, with the config's lengths"
+            )
+        return ref_logps, "ref_logps (precomputed)"
+    if ref_model is not None:
+        return precompute_reference_logps(ref_model, batch, cfg.ref_chunk_size), "ref_model"
+    if is_peft_model(policy):
+        ref = precompute_reference_logps(policy, batch, cfg.ref_chunk_size, disable_adapter=True)
+        return ref, "policy with its adapter disabled"
+    return precompute_reference_logps(policy, batch, cfg.ref_chunk_size), "policy before training"
+
+
 def train_dpo(
     policy,
     tokenizer,
     pairs: Sequence[Mapping],
     config: DPOConfig | None = None,
+    *,
     ref_model=None,
-    eval_fn: Callable[[nn.Module], dict] | None = None,
+    ref_logps: ReferenceLogps | None = None,
+    eval_fn: EvalFn | None = None,
     eval_every: int = 0,
     show_progress: bool = True,
-    ref_logps: ReferenceLogps | None = None,
-) -> DPOHistory:
+) -> History:
     """Fine-tune ``policy`` (a causal LM or a peft LoRA model, changed in place) on preference
     pairs with DPO, IPO, the hinge loss or SimPO (``config.loss``).
 
     1. Check and tokenise the pairs (:func:`tokenize_preferences`): a clear
-       :class:`~rlhf_lessons.rewards.preference_data.PreferenceDataError` names the first bad record.
+       :class:`~rlhf_lessons.rewards.preference_data.PreferenceDataError` names the first bad
+       record.
     2. Compute log pi_ref of every chosen and rejected response once
        (:func:`precompute_reference_logps`; skipped for SimPO). The reference is, in order:
-       ``ref_model`` if given; else, for a peft policy, the policy with its adapter disabled;
-       else the policy itself before its first update.
+       ``ref_logps`` or ``ref_model`` if given; else, for a peft policy, the policy with its
+       adapter disabled; else the policy itself before its first update.
     3. ``epochs`` passes over the shuffled pairs in minibatches of ``batch_size`` pairs: one
        forward pass of the policy over both responses, sequence log-probs (sums, or per-token
        means for SimPO and TRL-style IPO), the loss, an Adam step with clipped gradients.
 
     Args:
-        policy: the model to train, e.g. ``copy.deepcopy(sft)`` or
-            ``peft.get_peft_model(copy.deepcopy(sft), LoraConfig(...))``.
+        policy: the model to train, e.g. ``copy.deepcopy(sft)`` or :func:`add_lora` of it.
         tokenizer: its tokenizer.
         pairs: ``[{"prompt", "chosen", "rejected"}, ...]`` in the standard (already formatted
             prompt) or conversational format; extra keys are ignored.
         config: :class:`DPOConfig` (default: its defaults, DPO with beta 0.1).
-        ref_model: the frozen reference (never updated, run once); see step 2 for the default.
-            SimPO ignores it (and ``ref_logps``).
+        ref_model: the frozen reference (never updated, run once). SimPO ignores it.
         ref_logps: the reference's log-probs, already computed with
             :func:`precompute_reference_logps` on ``tokenize_preferences(tokenizer, pairs,
-            config.max_prompt_length, config.max_completion_length, config.add_eos)``: several
-            runs on the same pairs (a sweep over beta) then share one reference pass.
+            config.max_prompt_length, config.max_completion_length, config.add_eos)``: runs on
+            the same pairs (a sweep over beta) then share one reference pass.
         eval_fn: ``policy -> dict`` measured every ``eval_every`` steps (and at step 0 when
-            ``eval_every``) and at the end, e.g. :func:`rlhf_lessons.review_world.evaluation.
-            evaluate_policy` on fixed prompts; its time is not counted in ``seconds``.
-        show_progress: a tqdm bar over the steps (``RLHF_LESSONS_PROGRESS=0`` hides it).
+            ``eval_every``) and at the end; its time is not counted in ``seconds``.
 
     Returns:
-        :class:`DPOHistory`.
+        a :class:`~rlhf_lessons.training.History`, one row per step: the loss's metrics
+        (``loss``, ``rewards_chosen``, ``rewards_rejected``, ``margin``, ``accuracy``,
+        ``logps_chosen``, ``logps_rejected``), ``grad_norm``, ``lr``, ``epoch``, ``seconds``;
+        ``info``: ``reference`` (where pi_ref came from), ``n_pairs``, ``ref_seconds``.
     """
     cfg = config or DPOConfig()
     if ref_model is not None and ref_model is policy:
@@ -525,117 +516,60 @@ def train_dpo(
             "ref_model is the policy itself: leave ref_model=None to use the policy's state "
             "before training (or its base model, for a LoRA policy) as the reference"
         )
-    peft_policy = is_peft_model(policy)
-    if peft_policy:
+    if is_peft_model(policy):
         _check_lora_frozen(policy)
-    params = [p for p in policy.parameters() if p.requires_grad]
-    if not params:
-        raise ValueError(
-            "policy has no parameter with requires_grad=True (copied from a frozen model?): "
-            "call policy.requires_grad_(True), or add a LoRA adapter, before training"
-        )
-    threads = torch_threads(cfg.threads) if cfg.threads else contextlib.nullcontext()
-    history = DPOHistory(config=asdict(cfg))
-    with threads:
+    params = trainable_parameters(policy)
+    history = History(cfg.loss, asdict(cfg))
+    with torch_threads(cfg.threads):
         seed_everything(cfg.seed)
         batch = tokenize_preferences(tokenizer, pairs, cfg.max_prompt_length,
                                      cfg.max_completion_length, cfg.add_eos)  # fmt: skip
         n = len(batch) // 2
-        history.n_pairs = n
 
         # 1. The reference, once: log pi_ref(y_w | x) (rows :n) and log pi_ref(y_l | x) (n:).
-        ref = None
-        if cfg.needs_reference:
-            if ref_logps is not None:
-                if ref_model is not None:
-                    raise ValueError("give ref_model or ref_logps, not both")
-                if len(ref_logps) != len(batch):
-                    raise ValueError(
-                        f"ref_logps holds {len(ref_logps)} rows but the {n} pairs make "
-                        f"{len(batch)} (chosen rows, then rejected rows): precompute it on "
-                        "tokenize_preferences of the same pairs, with the config's lengths"
-                    )
-                history.reference = "ref_logps (precomputed)"
-                ref = ref_logps
-            elif ref_model is not None:
-                history.reference = "ref_model"
-                ref = precompute_reference_logps(ref_model, batch, cfg.ref_chunk_size)
-            elif peft_policy:
-                history.reference = "policy with its adapter disabled"
-                ref = precompute_reference_logps(policy, batch, cfg.ref_chunk_size,
-                                                 disable_adapter=True)  # fmt: skip
-            else:
-                history.reference = "policy before training"
-                ref = precompute_reference_logps(policy, batch, cfg.ref_chunk_size)
-            if ref is not ref_logps:
-                history.ref_seconds = ref.seconds
-            ref_seq = ref.select(cfg.average_logps)
-        else:
-            history.reference = "none (reference-free)"
+        ref, history.info["reference"] = _reference(policy, batch, cfg, ref_model, ref_logps)
+        history.info.update(
+            n_pairs=n, ref_seconds=ref.seconds if ref not in (None, ref_logps) else 0.0
+        )
+        ref_seq = None if ref is None else ref.select(cfg.average_logps)
 
         # 2. Optimise. Dropout off: the log-probs must be the model's, not a noisy version.
         policy.eval()
         optimizer = torch.optim.Adam(params, lr=cfg.lr)
-        warm = max(cfg.warmup_steps, 1)
-        schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: min(1.0, (s + 1) / warm))
+        schedule = warmup_schedule(optimizer, cfg.warmup_steps)
         per_epoch = math.ceil(n / cfg.batch_size)
-        total = per_epoch * cfg.epochs
-        if cfg.max_steps is not None:
-            total = min(total, cfg.max_steps)
-        device = next(policy.parameters()).device
-        elapsed, step = 0.0, 0
-
-        def evaluate() -> None:
-            if eval_fn is not None:
-                history.evaluations.append({"step": step, **eval_fn(policy)})
-                policy.eval()
-
+        total = min(per_epoch * cfg.epochs, cfg.max_steps or per_epoch * cfg.epochs)
+        device, watch = next(policy.parameters()).device, Stopwatch()
         if eval_every:
-            evaluate()
+            history.evaluate(eval_fn, policy)
         bar = progress(total=total, desc=cfg.loss.upper(), disable=not show_progress)
-        for epoch, order in enumerate(pair_order(n, cfg)):
-            if step == total:
-                break
-            for idx in order.split(cfg.batch_size):
-                if step == total:
-                    break
-                t0 = time.perf_counter()
-                rows = torch.cat([idx, idx + n])
-                mb = _trim(batch.rows(rows)).to(device)
+        minibatches = ((e, idx) for e, order in enumerate(pair_order(n, cfg))
+                       for idx in order.split(cfg.batch_size))  # fmt: skip
+        for epoch, idx in itertools.islice(minibatches, total):
+            with watch:
+                mb = batch.rows(torch.cat([idx, idx + n])).trimmed().to(device)
                 logp = token_logprobs(policy, mb)
                 seq = sequence_logprobs(logp, mb.completion_mask, average=cfg.average_logps)
                 k = len(idx)
-                if ref is None:
-                    ref_chosen = ref_rejected = None
-                else:
-                    ref_chosen, ref_rejected = ref_seq[idx].to(device), ref_seq[idx + n].to(device)
-                loss, m = _pair_loss(cfg, seq[:k], seq[k:], ref_chosen, ref_rejected)
+                ref_w = ref_l = None
+                if ref_seq is not None:
+                    ref_w, ref_l = ref_seq[idx].to(device), ref_seq[idx + n].to(device)
+                loss, m = _pair_loss(cfg, seq[:k], seq[k:], ref_w, ref_l)
                 optimizer.zero_grad()
                 loss.backward()
                 norm = nn.utils.clip_grad_norm_(params, cfg.max_grad_norm)
-                history.lr.append(optimizer.param_groups[0]["lr"])
+                lr = optimizer.param_groups[0]["lr"]
                 optimizer.step()
                 schedule.step()
-                step += 1
-                elapsed += time.perf_counter() - t0
-
-                history.loss.append(m["loss"])
-                history.rewards_chosen.append(m["rewards_chosen"])
-                history.rewards_rejected.append(m["rewards_rejected"])
-                history.margin.append(m["margin"])
-                history.accuracy.append(m["accuracy"])
-                history.logps_chosen.append(m["logps_chosen"])
-                history.logps_rejected.append(m["logps_rejected"])
-                history.grad_norm.append(float(norm))
-                history.epoch.append(epoch + min(1.0, (step - epoch * per_epoch) / per_epoch))
-                history.seconds.append(elapsed)
-                bar.update(1)
-                bar.set_postfix(loss=f"{m['loss']:.3f}", acc=f"{m['accuracy']:.2f}",
-                                margin=f"{m['margin']:.2f}")  # fmt: skip
-                if eval_every and step % eval_every == 0 and step != total:
-                    evaluate()
+            done = history.steps + 1 - epoch * per_epoch
+            history.log(seconds=watch.seconds, **m, grad_norm=float(norm), lr=lr,
+                        epoch=epoch + min(1.0, done / per_epoch))  # fmt: skip
+            bar.update(1)
+            bar.set_postfix(loss=f"{m['loss']:.3f}", acc=f"{m['accuracy']:.2f}")
+            if history.due(eval_every, total):
+                history.evaluate(eval_fn, policy)
         bar.close()
-        evaluate()
+        history.evaluate(eval_fn, policy)
     return history
 
 
@@ -662,7 +596,7 @@ def implicit_reward_accuracy(
     or ``beta log pi(y|x)`` with no reference (SimPO: with ``average``, the per-token mean).
     A pair is ranked right when its chosen response's reward is higher. Ties (every pair, when
     pi = pi_ref) count 1/2, a coin flip, so an untrained policy scores 0.5; TRL's logged
-    ``rewards/accuracies`` (and :class:`DPOHistory`'s) count ties as wrong.
+    ``rewards/accuracies`` (and :func:`train_dpo`'s history) count ties as wrong.
 
     Args:
         policy: the trained model (a causal LM or a peft model).

@@ -34,9 +34,9 @@ completions are short (at most 16 tokens); old TRL's defaults are noted where ou
 from __future__ import annotations
 
 import random
-import time
-from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass, field
+from collections import defaultdict
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass
 
 import torch
 from torch import nn
@@ -48,11 +48,13 @@ from rlhf_lessons.alignment.kl_control import (
     shape_rewards,
 )
 from rlhf_lessons.alignment.rollouts import RewardFn, Rollout, collect_rollout
+from rlhf_lessons.course.device import torch_threads
 from rlhf_lessons.course.progress import progress
 from rlhf_lessons.course.seeding import seed_everything
 from rlhf_lessons.lm import Batch, token_logprobs_and_states
 from rlhf_lessons.rl.advantages import gae, masked_mean, masked_whiten
 from rlhf_lessons.rl.ppo import clipped_surrogate_loss, value_loss
+from rlhf_lessons.training import EvalFn, History, Stopwatch, mean, trainable_parameters
 
 
 class PolicyWithValueHead(nn.Module):
@@ -87,60 +89,41 @@ class LMPPOConfig:
     iterations: int = 60  # rollout + update rounds
     batch_size: int = 64  # prompts (= completions) per rollout [128]
     minibatch_size: int = 16  # [128: one minibatch per epoch]
-    ppo_epochs: int = 4  # passes over each batch [4]
+    epochs: int = 4  # passes over each batch [ppo_epochs 4]
     lr: float = 3e-4  # Adam; a 0.5M-parameter model from scratch tolerates far more than 1.41e-5
     max_grad_norm: float = 1.0
     max_new_tokens: int = 16
     temperature: float = 1.0  # for sampling and every log-prob of it
-    init_kl_coef: float = 0.1  # beta [0.2]
+    beta: float = 0.1  # KL coefficient (the adaptive controller's start) [init_kl_coef 0.2]
     adaptive_kl: bool = False  # [True]
     kl_target: float = 4.0  # nats per sequence, for the adaptive controller [6]
     kl_horizon: int = 10_000  # [10000]
     kl_estimator: str = "k1"  # per-token KL in the reward: "k1" or "k3"
     gamma: float = 1.0  # [1]
-    lam: float = 0.95  # [0.95]
-    clip_eps: float = 0.2  # [0.2]
-    clip_value: float = 0.2  # [0.2]
+    gae_lambda: float = 0.95  # [lam 0.95]
+    clip_eps: float = 0.2  # [cliprange 0.2]
+    clip_value: float = 0.2  # [cliprange_value 0.2]
     vf_coef: float = 0.1  # [0.1]
     whiten_rewards: bool = False  # [False]; advantages are always whitened
     missing_eos_penalty: float | None = 1.0  # subtracted from completions cut off before EOS
+    threads: int | None = None  # torch threads while training (None: leave as is)
     seed: int = 0
 
     def __post_init__(self) -> None:
         if self.kl_estimator not in KL_ESTIMATORS:
             raise ValueError(
-                f"kl_estimator must be one of {KL_ESTIMATORS}, got {self.kl_estimator!r}"
+                f"LMPPOConfig.kl_estimator must be one of {KL_ESTIMATORS}, got "
+                f"{self.kl_estimator!r}"
             )
         if self.batch_size % self.minibatch_size:
             raise ValueError(
-                f"batch_size ({self.batch_size}) must be a multiple of minibatch_size "
-                f"({self.minibatch_size})"
+                f"LMPPOConfig.batch_size ({self.batch_size}) must be a multiple of "
+                f"minibatch_size ({self.minibatch_size})"
             )
-        if self.init_kl_coef < 0:
-            raise ValueError(f"init_kl_coef must be >= 0, got {self.init_kl_coef}")
-        if self.iterations < 1 or self.ppo_epochs < 1:
-            raise ValueError("iterations and ppo_epochs must be >= 1")
-
-
-@dataclass
-class LMTrainHistory:
-    """One entry per iteration in each list (the rollout's statistics and the update's means)."""
-
-    config: dict
-    score: list[float] = field(default_factory=list)  # mean reward-model score of the samples
-    kl: list[float] = field(default_factory=list)  # mean sequence KL (k1) of the samples
-    beta: list[float] = field(default_factory=list)  # KL coefficient used for the batch
-    reward: list[float] = field(default_factory=list)  # mean score - beta * KL
-    length: list[float] = field(default_factory=list)  # mean completion tokens (EOS included)
-    ended: list[float] = field(default_factory=list)  # fraction ending with EOS
-    policy_loss: list[float] = field(default_factory=list)
-    value_loss: list[float] = field(default_factory=list)
-    approx_kl: list[float] = field(default_factory=list)  # pi_old -> pi_theta within the update
-    clipfrac: list[float] = field(default_factory=list)
-    entropy: list[float] = field(default_factory=list)  # mean per-token entropy, nats
-    seconds: list[float] = field(default_factory=list)  # wall-clock since the start
-    evaluations: list[dict] = field(default_factory=list)  # {"iteration", **eval_fn(policy)}
-    samples: list[tuple[str, str, float]] = field(default_factory=list)  # last batch, a few
+        if self.beta < 0:
+            raise ValueError(f"LMPPOConfig.beta must be >= 0, got {self.beta}")
+        if self.iterations < 1 or self.epochs < 1:
+            raise ValueError("LMPPOConfig.iterations and epochs must be >= 1")
 
 
 def completion_dones(completion_mask: torch.Tensor) -> torch.Tensor:
@@ -171,121 +154,116 @@ def lm_advantages(
 
 
 def train_lm_ppo(
-    model: PolicyWithValueHead,
-    ref,
+    policy: PolicyWithValueHead,
     tokenizer,
-    prompt_pool: Sequence[str],
-    reward_fn: RewardFn,
+    prompts: Sequence[str],
     config: LMPPOConfig | None = None,
-    eval_fn: Callable[[nn.Module], dict] | None = None,
+    *,
+    ref: nn.Module,
+    reward_fn: RewardFn,
+    eval_fn: EvalFn | None = None,
     eval_every: int = 0,
     show_progress: bool = True,
-) -> LMTrainHistory:
-    """Fine-tune ``model`` (a :class:`PolicyWithValueHead`, changed in place) with PPO.
+) -> History:
+    """Fine-tune ``policy`` (a :class:`PolicyWithValueHead`, changed in place) with PPO.
 
     Args:
-        model: the policy and its value head; typically a copy of the SFT model.
-        ref: the frozen reference (SFT) model, for the KL penalty.
-        prompt_pool: formatted prompts; each iteration draws ``batch_size`` of them at random.
-        reward_fn: ``(prompts, completions) -> (B,)`` scores (a reward model, or the true one).
+        policy: the policy and its value head; typically a copy of the SFT model.
+        tokenizer: the policy's tokenizer.
+        prompts: formatted prompts; each iteration draws ``batch_size`` of them at random.
         config: see :class:`LMPPOConfig` (default: its defaults).
-        eval_fn: ``policy_lm -> dict`` measured every ``eval_every`` iterations and at the
-            end (e.g. :func:`rlhf_lessons.review_world.evaluation.evaluate_policy` with fixed prompts).
+        ref: the frozen reference (SFT) model, for the KL penalty.
+        reward_fn: ``(prompts, completions) -> (B,)`` scores (a reward model, or the true one).
+        eval_fn: ``policy.lm -> dict`` measured every ``eval_every`` iterations and at the
+            end (e.g. :func:`rlhf_lessons.review_world.evaluation.evaluate_policy`).
+
+    Returns:
+        a :class:`~rlhf_lessons.training.History` with one row per iteration: the rollout's
+        ``score``, sequence ``kl``, ``beta``, shaped ``reward``, ``length`` and ``ended``, the
+        update's mean ``policy_loss``, ``value_loss``, ``approx_kl``, ``clipfrac``,
+        ``entropy``, and ``seconds``; ``info["samples"]`` holds a few of the last samples.
     """
-    config = config or LMPPOConfig()
-    if len(prompt_pool) < config.batch_size:
+    cfg = config or LMPPOConfig()
+    if len(prompts) < cfg.batch_size:
         raise ValueError(
-            f"prompt_pool has {len(prompt_pool)} prompts, fewer than batch_size "
-            f"{config.batch_size}: pass more prompts or a smaller batch"
+            f"prompts has {len(prompts)} prompts, fewer than batch_size {cfg.batch_size}: pass "
+            "more prompts or a smaller batch"
         )
-    seed_everything(config.seed)
-    rng = random.Random(config.seed)
-    if any(p is q for p in model.lm.parameters() for q in ref.parameters()):
+    if any(p is q for p in policy.lm.parameters() for q in ref.parameters()):
         raise ValueError("the policy and ref share weights: pass a copy (copy.deepcopy(ref))")
-    if not any(p.requires_grad for p in model.lm.parameters()):
-        raise ValueError("the policy has no trainable parameter (requires_grad is False)")
+    params = trainable_parameters(policy.lm)
+    seed_everything(cfg.seed)
+    rng = random.Random(cfg.seed)
     ref.eval()  # never trained: collect_rollout runs it under no_grad
-    model.eval()  # dropout off for rollouts and updates alike ("N details", no. 8)
-    optimizer = torch.optim.Adam(model.parameters(), lr=config.lr, eps=1e-5)
+    policy.eval()  # dropout off for rollouts and updates alike ("N details", no. 8)
+    optimizer = torch.optim.Adam(policy.parameters(), lr=cfg.lr, eps=1e-5)
     kl_ctl = (
-        AdaptiveKLController(config.init_kl_coef, config.kl_target, config.kl_horizon)
-        if config.adaptive_kl
-        else FixedKLController(config.init_kl_coef)
+        AdaptiveKLController(cfg.beta, cfg.kl_target, cfg.kl_horizon)
+        if cfg.adaptive_kl
+        else FixedKLController(cfg.beta)
     )
-    history = LMTrainHistory(config=asdict(config))
-    tau = config.temperature
-    start = time.perf_counter()
+    history = History(
+        "ppo", asdict(cfg), info={"trainable_parameters": sum(p.numel() for p in params)}
+    )
+    watch, tau = Stopwatch(), cfg.temperature
+    with torch_threads(cfg.threads):
+        if eval_every:
+            history.evaluate(eval_fn, policy.lm)
+        for _ in progress(range(cfg.iterations), desc="PPO", disable=not show_progress):
+            with watch:
+                # 1. Rollout: sample, score, and both models' log-probs at temperature tau.
+                ro: Rollout = collect_rollout(
+                    policy.lm, ref, tokenizer, rng.sample(list(prompts), cfg.batch_size),
+                    reward_fn, max_new_tokens=cfg.max_new_tokens, temperature=tau,
+                    missing_eos_penalty=cfg.missing_eos_penalty,
+                )  # fmt: skip
+                mask = ro.mask
+                with torch.no_grad():
+                    old_values = policy(ro.batch, tau)[1] * mask
 
-    def evaluate(iteration: int) -> None:
-        if eval_fn is not None:
-            history.evaluations.append({"iteration": iteration, **eval_fn(model.lm)})
-
-    if eval_every:
-        evaluate(0)
-    for iteration in progress(
-        range(1, config.iterations + 1), desc="PPO", disable=not show_progress
-    ):
-        # 1. Rollout: sample, score, and the log-probs of both models at temperature tau.
-        prompts = rng.sample(list(prompt_pool), config.batch_size)
-        ro: Rollout = collect_rollout(
-            model.lm, ref, tokenizer, prompts, reward_fn, max_new_tokens=config.max_new_tokens,
-            temperature=tau, missing_eos_penalty=config.missing_eos_penalty,
-        )  # fmt: skip
-        mask = ro.mask
-        with torch.no_grad():
-            _, old_values, _ = model(ro.batch, tau)
-        old_values = old_values * mask
-
-        # 2. Per-token rewards: -beta * kl_t everywhere, plus the score at the last token.
-        beta = kl_ctl.value
-        rewards, shaped = shape_rewards(
-            ro.scores, ro.logp, ro.ref_logp, mask, beta, config.kl_estimator
-        )
-        if config.whiten_rewards:
-            rewards = masked_whiten(rewards, mask, shift_mean=False)
-        advantages, returns = lm_advantages(rewards, old_values, mask, config.gamma, config.lam)
-
-        # 3. PPO epochs over shuffled minibatches of the batch.
-        stats: dict[str, list[float]] = {
-            k: [] for k in ("policy_loss", "value_loss", "approx_kl", "clipfrac", "entropy")
-        }
-        for _ in range(config.ppo_epochs):
-            for idx in torch.randperm(config.batch_size).split(config.minibatch_size):
-                mb_mask = mask[idx]
-                new_logp, new_values, entropy = model(ro.batch.rows(idx), tau)
-                pg_loss, pg = clipped_surrogate_loss(
-                    new_logp, ro.logp[idx], advantages[idx], config.clip_eps, mb_mask
+                # 2. Per-token rewards: -beta * kl_t everywhere, plus the score at the last token.
+                beta = kl_ctl.value
+                rewards, shaped = shape_rewards(
+                    ro.scores, ro.logp, ro.ref_logp, mask, beta, cfg.kl_estimator
                 )
-                vf_loss, vf = value_loss(
-                    new_values, old_values[idx], returns[idx], config.clip_value, mb_mask
+                if cfg.whiten_rewards:
+                    rewards = masked_whiten(rewards, mask, shift_mean=False)
+                advantages, returns = lm_advantages(
+                    rewards, old_values, mask, cfg.gamma, cfg.gae_lambda
                 )
-                loss = pg_loss + config.vf_coef * vf_loss
-                optimizer.zero_grad()
-                loss.backward()
-                nn.utils.clip_grad_norm_(model.parameters(), config.max_grad_norm)
-                optimizer.step()
-                for k, v in (*pg.items(), *vf.items()):
-                    stats[k].append(v)
-                stats["entropy"].append(masked_mean(entropy.detach(), mb_mask).item())
 
-        # 4. Bookkeeping; the adaptive controller moves beta towards the KL target.
-        kl_ctl.update(shaped["kl"], config.batch_size)
-        history.score.append(shaped["score"])
-        history.kl.append(shaped["kl"])
-        history.beta.append(beta)
-        history.reward.append(shaped["reward"])
-        history.length.append(ro.lengths().float().mean().item())
-        history.ended.append(ro.ended.float().mean().item())
-        for k, v in stats.items():
-            getattr(history, k).append(sum(v) / len(v))
-        history.seconds.append(time.perf_counter() - start)
-        if eval_every and iteration % eval_every == 0 and iteration != config.iterations:
-            evaluate(iteration)
-    history.samples = [
-        (p, c, s)
-        for p, c, s in zip(
-            ro.prompts[:8], ro.completions[:8], ro.raw_scores[:8].tolist(), strict=True
+                # 3. PPO epochs over shuffled minibatches of the batch.
+                stats = defaultdict(list)
+                for _ in range(cfg.epochs):
+                    for idx in torch.randperm(cfg.batch_size).split(cfg.minibatch_size):
+                        new_logp, new_values, entropy = policy(ro.batch.rows(idx), tau)
+                        pg_loss, pg = clipped_surrogate_loss(
+                            new_logp, ro.logp[idx], advantages[idx], cfg.clip_eps, mask[idx]
+                        )
+                        vf_loss, vf = value_loss(
+                            new_values, old_values[idx], returns[idx], cfg.clip_value, mask[idx]
+                        )
+                        loss = pg_loss + cfg.vf_coef * vf_loss
+                        optimizer.zero_grad()
+                        loss.backward()
+                        nn.utils.clip_grad_norm_(policy.parameters(), cfg.max_grad_norm)
+                        optimizer.step()
+                        for k, v in (*pg.items(), *vf.items()):
+                            stats[k].append(v)
+                        stats["entropy"].append(masked_mean(entropy.detach(), mask[idx]).item())
+
+                # 4. The adaptive controller moves beta towards the KL target.
+                kl_ctl.update(shaped["kl"], cfg.batch_size)
+            history.log(
+                seconds=watch.seconds, score=shaped["score"], kl=shaped["kl"], beta=beta,
+                reward=shaped["reward"], length=ro.lengths().float().mean().item(),
+                ended=ro.ended.float().mean().item(),
+                **{k: mean(v) for k, v in stats.items()},
+            )  # fmt: skip
+            if history.due(eval_every, cfg.iterations):
+                history.evaluate(eval_fn, policy.lm)
+        history.info["samples"] = list(
+            zip(ro.prompts[:8], ro.completions[:8], ro.raw_scores[:8].tolist(), strict=True)
         )
-    ]
-    evaluate(config.iterations)
+        history.evaluate(eval_fn, policy.lm)
     return history

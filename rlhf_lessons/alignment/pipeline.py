@@ -32,7 +32,6 @@ first unfinished stage.
 
 from __future__ import annotations
 
-import contextlib
 import json
 import math
 import shutil
@@ -58,102 +57,15 @@ from rlhf_lessons.alignment.self_rewarding import (
     judge_agreement,
     self_reward_round,
 )
-from rlhf_lessons.alignment.spin import SPINConfig, check_sft_data, spin_pairs
+from rlhf_lessons.alignment.sft import SFTConfig, train_sft
+from rlhf_lessons.alignment.spin import SPINConfig, spin_pairs
 from rlhf_lessons.course.cache import save_folder_atomically
-from rlhf_lessons.course.device import torch_threads
-from rlhf_lessons.course.progress import progress
 from rlhf_lessons.course.seeding import seed_everything
+from rlhf_lessons.training import RewardFn
 
-RewardFn = Callable[[Sequence[str], Sequence[str]], torch.Tensor]
 STAGE_FILE = "stage.json"
 DATA_FILE = "data.json"
 RUN_FILE = "run.json"
-
-# --- supervised fine-tuning ---------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class SFTConfig:
-    """Settings of :func:`train_sft`: Adam, a constant learning rate after a linear warm-up."""
-
-    lr: float = 1e-3
-    epochs: int = 1
-    batch_size: int = 64
-    max_steps: int | None = None
-    warmup_steps: int = 10
-    max_grad_norm: float = 1.0
-    max_prompt_length: int | None = None
-    max_completion_length: int | None = None
-    add_eos: bool = True  # the model learns to stop
-    chat: bool = True  # wrap prompts in the chat template (a tokenizer without one: raw text)
-    threads: int | None = 1
-    seed: int = 0
-
-    def __post_init__(self) -> None:
-        if not self.lr > 0 or self.epochs < 1 or self.batch_size < 1:
-            raise ValueError("SFTConfig needs lr > 0, epochs >= 1 and batch_size >= 1")
-        if self.max_steps is not None and self.max_steps < 1:
-            raise ValueError(f"SFTConfig.max_steps must be >= 1 or None, got {self.max_steps}")
-
-
-def train_sft(model, tokenizer, data: Sequence[Mapping], config: SFTConfig | None = None,
-              show_progress: bool = True) -> dict:  # fmt: skip
-    """Fine-tune ``model`` in place on ``{"prompt", "completion"}`` records (the prompt is a user
-    message, formatted with :func:`rlhf_lessons.lm.format_prompt` when ``config.chat``).
-
-    Loss: the mean negative log-likelihood of the completion tokens (prompt tokens are context,
-    not targets), ``-sum_t m_t log pi(y_t | x, y_<t) / sum_t m_t`` over the minibatch, with
-    ``m`` the completion mask. Returns ``{"loss": [...], "steps", "seconds", "examples"}``.
-    """
-    cfg = config or SFTConfig()
-    data = check_sft_data(data)
-    params = [p for p in model.parameters() if p.requires_grad]
-    if not params:
-        raise ValueError("model has no trainable parameter: call model.requires_grad_(True)")
-    threads = torch_threads(cfg.threads) if cfg.threads else contextlib.nullcontext()
-    with threads:
-        seed_everything(cfg.seed)
-        prompts = [lm.format_prompt(tokenizer, r["prompt"]) if cfg.chat else r["prompt"]
-                   for r in data]  # fmt: skip
-        batch = lm.tokenize_pairs(tokenizer, prompts, [r["completion"] for r in data],
-                                  cfg.max_prompt_length, cfg.max_completion_length, cfg.add_eos)  # fmt: skip
-        device = next(model.parameters()).device
-        optimizer = torch.optim.Adam(params, lr=cfg.lr)
-        warm = max(cfg.warmup_steps, 1)
-        schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: min(1.0, (s + 1) / warm))
-        generator = torch.Generator().manual_seed(cfg.seed)
-        total = math.ceil(len(data) / cfg.batch_size) * cfg.epochs
-        if cfg.max_steps is not None:
-            total = min(total, cfg.max_steps)
-        losses, start = [], time.perf_counter()
-        model.eval()  # no dropout: the loss is the model's own likelihood
-        bar = progress(total=total, desc="SFT", disable=not show_progress)
-        for _ in range(cfg.epochs):
-            for idx in torch.randperm(len(data), generator=generator).split(cfg.batch_size):
-                if len(losses) == total:
-                    break
-                rows = batch.rows(idx)
-                width = int(rows.attention_mask.sum(-1).max())  # drop all-padding columns
-                rows = lm.Batch(rows.input_ids[:, :width], rows.attention_mask[:, :width],
-                                rows.completion_mask[:, :width]).to(device)  # fmt: skip
-                logp = lm.token_logprobs(model, rows)
-                mask = rows.completion_mask.float()
-                loss = -(logp * mask).sum() / mask.sum()
-                optimizer.zero_grad()
-                loss.backward()
-                nn.utils.clip_grad_norm_(params, cfg.max_grad_norm)
-                optimizer.step()
-                schedule.step()
-                losses.append(loss.item())
-                bar.update(1)
-                bar.set_postfix(loss=f"{loss.item():.3f}")
-        bar.close()
-    model.eval()
-    return {"loss": losses, "steps": len(losses), "seconds": time.perf_counter() - start,
-            "examples": len(data)}  # fmt: skip
-
-
-# --- stages -------------------------------------------------------------------------------------
 
 
 def _jsonable(x):
@@ -189,10 +101,10 @@ class SFTStage:
     kind: ClassVar[str] = "sft"
 
     def run(self, model, tokenizer, show_progress: bool) -> StageOutput:
-        history = train_sft(model, tokenizer, self.data, self.config, show_progress)
-        return StageOutput({"examples": history["examples"], "steps": history["steps"],
-                            "final_loss": float(np.mean(history["loss"][-10:])),
-                            "loss": history["loss"], "seconds": history["seconds"]})  # fmt: skip
+        history = train_sft(model, tokenizer, self.data, self.config, show_progress=show_progress)
+        return StageOutput({"examples": history.examples, "steps": history.steps,
+                            "final_loss": float(np.mean(history.loss[-10:])),
+                            "loss": history.loss, "seconds": history.seconds[-1]})  # fmt: skip
 
 
 def _train_on_pairs(model, tokenizer, pairs: list[dict], dpo: DPOConfig,

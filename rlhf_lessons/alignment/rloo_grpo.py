@@ -48,14 +48,14 @@ at the same settings reach the same points at ~10% more seconds per step.
 
 from __future__ import annotations
 
-import contextlib
 import os
 import random
 import tempfile
 import time
 import warnings
-from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass, field, replace
+from collections import defaultdict
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, replace
 
 import torch
 from torch import nn
@@ -66,6 +66,7 @@ from rlhf_lessons.course.progress import progress
 from rlhf_lessons.course.seeding import seed_everything
 from rlhf_lessons.lm import token_logprobs
 from rlhf_lessons.rl.advantages import grpo_advantages, masked_mean, rloo_advantages
+from rlhf_lessons.training import EvalFn, History, Stopwatch, mean, trainable_parameters
 
 METHODS = ("rloo", "grpo")
 LOSS_TYPES = ("grpo", "bnpo", "dapo", "dr_grpo")
@@ -484,57 +485,41 @@ class GroupPGConfig:
         return replace(cls(method="grpo", beta=0.1, loss_type="grpo"), **overrides)
 
 
-@dataclass
-class GroupPGHistory:
-    """One entry per iteration in each list (the rollout's statistics and the update's means)."""
-
-    config: dict
-    score: list[float] = field(default_factory=list)  # mean score (after the EOS penalty)
-    raw_score: list[float] = field(default_factory=list)  # mean reward_fn output
-    kl: list[float] = field(default_factory=list)  # mean sequence KL (k1) of the samples
-    length: list[float] = field(default_factory=list)  # mean completion tokens (EOS included)
-    ended: list[float] = field(default_factory=list)  # fraction ending with EOS
-    zero_std: list[float] = field(default_factory=list)  # groups whose rewards are all equal
-    # ~0 on-policy for both: at ratio 1 the loss is -mean(A) (+ GRPO's KL term) and the
-    # advantages have mean 0 in every group. Not a progress measure; its gradient is what counts.
-    loss: list[float] = field(default_factory=list)
-    clipfrac: list[float] = field(default_factory=list)
-    approx_kl: list[float] = field(default_factory=list)  # pi_old -> pi_theta within the update
-    grad_norm: list[float] = field(default_factory=list)  # before clipping
-    seconds: list[float] = field(default_factory=list)  # training wall-clock since the start
-    evaluations: list[dict] = field(default_factory=list)  # {"iteration", **eval_fn(policy)}
-    samples: list[tuple[str, str, float]] = field(default_factory=list)  # last batch, a few
-
-
 def train_group_pg(
     policy,
-    ref,
     tokenizer,
-    prompts_pool: Sequence[str],
-    reward_fn: RewardFn,
+    prompts: Sequence[str],
     config: GroupPGConfig | None = None,
-    eval_fn: Callable[[nn.Module], dict] | None = None,
+    *,
+    ref: nn.Module,
+    reward_fn: RewardFn,
+    eval_fn: EvalFn | None = None,
     eval_every: int = 0,
     show_progress: bool = True,
-) -> tuple[nn.Module, GroupPGHistory]:
+) -> History:
     """Fine-tune ``policy`` (a causal LM, changed in place) with RLOO or GRPO.
 
     Each iteration: draw ``prompts_per_iteration`` prompts, sample ``k`` completions of each
-    (:func:`rlhf_lessons.alignment.rollouts.collect_rollout`), turn the group's rewards into advantages,
-    then take ``epochs`` x ``minibatches`` Adam steps on :func:`rloo_loss` or :func:`grpo_loss`.
+    (:func:`rlhf_lessons.alignment.rollouts.collect_rollout`), turn the group's rewards into
+    advantages, then take ``epochs`` x ``minibatches`` Adam steps on :func:`rloo_loss` or
+    :func:`grpo_loss`.
 
     Args:
         policy: the causal LM to train, typically ``copy.deepcopy(sft_model)``.
-        ref: the frozen reference (SFT) model, for the KL; never updated.
-        prompts_pool: formatted prompts; each iteration draws from them at random.
-        reward_fn: ``(prompts, completions) -> (B,)`` scores (a reward model, or the true one).
+        tokenizer: its tokenizer.
+        prompts: formatted prompts; each iteration draws from them at random.
         config: see :class:`GroupPGConfig` (default: ``GroupPGConfig.grpo()``).
-        eval_fn: ``policy -> dict`` measured every ``eval_every`` iterations and at the end
-            (e.g. :func:`rlhf_lessons.review_world.evaluation.evaluate_policy` with fixed prompts); its
-            time is not counted in ``history.seconds``.
+        ref: the frozen reference (SFT) model, for the KL; never updated.
+        reward_fn: ``(prompts, completions) -> (B,)`` scores (a reward model, or the true one).
+        eval_fn: ``policy -> dict`` measured every ``eval_every`` iterations and at the end;
+            its time is not counted in ``seconds``.
 
     Returns:
-        ``(policy, history)``.
+        a :class:`~rlhf_lessons.training.History`, one row per iteration: ``score`` (after the
+        EOS penalty), ``raw_score`` (reward_fn alone), sequence ``kl`` (k1), ``length``,
+        ``ended``, ``zero_std`` (groups whose rewards are all equal), the update's ``loss``
+        (~0 on-policy: not a progress measure), ``clipfrac``, ``approx_kl``, ``grad_norm``,
+        ``seconds``; ``info["samples"]``: a few of the last samples.
     """
     cfg = config or GroupPGConfig.grpo()
     if policy is ref:
@@ -542,10 +527,10 @@ def train_group_pg(
             "policy and ref are the same model: the reference must stay frozen; pass "
             "copy.deepcopy(ref) as the policy"
         )
-    pool = list(prompts_pool)
+    pool = list(prompts)
     if len(pool) < cfg.prompts_per_iteration:
         raise ValueError(
-            f"prompts_pool has {len(pool)} prompts, fewer than prompts_per_iteration "
+            f"prompts has {len(pool)} prompts, fewer than prompts_per_iteration "
             f"{cfg.prompts_per_iteration}: pass more prompts or draw fewer per iteration"
         )
     seed_everything(cfg.seed)
@@ -553,98 +538,81 @@ def train_group_pg(
     # ref is only ever run under no_grad; its requires_grad flags are left alone, because a
     # later copy.deepcopy(ref) would inherit frozen parameters and train nothing.
     ref.eval()
-    params = [p for p in policy.parameters() if p.requires_grad]
-    if not params:
-        raise ValueError(
-            "policy has no parameter with requires_grad=True (copied from a frozen model?): "
-            "call policy.requires_grad_(True) before training"
-        )
+    params = trainable_parameters(policy)
     policy.eval()  # dropout off for sampling and updates alike ("N details", no. 8)
     optimizer = torch.optim.Adam(params, lr=cfg.lr, eps=cfg.adam_eps)
-    history = GroupPGHistory(config=asdict(cfg))
-    tau, k = cfg.temperature, cfg.k
-    elapsed = 0.0
-
-    def evaluate(iteration: int) -> None:
-        if eval_fn is not None:
-            history.evaluations.append({"iteration": iteration, **eval_fn(policy)})
-
-    threads = torch_threads(cfg.threads) if cfg.threads else contextlib.nullcontext()
-    with threads:
+    history = History(cfg.method, asdict(cfg))
+    tau, k, watch = cfg.temperature, cfg.k, Stopwatch()
+    with torch_threads(cfg.threads):
         if eval_every:
-            evaluate(0)
-        bar = progress(range(1, cfg.iterations + 1), desc=cfg.method.upper(),
-                       disable=not show_progress)  # fmt: skip
-        for iteration in bar:
-            t0 = time.perf_counter()
-            # 1. Rollout: k samples of each prompt, side by side (rows i*k .. i*k + k - 1).
-            prompts = rng.sample(pool, cfg.prompts_per_iteration)
-            ro = collect_rollout(
-                policy, ref, tokenizer, [p for p in prompts for _ in range(k)], reward_fn,
-                max_new_tokens=cfg.max_new_tokens, temperature=tau,
-                missing_eos_penalty=cfg.missing_eos_penalty, batch_size=cfg.batch_size,
-            )  # fmt: skip
-            mask = ro.mask
-            seq_kl = sequence_kl(ro.logp, ro.ref_logp, mask)
+            history.evaluate(eval_fn, policy)
+        bar = progress(range(cfg.iterations), desc=cfg.method.upper(), disable=not show_progress)
+        for _ in bar:
+            with watch:
+                # 1. Rollout: k samples of each prompt, side by side (rows i*k .. i*k + k - 1).
+                group_prompts = rng.sample(pool, cfg.prompts_per_iteration)
+                ro = collect_rollout(
+                    policy, ref, tokenizer, [p for p in group_prompts for _ in range(k)],
+                    reward_fn, max_new_tokens=cfg.max_new_tokens, temperature=tau,
+                    missing_eos_penalty=cfg.missing_eos_penalty, batch_size=cfg.batch_size,
+                )  # fmt: skip
+                mask = ro.mask
+                seq_kl = sequence_kl(ro.logp, ro.ref_logp, mask)
 
-            # 2. Advantages from the siblings. RLOO puts the KL into the reward first.
-            if cfg.method == "rloo":
-                rewards = kl_penalized_rewards(ro.scores, ro.logp, ro.ref_logp, mask, cfg.beta)
-                adv = group_advantages(rewards, k, "rloo", normalize=cfg.normalize_advantages)
-                old_seq_logp = ro.logp.sum(-1)  # zero outside the completion already
-            else:
-                adv = group_advantages(ro.scores, k, "grpo", scale_rewards=cfg.scale_rewards)
+                # 2. Advantages from the siblings. RLOO puts the KL into the reward first.
+                if cfg.method == "rloo":
+                    rewards = kl_penalized_rewards(ro.scores, ro.logp, ro.ref_logp, mask, cfg.beta)
+                    adv = group_advantages(rewards, k, "rloo", normalize=cfg.normalize_advantages)
+                    old_seq_logp = ro.logp.sum(-1)  # zero outside the completion already
+                else:
+                    adv = group_advantages(ro.scores, k, "grpo", scale_rewards=cfg.scale_rewards)
 
-            # 3. Policy-gradient steps on this batch (one, by default: fully on-policy).
-            stats: dict[str, list[float]] = {"loss": [], "clipfrac": [], "approx_kl": [],
-                                             "grad_norm": []}  # fmt: skip
-            for _ in range(cfg.epochs):
-                for idx in torch.randperm(cfg.batch_size).split(cfg.batch_size // cfg.minibatches):
-                    new_logp = token_logprobs(policy, ro.batch.rows(idx), tau)
-                    if cfg.method == "rloo":
-                        seq_logp = (new_logp * mask[idx]).sum(-1)
-                        loss, m = rloo_loss(seq_logp, adv[idx], old_seq_logp[idx], cfg.clip_eps,
-                                            cfg.clip_eps_high)  # fmt: skip
-                    else:
-                        loss, m = grpo_loss(
-                            new_logp, ro.logp[idx], ro.ref_logp[idx], adv[idx], mask[idx],
-                            clip_eps=cfg.clip_eps, beta=cfg.beta, loss_type=cfg.loss_type,
-                            clip_eps_high=cfg.clip_eps_high,
-                            kl_ratio_correction=cfg.kl_ratio_correction,
-                            # "dapo": tokens per optimizer step, averaged over the batch (TRL)
-                            num_items_in_batch=mask.sum().item() / cfg.minibatches,
-                            max_completion_length=cfg.max_new_tokens,
-                        )  # fmt: skip
-                    optimizer.zero_grad()
-                    loss.backward()
-                    norm = nn.utils.clip_grad_norm_(params, cfg.max_grad_norm)
-                    optimizer.step()
-                    for key in ("loss", "clipfrac", "approx_kl"):
-                        stats[key].append(m[key])
-                    stats["grad_norm"].append(float(norm))
+                # 3. Policy-gradient steps on this batch (one, by default: fully on-policy).
+                stats = defaultdict(list)
+                for _ in range(cfg.epochs):
+                    for idx in torch.randperm(cfg.batch_size).split(
+                        cfg.batch_size // cfg.minibatches
+                    ):
+                        new_logp = token_logprobs(policy, ro.batch.rows(idx), tau)
+                        if cfg.method == "rloo":
+                            seq_logp = (new_logp * mask[idx]).sum(-1)
+                            loss, m = rloo_loss(seq_logp, adv[idx], old_seq_logp[idx],
+                                                cfg.clip_eps, cfg.clip_eps_high)  # fmt: skip
+                        else:
+                            loss, m = grpo_loss(
+                                new_logp, ro.logp[idx], ro.ref_logp[idx], adv[idx], mask[idx],
+                                clip_eps=cfg.clip_eps, beta=cfg.beta, loss_type=cfg.loss_type,
+                                clip_eps_high=cfg.clip_eps_high,
+                                kl_ratio_correction=cfg.kl_ratio_correction,
+                                # "dapo": tokens per optimizer step, averaged over the batch (TRL)
+                                num_items_in_batch=mask.sum().item() / cfg.minibatches,
+                                max_completion_length=cfg.max_new_tokens,
+                            )  # fmt: skip
+                        optimizer.zero_grad()
+                        loss.backward()
+                        norm = nn.utils.clip_grad_norm_(params, cfg.max_grad_norm)
+                        optimizer.step()
+                        for key in ("loss", "clipfrac", "approx_kl"):
+                            stats[key].append(m[key])
+                        stats["grad_norm"].append(float(norm))
 
             # 4. Bookkeeping.
-            elapsed += time.perf_counter() - t0
             grouped = ro.scores.view(-1, k)
-            history.score.append(ro.scores.mean().item())
-            history.raw_score.append(ro.raw_scores.mean().item())
-            history.kl.append(seq_kl.mean().item())
-            history.length.append(ro.lengths().float().mean().item())
-            history.ended.append(ro.ended.float().mean().item())
-            history.zero_std.append((grouped.max(1).values == grouped.min(1).values)
-                                    .float().mean().item())  # fmt: skip
-            for key, values in stats.items():
-                getattr(history, key).append(sum(values) / len(values))
-            history.seconds.append(elapsed)
+            history.log(
+                seconds=watch.seconds, score=ro.scores.mean().item(),
+                raw_score=ro.raw_scores.mean().item(), kl=seq_kl.mean().item(),
+                length=ro.lengths().float().mean().item(), ended=ro.ended.float().mean().item(),
+                zero_std=(grouped.max(1).values == grouped.min(1).values).float().mean().item(),
+                **{key: mean(values) for key, values in stats.items()},
+            )  # fmt: skip
             bar.set_postfix(score=f"{history.score[-1]:.2f}", kl=f"{history.kl[-1]:.2f}")
-            if eval_every and iteration % eval_every == 0 and iteration != cfg.iterations:
-                evaluate(iteration)
-        history.samples = [
-            (p, c, s) for p, c, s in zip(ro.prompts[:8], ro.completions[:8],
-                                         ro.raw_scores[:8].tolist(), strict=True)
-        ]  # fmt: skip
-        evaluate(cfg.iterations)
-    return policy, history
+            if history.due(eval_every, cfg.iterations):
+                history.evaluate(eval_fn, policy)
+        history.info["samples"] = list(
+            zip(ro.prompts[:8], ro.completions[:8], ro.raw_scores[:8].tolist(), strict=True)
+        )
+        history.evaluate(eval_fn, policy)
+    return history
 
 
 # --- The same with TRL -----------------------------------------------------------------------
@@ -762,8 +730,11 @@ def train_with_trl(
     dataset = Dataset.from_dict({"prompt": list(prompts_pool)})
     rewards = trl_reward_functions(reward_fn, tokenizer.eos_token_id, cfg.missing_eos_penalty)
     trainer_cls = RLOOTrainer if method == "rloo" else GRPOTrainer
-    threads = torch_threads(cfg.threads) if cfg.threads else contextlib.nullcontext()
-    with tempfile.TemporaryDirectory() as out, threads, warnings.catch_warnings():
+    with (
+        tempfile.TemporaryDirectory() as out,
+        torch_threads(cfg.threads),
+        warnings.catch_warnings(),
+    ):
         # transformers 5 renames gradient_checkpointing; TRL still uses the old names
         warnings.simplefilter("ignore", FutureWarning)
         trainer = trainer_cls(

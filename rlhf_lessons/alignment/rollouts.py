@@ -16,14 +16,13 @@ sentences instead of being cut off mid-review.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import torch
 
 from rlhf_lessons.lm import Batch, generate, token_logprobs
-
-RewardFn = Callable[[Sequence[str], Sequence[str]], torch.Tensor]
+from rlhf_lessons.training import RewardFn
 
 
 @dataclass

@@ -50,6 +50,7 @@ import torch
 
 from rlhf_lessons import lm
 from rlhf_lessons.judges.llm_judge import ADDITIVE_5_POINT, Judge, RewardPromptConfig, parse_score
+from rlhf_lessons.training import RewardFn
 
 SKIP_REASONS = ("tie", "fewer than 2 scored")
 
@@ -422,8 +423,6 @@ def generate_prompts(model, tokenizer, seed_prompts: Sequence[str], n: int,
 
 
 # --- measuring the judge ------------------------------------------------------------------------
-
-RewardFn = Callable[[Sequence[str], Sequence[str]], torch.Tensor]
 
 
 def judge_agreement(data: SelfRewardData, reward_fn: RewardFn) -> dict:

@@ -37,7 +37,9 @@ from dataclasses import dataclass
 import torch
 
 from rlhf_lessons import lm
-from rlhf_lessons.alignment.dpo import DPOConfig, DPOHistory, train_dpo
+from rlhf_lessons.alignment.dpo import DPOConfig, train_dpo
+from rlhf_lessons.alignment.sft import check_sft_data
+from rlhf_lessons.training import History
 
 
 @dataclass(frozen=True)
@@ -61,26 +63,6 @@ class SPINConfig:
             raise ValueError(f"SPINConfig.top_p must be in (0, 1], got {self.top_p}")
         if self.max_new_tokens < 1 or self.batch_size < 1:
             raise ValueError("SPINConfig needs max_new_tokens >= 1 and batch_size >= 1")
-
-
-def check_sft_data(data: Sequence[Mapping], what: str = "data") -> list[dict]:
-    """SFT records ``{"prompt", "completion"}`` (strings, completion non-empty), as a list."""
-    if isinstance(data, Mapping | str):
-        raise TypeError(f"{what} must be a list of {{'prompt', 'completion'}} records")
-    out = list(data)
-    if not out:
-        raise ValueError(f"{what} is empty")
-    for i, r in enumerate(out):
-        if not isinstance(r, Mapping) or "prompt" not in r or "completion" not in r:
-            raise ValueError(
-                f"{what}[{i}] must be a dict with 'prompt' and 'completion' (the data's answer), "
-                f"got {r!r:.80}"
-            )
-        if not isinstance(r["prompt"], str) or not isinstance(r["completion"], str):
-            raise TypeError(f"{what}[{i}]: 'prompt' and 'completion' must be strings")
-        if not r["completion"].strip():
-            raise ValueError(f"{what}[{i}]: 'completion' is empty; drop the record")
-    return out
 
 
 def formatted_prompts(tokenizer, data: Sequence[Mapping], chat: bool) -> list[str]:
@@ -114,7 +96,7 @@ def spin_pairs(model, tokenizer, data: Sequence[Mapping], config: SPINConfig | N
 
 def spin_iteration(policy, tokenizer, data: Sequence[Mapping], config: SPINConfig | None = None,
                    dpo: DPOConfig | None = None, seed: int | None = None,
-                   show_progress: bool = False) -> tuple[DPOHistory | None, list[dict], Counter]:  # fmt: skip
+                   show_progress: bool = False) -> tuple[History | None, list[dict], Counter]:  # fmt: skip
     """pi_t -> pi_{t+1}, in place: sample the rejected answers from ``policy`` (= pi_t), then DPO
     with the policy as it is before the update as the reference (a peft policy: its base with
     the adapter disabled, so merge earlier adapters into the base first). Returns the DPO

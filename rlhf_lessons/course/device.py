@@ -38,10 +38,17 @@ def get_device(prefer: str | None = None) -> torch.device:
 
 
 @contextlib.contextmanager
-def torch_threads(n: int) -> Iterator[None]:
-    """Run a block with ``torch.set_num_threads(n)``, restoring the previous setting after."""
-    if n < 1:
-        raise ValueError(f"thread count must be >= 1, got {n}")
+def torch_threads(n: int | None) -> Iterator[None]:
+    """Run a block with ``torch.set_num_threads(n)``, restoring the previous setting after.
+
+    ``n=None`` leaves the thread count as it is, so a config's ``threads: int | None`` can be
+    passed straight in: ``with torch_threads(cfg.threads): ...``.
+    """
+    if n is None:
+        yield
+        return
+    if isinstance(n, bool) or not isinstance(n, int) or n < 1:
+        raise ValueError(f"thread count must be a whole number >= 1 or None, got {n!r}")
     before = torch.get_num_threads()
     torch.set_num_threads(n)
     try:

@@ -25,6 +25,7 @@ import functools
 import math
 import random
 import re
+from collections.abc import Collection
 from dataclasses import dataclass
 
 PAD, BOS, EOS, UNK = "<pad>", "<bos>", "<eos>", "<unk>"
@@ -464,6 +465,8 @@ def prompts(
     min_tokens: int = 2,
     max_tokens: int = 8,
     config: CorpusConfig = CorpusConfig(),
+    exclude: Collection[str] = (),
+    distinct: bool = False,
 ) -> list[str]:
     """``n`` review prefixes of ``min_tokens``..``max_tokens`` tokens (uniform length), the
     starts of held-out sentences: sentences drawn from the grammar that are not in the
@@ -485,15 +488,26 @@ def prompts(
         )
     train = set(build_corpus(config).train)
     rng = random.Random(f"review-prompts-{seed}")
-    out = []
-    while len(out) < n:
+    skip = set(exclude)
+    out: list[str] = []
+    for _ in range(1000 * n + 10_000):
+        if len(out) == n:
+            return out
         sentence = sample_review(rng)
         tokens = sentence.split()
         if sentence in train or len(tokens) <= min_tokens:
             continue
         k = rng.randint(min_tokens, min(max_tokens, len(tokens) - 1))
-        out.append(" ".join(tokens[:k]) + " ")
-    return out
+        prefix = " ".join(tokens[:k]) + " "
+        if prefix in skip:
+            continue
+        out.append(prefix)
+        if distinct:
+            skip.add(prefix)
+    raise ValueError(
+        f"could not draw {n} prompts (distinct={distinct}, {len(skip)} excluded): the grammar "
+        "has too few prefixes of this length; ask for fewer or allow repeats"
+    )
 
 
 # ---------------------------------------------------------------------------------------------

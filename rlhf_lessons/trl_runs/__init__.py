@@ -1,1 +1,67 @@
-"""."""
+"""The same runs through TRL, side by side with ours: one entry point, one result type.
+
+Each lesson that has a TRL counterpart trains the same policy on the same data at the same
+settings through TRL's trainer, and checks that the two agree (loss curves, rewards):
+
+    run = train_with_trl("dpo", policy, tokenizer, pairs, DPOConfig(...))
+    run = train_with_trl("grpo", policy, tokenizer, prompts, GroupPGConfig.grpo(...), reward_fn=r)
+    run = train_with_trl("reward", model, tokenizer, records, RewardConfig(...))
+
+``algo`` picks the module that maps our config to TRL's (:mod:`rlhf_lessons.trl_runs.dpo` for
+DPO, IPO, hinge and SimPO; :mod:`~rlhf_lessons.trl_runs.rloo_grpo` for RLOO and GRPO;
+:mod:`~rlhf_lessons.trl_runs.reward` for the reward model). Every one returns a
+:class:`TRLRun`, whose ``history`` uses the column names of our trainer's
+:class:`~rlhf_lessons.training.History` where TRL logs the same quantity.
+"""
+
+from __future__ import annotations
+
+import importlib
+from dataclasses import dataclass, field
+from typing import Any
+
+from rlhf_lessons.training import History, RewardFn
+
+#: algo -> the module that runs it through TRL (each defines ``run(...) -> TRLRun``)
+BACKENDS = {
+    "dpo": "dpo", "ipo": "dpo", "hinge": "dpo", "simpo": "dpo",
+    "rloo": "rloo_grpo", "grpo": "rloo_grpo",
+    "reward": "reward",
+}  # fmt: skip
+
+
+@dataclass
+class TRLRun:
+    """What :func:`train_with_trl` returns."""
+
+    algo: str
+    trainer: str  # TRL's class, e.g. "DPOTrainer"
+    policy: Any  # the trained model (TRL's wrappers removed)
+    history: History  # one row per optimizer step, our column names
+    seconds: float  # wall-clock of trainer.train()
+    log_history: list[dict] = field(default_factory=list)  # everything TRL logged
+
+    def __getattr__(self, name: str) -> Any:
+        # ``run.loss`` reads the history's column, as on our own trainers' results
+        if name.startswith("__") or "history" not in self.__dict__:
+            raise AttributeError(name)
+        return getattr(self.__dict__["history"], name)
+
+
+def train_with_trl(
+    algo: str,
+    policy,
+    tokenizer,
+    data,
+    config=None,
+    *,
+    reward_fn: RewardFn | None = None,
+    show_progress: bool = False,
+) -> TRLRun:
+    """Train ``policy`` (changed in place) on ``data`` with TRL's trainer for ``algo``, at the
+    settings of ``config`` (our config dataclass for that algorithm)."""
+    if algo not in BACKENDS:
+        raise ValueError(f"algo must be one of {sorted(BACKENDS)}, got {algo!r}")
+    backend = importlib.import_module(f"rlhf_lessons.trl_runs.{BACKENDS[algo]}")
+    return backend.run(algo, policy, tokenizer, data, config, reward_fn=reward_fn,
+                       show_progress=show_progress)  # fmt: skip

@@ -43,7 +43,7 @@ _TRL_LOSS = {"dpo": "sigmoid", "ipo": "ipo", "hinge": "hinge"}
 @dataclass
 class TRLRun:
     """What :func:`train_with_trl` returns; lists have one entry per optimizer step, named as
-    in :class:`~rlhf_lessons.alignment.dpo.DPOHistory`."""
+    in the history of :func:`~rlhf_lessons.alignment.dpo.train_dpo`."""
 
     trainer: str  # "DPOTrainer" or "CPOTrainer"
     policy: nn.Module  # the trained model

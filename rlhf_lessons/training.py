@@ -1,0 +1,206 @@
+"""The trainer contract: one shape for every trainer of the course.
+
+Every trainer reads the same way, whatever it trains::
+
+    history = train_<algo>(policy, tokenizer, data, config, *, eval_fn=None, eval_every=0,
+                           show_progress=True) -> History
+
+- ``policy`` is changed in place (a causal LM, a LoRA model, a reward model, ...); trainers
+  that build their own network (CartPole) take ``policy=None`` and return it as
+  ``history.policy``.
+- ``data`` is what the algorithm learns from: prompts (RL), preference pairs (DPO family),
+  ranked records (reward models), SFT records, an offline dataset.
+- ``config`` is a dataclass whose fields use the course's names (:data:`NAMES`): the same name
+  for the same thing in every lesson, and ``seed`` and ``threads`` in every config.
+- ``eval_fn(policy) -> dict`` runs before training (with ``eval_every``), every ``eval_every``
+  steps and after the last one; its results land in ``history.evaluations`` with the step.
+- The return value is a :class:`History`: one row per optimizer step (or per rollout
+  iteration, for on-policy RL), ``seconds`` the training wall-clock *excluding evaluation*.
+
+The scaffolding every trainer needs is here, once: :func:`trainable_parameters` (the policy
+must have something to train), :func:`warmup_schedule` (linear warm-up, then constant),
+:class:`Stopwatch` (training time without evaluation), :meth:`History.evaluate` and
+:meth:`History.log`. Threads: :func:`rlhf_lessons.course.device.torch_threads` with the
+config's ``threads`` (``None`` leaves them as they are).
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from torch import nn
+
+#: One name for one thing, across every config of the course (a glossary, checked by a test).
+NAMES = {
+    "lr": "the optimizer's learning rate",
+    "epochs": "passes over the data (or, in on-policy RL, over each rollout batch)",
+    "batch_size": "examples per optimizer step (pairs, records) or completions per rollout",
+    "minibatch_size": "examples per optimizer step when one batch is split into several",
+    "iterations": "rollout + update rounds of an on-policy RL trainer",
+    "max_steps": "stop after this many optimizer steps (None: run every epoch)",
+    "warmup_steps": "linear learning-rate warm-up, in optimizer steps",
+    "max_grad_norm": "gradients are clipped to this global norm",
+    "gamma": "discount factor",
+    "gae_lambda": "GAE's lambda",
+    "clip_eps": "PPO-style ratio clip: [1 - clip_eps, 1 + clip_eps]",
+    "beta": "KL (or implicit-reward) coefficient",
+    "temperature": "sampling temperature, used for every log-prob of the samples too",
+    "max_new_tokens": "completion budget when sampling",
+    "seed": "seeds every random choice of the run",
+    "threads": "torch threads while training (None: leave as they are)",
+}
+
+EvalFn = Callable[[nn.Module], dict]
+#: ``reward_fn(prompts, completions) -> (B,)`` scores: a reward model, a judge or the true reward.
+RewardFn = Callable[[Sequence[str], Sequence[str]], torch.Tensor]
+
+
+def trainable_parameters(model: nn.Module, name: str = "policy") -> list[nn.Parameter]:
+    """The parameters of ``model`` that will be trained; a clear error when there are none."""
+    params = [p for p in model.parameters() if p.requires_grad]
+    if not params:
+        raise ValueError(
+            f"{name} has no parameter with requires_grad=True (copied from a frozen model, or a "
+            f"LoRA model whose adapter is frozen?): call {name}.requires_grad_(True), or add a "
+            "trainable adapter, before training"
+        )
+    return params
+
+
+def warmup_schedule(
+    optimizer: torch.optim.Optimizer, warmup_steps: int = 0
+) -> torch.optim.lr_scheduler.LambdaLR:
+    """Linear warm-up over ``warmup_steps`` optimizer steps, then the constant learning rate
+    (``lr * min(1, (step + 1) / warmup_steps)``; ``0`` means no warm-up)."""
+    if warmup_steps < 0:
+        raise ValueError(f"warmup_steps must be >= 0, got {warmup_steps}")
+    warm = max(warmup_steps, 1)
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: min(1.0, (s + 1) / warm))
+
+
+def linear_decay_schedule(
+    optimizer: torch.optim.Optimizer, total_steps: int
+) -> torch.optim.lr_scheduler.LambdaLR:
+    """The learning rate falls linearly from ``lr`` to 0 over ``total_steps`` steps
+    (Hugging Face's ``linear`` schedule without warm-up)."""
+    if total_steps < 1:
+        raise ValueError(f"total_steps must be >= 1, got {total_steps}")
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: max(0.0, 1.0 - s / total_steps))
+
+
+class Stopwatch:
+    """Training time that leaves evaluation out: ``with watch: <one training step>``.
+
+    ``watch.seconds`` is the sum of the timed blocks so far.
+    """
+
+    def __init__(self) -> None:
+        self.seconds = 0.0
+        self._t0: float | None = None
+
+    def __enter__(self) -> Stopwatch:
+        self._t0 = time.perf_counter()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.seconds += time.perf_counter() - self._t0
+        self._t0 = None
+
+
+def mean(values: Iterable[float]) -> float:
+    """The mean of a non-empty list of numbers (for averaging a step's minibatch metrics)."""
+    values = list(values)
+    return sum(values) / len(values) if values else math.nan
+
+
+@dataclass
+class History:
+    """What every trainer returns: one row per step, evaluations, and the run's facts.
+
+    - ``rows``: one list per metric, one entry per optimizer step (or rollout iteration); every
+      list has the same length. Read a column as an attribute: ``history.loss``.
+    - ``seconds`` (a column too): training wall-clock since the start, evaluation excluded.
+    - ``evaluations``: ``{"step": s, **eval_fn(policy)}``, ``s`` the rows logged before it ran
+      (0: before training).
+    - ``info``: facts about the run that are not per step (where the reference came from, the
+      number of pairs, the last batch's samples, ...); also readable as attributes.
+    - ``policy``: the trained model, for trainers that build their own (CartPole).
+    """
+
+    algo: str
+    config: dict
+    rows: dict[str, list] = field(default_factory=dict)
+    evaluations: list[dict] = field(default_factory=list)
+    info: dict[str, Any] = field(default_factory=dict)
+    policy: Any = None
+
+    def log(self, seconds: float | None = None, **metrics: Any) -> None:
+        """Append one row: ``seconds`` (the training clock) and any metrics. A metric first seen
+        now is back-filled with NaN, one missing now gets NaN: the columns stay aligned."""
+        if seconds is not None:
+            metrics = {"seconds": seconds, **metrics}
+        n = self.steps
+        for key, value in metrics.items():
+            column = self.rows.setdefault(key, [math.nan] * n)
+            column.append(float(value) if isinstance(value, torch.Tensor) else value)
+        for column in self.rows.values():
+            if len(column) == n:
+                column.append(math.nan)
+
+    def evaluate(self, eval_fn: EvalFn | None, policy: nn.Module) -> None:
+        """Run ``eval_fn(policy)`` (if given) and record it at the current step. The policy is
+        put back in eval mode afterwards (the course's trainers train with dropout off)."""
+        if eval_fn is None:
+            return
+        self.evaluations.append({"step": self.steps, **eval_fn(policy)})
+        policy.eval()
+
+    @property
+    def steps(self) -> int:
+        """Rows logged so far."""
+        return max((len(c) for c in self.rows.values()), default=0)
+
+    def __len__(self) -> int:
+        return self.steps
+
+    def __getattr__(self, name: str) -> Any:
+        # only called when normal lookup fails: columns and info read as attributes
+        if name.startswith("__"):
+            raise AttributeError(name)
+        rows, info = self.__dict__.get("rows", {}), self.__dict__.get("info", {})
+        if name in rows:
+            return rows[name]
+        if name in info:
+            return info[name]
+        raise AttributeError(
+            f"History of {self.__dict__.get('algo')!r} has no column or info {name!r}; columns: "
+            f"{sorted(rows)}, info: {sorted(info)}"
+        )
+
+    def to_frame(self):
+        """The rows as a pandas DataFrame, one row per step (index ``step``, from 1)."""
+        import pandas as pd
+
+        frame = pd.DataFrame(self.rows)
+        frame.index = pd.RangeIndex(1, len(frame) + 1, name="step")
+        return frame
+
+    def evaluations_frame(self):
+        """The evaluations as a pandas DataFrame indexed by step."""
+        import pandas as pd
+
+        return (
+            pd.DataFrame(self.evaluations).set_index("step")
+            if self.evaluations
+            else (pd.DataFrame())
+        )
+
+    def due(self, every: int, total: int) -> bool:
+        """Whether an evaluation is due after the step just logged: every ``every`` steps, but
+        not after the last (the trainer evaluates once more at the end anyway)."""
+        return bool(every) and self.steps % every == 0 and self.steps != total

@@ -1,0 +1,110 @@
+"""The trainer contract: History, the scaffolding helpers, one name for one thing."""
+
+import dataclasses
+import math
+
+import pytest
+import torch
+from torch import nn
+
+from rlhf_lessons.course.device import torch_threads
+from rlhf_lessons.training import (
+    NAMES,
+    History,
+    Stopwatch,
+    trainable_parameters,
+    warmup_schedule,
+)
+
+
+def test_history_rows_stay_aligned_and_read_as_attributes():
+    h = History("dpo", {"lr": 1.0})
+    h.log(seconds=0.5, loss=1.0)
+    h.log(seconds=1.0, loss=0.5, accuracy=0.75)  # a metric first seen at step 2
+    h.log(seconds=1.5, accuracy=1.0)  # loss missing at step 3
+    assert h.steps == len(h) == 3
+    assert h.seconds == [0.5, 1.0, 1.5]
+    assert h.loss[:2] == [1.0, 0.5] and math.isnan(h.loss[2])
+    assert math.isnan(h.accuracy[0]) and h.accuracy[1:] == [0.75, 1.0]
+    frame = h.to_frame()
+    assert list(frame.index) == [1, 2, 3] and set(frame.columns) == {"seconds", "loss", "accuracy"}
+    h.info["n_pairs"] = 7
+    assert h.n_pairs == 7
+    with pytest.raises(AttributeError, match="no column or info 'nope'"):
+        h.nope  # noqa: B018
+
+
+def test_history_evaluations_carry_the_step_and_due_skips_the_last():
+    model = nn.Linear(2, 2)
+    h = History("ppo", {})
+    h.evaluate(lambda m: {"reward": 0.1}, model)
+    for _ in range(4):
+        h.log(seconds=0.0, loss=0.0)
+        if h.due(2, total=4):
+            h.evaluate(lambda m: {"reward": 0.2}, model)
+    h.evaluate(lambda m: {"reward": 0.3}, model)
+    assert [e["step"] for e in h.evaluations] == [0, 2, 4]
+    h.evaluate(None, model)  # no eval_fn: nothing recorded
+    assert len(h.evaluations) == 3
+    assert list(h.evaluations_frame().index) == [0, 2, 4]
+
+
+def test_trainable_parameters_names_the_fix():
+    model = nn.Linear(2, 2).requires_grad_(False)
+    with pytest.raises(
+        ValueError, match=r"policy has no parameter with requires_grad=True.*requires_grad_\(True\)"
+    ):
+        trainable_parameters(model)
+    assert len(trainable_parameters(nn.Linear(2, 2))) == 2
+
+
+def test_warmup_schedule_is_linear_then_constant():
+    opt = torch.optim.SGD(nn.Linear(1, 1).parameters(), lr=1.0)
+    sched = warmup_schedule(opt, 4)
+    lrs = []
+    for _ in range(6):
+        lrs.append(opt.param_groups[0]["lr"])
+        opt.step()
+        sched.step()
+    assert lrs == [0.25, 0.5, 0.75, 1.0, 1.0, 1.0]
+    opt2 = torch.optim.SGD(nn.Linear(1, 1).parameters(), lr=1.0)
+    warmup_schedule(opt2, 0)
+    assert opt2.param_groups[0]["lr"] == 1.0
+
+
+def test_stopwatch_counts_only_the_timed_blocks():
+    w = Stopwatch()
+    assert w.seconds == 0.0
+    with w:
+        sum(range(1000))
+    first = w.seconds
+    assert first > 0
+    with w:
+        pass
+    assert w.seconds >= first
+
+
+def test_torch_threads_none_leaves_the_setting():
+    before = torch.get_num_threads()
+    with torch_threads(None):
+        assert torch.get_num_threads() == before
+    with pytest.raises(ValueError, match="None"):
+        with torch_threads(0):
+            pass
+
+
+def _configs():
+    from rlhf_lessons.alignment.lm_ppo import LMPPOConfig
+
+    return [LMPPOConfig]
+
+
+@pytest.mark.parametrize("config_cls", _configs())
+def test_configs_use_the_course_names(config_cls):
+    """Every config has a seed and threads, and no synonym of a glossary name."""
+    names = {f.name for f in dataclasses.fields(config_cls)}
+    assert {"seed", "threads"} <= names, config_cls
+    synonyms = {"ppo_epochs", "update_epochs", "lam", "clip_coef", "init_kl_coef", "n_epochs",
+                "learning_rate", "prompt_pool", "prompts_pool"}  # fmt: skip
+    assert not names & synonyms, (config_cls, names & synonyms)
+    assert set(NAMES) >= {"lr", "epochs", "seed", "threads"}
