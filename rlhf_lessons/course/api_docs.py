@@ -47,4 +47,6 @@ def build_api_docs(out: Path) -> list[str]:
             show_source=True,
         )
         pdoc.pdoc(*public_modules(), output_directory=out)
-    return [f"{w.category.__name__}: {w.message} ({w.filename}:{w.lineno})" for w in caught if _ours(w)]
+    return [
+        f"{w.category.__name__}: {w.message} ({w.filename}:{w.lineno})" for w in caught if _ours(w)
+    ]

@@ -27,7 +27,7 @@ BADGE_IMAGE = "https://colab.research.google.com/assets/colab-badge.svg"
 _URL = "@REPOSITORY@"
 
 # The cell's code. Pure Python (no ! or % magics), so a test can run it outside Jupyter.
-SETUP_CELL = '''\
+SETUP_CELL = """\
 # Setup. On Colab: clone the course and install it (a few minutes, once per session).
 # Elsewhere: only checks that the course package imports; it installs nothing.
 # (Written by `python -m rlhf_lessons colab` from rlhf_lessons/course/colab.py: edit it there.)
@@ -80,7 +80,7 @@ def _setup_course():
 
 
 _setup_course()
-'''
+"""
 
 
 def pyproject_urls(root: Path | None = None) -> dict[str, str]:
