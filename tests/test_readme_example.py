@@ -1,5 +1,5 @@
 """The README's "Using the package outside a notebook" example runs as printed (at a tiny
-budget: 8 training and 8 held-out pairs instead of 32 and 32)."""
+budget: 4 training and 4 held-out pairs instead of 32 and 32)."""
 
 import re
 import subprocess
@@ -25,7 +25,7 @@ def test_readme_example_runs_offline_at_a_tiny_budget(tmp_path):
     budget = "N_TRAIN, N_HELDOUT = 32, 32"
     assert budget in code
     script = tmp_path / "example.py"
-    script.write_text(code.replace(budget, "N_TRAIN, N_HELDOUT = 8, 8"))
+    script.write_text(code.replace(budget, "N_TRAIN, N_HELDOUT = 4, 4"))
     done = subprocess.run(
         [sys.executable, str(script)],
         cwd=tmp_path,  # not the checkout: the package is used as an installed library
@@ -36,5 +36,5 @@ def test_readme_example_runs_offline_at_a_tiny_budget(tmp_path):
     )
     assert done.returncode == 0, done.stderr[-3000:]
     lines = done.stdout.strip().splitlines()
-    assert re.fullmatch(r"DPO loss per step: \[0\.693\]", lines[0]), lines  # 8 pairs: one step
+    assert re.fullmatch(r"DPO loss per step: \[0\.693\]", lines[0]), lines  # 4 pairs: one step
     assert re.fullmatch(r"held-out pairs ranked right by the implicit reward: [01]\.\d\d", lines[1])
