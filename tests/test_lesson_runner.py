@@ -1,8 +1,9 @@
 import json
+import sys
 from pathlib import Path
 
 import nbformat
-from nbformat.v4 import new_code_cell, new_notebook
+from nbformat.v4 import new_code_cell, new_markdown_cell, new_notebook
 
 from rlhf_lessons.course import lesson_runner
 from rlhf_lessons.course.lesson_runner import dependencies, run_lessons, schedule
@@ -11,7 +12,7 @@ from rlhf_lessons.course.lesson_runner import dependencies, run_lessons, schedul
 def _write(path, checkpoint_source, first="x = 41 + 1\nprint(x)", metadata=None):
     cp = new_code_cell(checkpoint_source)
     cp.metadata["tags"] = ["checkpoint"]
-    nb = new_notebook(cells=[new_code_cell(first), cp])
+    nb = new_notebook(cells=[new_markdown_cell("# A lesson"), new_code_cell(first), cp])
     nb.metadata["kernelspec"] = {
         "name": "python3",
         "display_name": "Python 3",
@@ -32,7 +33,7 @@ def test_runner_reports_passed_and_failed_checkpoints(tmp_path, capsys):
         ("02_bad", "FAILED"),
     ]
     executed = nbformat.read(tmp_path / "build" / "01_good.ipynb", as_version=4)
-    assert executed.cells[0].outputs[0]["text"] == "42\n"
+    assert executed.cells[1].outputs[0]["text"] == "42\n"
     table = capsys.readouterr().out
     assert "01_good" in table and "1/2 passed" in table
     course = json.loads((tmp_path / "build" / "results" / "course.json").read_text())
@@ -107,3 +108,18 @@ def test_dependencies_from_metadata_and_defaults(tmp_path):
     paths = sorted(tmp_path.glob("*.ipynb"))
     assert dependencies(paths) == {"01": set(), "02": {"01"}, "03": {"02"}}
     assert dependencies(paths[1:]) == {"02": set(), "03": {"02"}}  # 01 not selected: no wait
+
+
+def test_kernels_are_this_interpreter_whatever_jupyter_finds(tmp_path, monkeypatch):
+    # a user-level "python3" kernel that points elsewhere must not be used
+    spec = tmp_path / "jupyter" / "kernels" / "python3"
+    spec.mkdir(parents=True)
+    (spec / "kernel.json").write_text(
+        json.dumps({"argv": ["/bin/false", "{connection_file}"], "display_name": "elsewhere"})
+    )
+    monkeypatch.setenv("JUPYTER_PATH", str(tmp_path / "jupyter"))
+    nbs = tmp_path / "notebooks"
+    nbs.mkdir()
+    _write(nbs / "01_which.ipynb", "import sys\nassert sys.executable == " + repr(sys.executable))
+    [report] = run_lessons(nbs, tmp_path / "build")
+    assert report.checkpoint == "passed", report.error

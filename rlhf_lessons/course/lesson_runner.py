@@ -103,6 +103,20 @@ class _Display:
             bar.close()
 
 
+def _this_python_kernel():
+    """A kernel manager that always starts this interpreter's ipykernel (the checkout's .venv),
+    whatever kernels the notebook's metadata or the user's Jupyter folders name."""
+    from jupyter_client import AsyncKernelManager
+    from jupyter_client.kernelspec import KernelSpec, KernelSpecManager
+
+    class ThisPython(KernelSpecManager):
+        def get_kernel_spec(self, kernel_name):
+            argv = [sys.executable, "-m", "ipykernel_launcher", "-f", "{connection_file}"]
+            return KernelSpec(argv=argv, display_name="Python", language="python")
+
+    return AsyncKernelManager(kernel_name="python3", kernel_spec_manager=ThisPython())
+
+
 async def _run_one(path: Path, out_dir: Path, timeout: int, env, display, slot) -> LessonReport:
     import nbformat
     from nbclient import NotebookClient
@@ -113,12 +127,16 @@ async def _run_one(path: Path, out_dir: Path, timeout: int, env, display, slot) 
     code = [i for i, c in enumerate(nb.cells) if c.cell_type == "code"]
 
     def on_cell_start(cell, cell_index):
-        display.cell(path.stem, code.index(cell_index) + 1, len(code), cell.source)
+        if cell.cell_type == "code":  # nbclient calls this for markdown cells too
+            display.cell(path.stem, code.index(cell_index) + 1, len(code), cell.source)
 
     client = NotebookClient(
         nb,
+        km=_this_python_kernel(),
+        # the kernel's own log: errors only (ipykernel warns at every start that its TCP socket
+        # on 127.0.0.1 is not encrypted)
+        extra_arguments=["--IPKernelApp.log_level=ERROR"],
         timeout=timeout,
-        kernel_name="python3",  # this interpreter's own kernel (the checkout's .venv)
         resources={"metadata": {"path": str(path.parent)}},
         on_cell_start=on_cell_start,
     )
