@@ -3,6 +3,7 @@ Python), and the one repository address everything is rendered from."""
 
 import importlib.util
 import json
+import re
 import subprocess
 import sys
 import tomllib
@@ -134,3 +135,12 @@ def test_badges_in_the_readme_are_rendered_from_the_address():
         badge = colab.colab_badge(path, ROOT)
         assert badge in readme
         assert badge.endswith(f"/blob/main/notebooks/{path.name})")
+
+
+def test_badges_placed_in_notebooks_point_to_their_own_notebook():
+    # the lead places colab_badge(path) at the top of each notebook; any badge there must be it
+    for path in NOTEBOOKS:
+        nb = json.loads(path.read_text())
+        text = "\n".join("".join(c["source"]) for c in nb["cells"] if c["cell_type"] == "markdown")
+        for url in re.findall(r"https://colab\.research\.google\.com/github/[^)\s]+", text):
+            assert url == colab.colab_url(path, ROOT), f"{path.name}: {url}"
