@@ -70,9 +70,11 @@ class _Display:
     def __init__(self, enabled: bool | None = None):
         self.enabled = progress_enabled() if enabled is None else enabled
         self.bars: dict[str, object] = {}
+        self.started: dict[str, float] = {}
         self.tty = sys.stderr.isatty()
 
     def start(self, lesson: str, cells: int, slot: int) -> None:
+        self.started[lesson] = time.perf_counter()
         if self.enabled and self.tty:
             self.bars[lesson] = progress(
                 total=cells, desc=f"{lesson[:28]:<28}", unit="cell", position=slot, leave=False
@@ -87,7 +89,11 @@ class _Display:
             bar.n = number - 1
             bar.set_postfix_str(f"cell {number}/{cells}: {first}")
         else:
-            print(f"  {lesson}: cell {number}/{cells}: {first}", file=sys.stderr, flush=True)
+            took = time.perf_counter() - self.started.get(lesson, time.perf_counter())
+            line = (
+                f"  [{took // 60:02.0f}:{took % 60:02.0f}] {lesson}: cell {number}/{cells}: {first}"
+            )
+            print(line, file=sys.stderr, flush=True)
 
     def write(self, line: str) -> None:
         if self.bars:
