@@ -45,6 +45,10 @@ def test_runner_reports_passed_and_failed_checkpoints(tmp_path, capsys):
     assert course["wall_seconds"] > 0 and all(r["seconds"] > 0 for r in course["lessons"])
     assert "AssertionError" in course["lessons"][1]["error"]
     assert "error" not in course["lessons"][0]
+    from rlhf_lessons.course.report import runtimes_table  # the README's table renders from it
+
+    table = runtimes_table(course)
+    assert "| 01_good |" in table and "1/2 passed" in table and "Measured on" in table
 
 
 # Each notebook records when it ran and what its kernel was given.
