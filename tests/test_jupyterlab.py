@@ -1,5 +1,6 @@
 """`make lab` starts JupyterLab on the notebooks with the course's named kernel: run the
-Makefile's own commands headless on 127.0.0.1, ask the server what it lists, and stop it."""
+Makefile's own commands headless on 127.0.0.1, ask the server what it lists, start the kernel
+through it and check that it uses make lessons' cache, and stop it."""
 
 import json
 import os
@@ -17,6 +18,8 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
+# the checkout the package is imported from: make lessons' cache when RLHF_LESSONS_CACHE is unset
+CACHE = Path(__import__("rlhf_lessons").__file__).resolve().parents[1] / ".cache"
 pytestmark = pytest.mark.slow
 
 
@@ -43,6 +46,35 @@ def _get(url: str):
         return json.loads(response.read())
 
 
+def _kernel_cache_dir(base: str, token: str, runtime: Path) -> str:
+    """Start the rlhf-lessons kernel through the server and print its cache_dir()."""
+    from jupyter_client import BlockingKernelClient
+
+    request = urllib.request.Request(
+        f"{base}/api/kernels?token={token}",
+        data=json.dumps({"name": "rlhf-lessons", "path": "01_reinforce_cartpole.ipynb"}).encode(),
+        headers={"Content-Type": "application/json"},
+        method="POST",
+    )
+    with urllib.request.urlopen(request, timeout=60) as response:
+        kernel_id = json.loads(response.read())["id"]
+    client = BlockingKernelClient(connection_file=str(runtime / f"kernel-{kernel_id}.json"))
+    client.load_connection_file()
+    client.start_channels()
+    try:
+        client.kernel_info()  # ready once it answers (its heartbeat may lag on a busy machine)
+        while client.get_shell_msg(timeout=120)["msg_type"] != "kernel_info_reply":
+            pass
+        code = "from rlhf_lessons.course.cache import cache_dir; print(cache_dir())"
+        printed = []
+        client.execute_interactive(
+            code, timeout=120, output_hook=lambda m: printed.append(m["content"].get("text", ""))
+        )
+        return "".join(printed).strip()
+    finally:
+        client.stop_channels()
+
+
 def test_make_lab_serves_the_notebooks_with_the_named_kernel(tmp_path):
     # the kernel as the Makefile installs it (into a scratch prefix instead of .venv)
     stamp = subprocess.run(
@@ -65,7 +97,8 @@ def test_make_lab_serves_the_notebooks_with_the_named_kernel(tmp_path):
     ]
     command = shlex.split(lab.replace("@ARGS@", " ".join(args)))
     command[0] = sys.executable
-    env = {**os.environ, "JUPYTER_PATH": str(tmp_path / "share" / "jupyter")}
+    env = {k: v for k, v in os.environ.items() if k != "RLHF_LESSONS_CACHE"}
+    env["JUPYTER_PATH"] = str(tmp_path / "share" / "jupyter")
     env["JUPYTER_RUNTIME_DIR"] = str(tmp_path / "runtime")
     env["JUPYTER_CONFIG_DIR"] = str(tmp_path / "config")
     server = subprocess.Popen(
@@ -89,6 +122,8 @@ def test_make_lab_serves_the_notebooks_with_the_named_kernel(tmp_path):
         assert specs["rlhf-lessons"]["spec"]["argv"][0] == sys.executable
         lab_page = urllib.request.urlopen(f"{base}/lab?token={token}", timeout=10).read()
         assert b"JupyterLab" in lab_page
+        # a notebook run there uses make lessons' cache: start the named kernel, ask it
+        assert _kernel_cache_dir(base, token, tmp_path / "runtime") == str(CACHE)
     finally:
         server.send_signal(signal.SIGINT)  # jupyter asks to confirm on the first ^C; send two
         time.sleep(0.5)
