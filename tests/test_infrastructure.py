@@ -114,3 +114,48 @@ def test_lm_threads_is_one_in_a_parallel_test_worker_and_can_be_overridden(monke
     monkeypatch.setenv("RLHF_LESSONS_THREADS", "two")
     with pytest.raises(ValueError, match="RLHF_LESSONS_THREADS"):
         lm_threads()
+
+
+def test_cache_dir_is_the_checkouts_whoever_imports_it(monkeypatch, tmp_path):
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    from rlhf_lessons.course import cache
+
+    root = Path(cache.__file__).resolve().parents[2]
+    monkeypatch.delenv("RLHF_LESSONS_CACHE", raising=False)
+    assert cache.checkout_root() == root
+    assert cache.cache_dir() == root / ".cache"
+    monkeypatch.setenv("RLHF_LESSONS_CACHE", str(tmp_path))
+    assert cache.cache_dir() == tmp_path  # the variable still wins
+    # a kernel started by hand in another folder (e.g. Jupyter's notebooks/) finds the same one
+    env = {k: v for k, v in __import__("os").environ.items() if k != "RLHF_LESSONS_CACHE"}
+    env["PYTHONPATH"] = str(root)
+    out = subprocess.run(
+        [sys.executable, "-c", "from rlhf_lessons.course.cache import cache_dir; print(cache_dir())"],
+        cwd=tmp_path, env=env, capture_output=True, text=True, check=True,
+    ).stdout.strip()  # fmt: skip
+    assert out == str(root / ".cache")
+
+
+def test_cache_dir_of_an_installed_wheel_is_in_home(monkeypatch, tmp_path):
+    from rlhf_lessons.course import cache
+
+    monkeypatch.delenv("RLHF_LESSONS_CACHE", raising=False)
+    monkeypatch.setattr(cache, "checkout_root", lambda: None)
+    monkeypatch.setenv("HOME", str(tmp_path))
+    assert cache.cache_dir() == tmp_path / ".cache" / "rlhf_lessons"
+
+
+def test_lm_threads_is_one_in_make_lessons_kernels(monkeypatch, tmp_path):
+    from rlhf_lessons.course.device import lm_threads
+    from rlhf_lessons.course.lesson_runner import kernel_env
+
+    monkeypatch.delenv("RLHF_LESSONS_THREADS", raising=False)
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    env = kernel_env(2, tmp_path)
+    assert env["OMP_NUM_THREADS"] == "1" and env["RLHF_LESSONS_BUILD"] == str(tmp_path.resolve())
+    monkeypatch.setenv("RLHF_LESSONS_THREADS", env["RLHF_LESSONS_THREADS"])
+    assert lm_threads() == 1
+    assert "OMP_NUM_THREADS" not in kernel_env(1, tmp_path)  # one at a time: the defaults
