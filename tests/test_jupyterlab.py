@@ -26,7 +26,17 @@ pytestmark = pytest.mark.slow
 def _make_dry_run(target: str) -> list[str]:
     """The commands ``make <target>`` runs, without its prerequisites (.venv and the models)."""
     done = subprocess.run(
-        ["make", "-n", "-o", ".venv/.installed", "-o", "models", target, "LAB_ARGS=@ARGS@"],
+        [
+            "make",
+            "--no-print-directory",
+            "-n",
+            "-o",
+            ".venv/.installed",
+            "-o",
+            "models",
+            target,
+            "LAB_ARGS=@ARGS@",
+        ],
         cwd=ROOT,
         capture_output=True,
         text=True,
@@ -78,7 +88,10 @@ def _kernel_cache_dir(base: str, token: str, runtime: Path) -> str:
 def test_make_lab_serves_the_notebooks_with_the_named_kernel(tmp_path):
     # the kernel as the Makefile installs it (into a scratch prefix instead of .venv)
     stamp = subprocess.run(
-        ["make", "-n", "-B", ".venv/.installed"], cwd=ROOT, capture_output=True, text=True
+        ["make", "--no-print-directory", "-n", "-B", ".venv/.installed"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
     ).stdout
     install = next(line for line in stamp.splitlines() if "ipykernel install" in line)
     argv = shlex.split(install.split(">")[0])[1:]  # drop .venv/bin/python and the redirect

@@ -48,7 +48,7 @@ def test_environment_yml_agrees_with_pyproject():
 def _make_dry_run(*args: str, path: str | None = None) -> subprocess.CompletedProcess:
     env = dict(os.environ, PATH=path) if path is not None else None
     return subprocess.run(
-        ["make", "-n", "-B", *args, ".venv/.installed"],
+        ["make", "--no-print-directory", "-n", "-B", *args, ".venv/.installed"],
         cwd=ROOT,
         env=env,
         capture_output=True,
@@ -138,7 +138,7 @@ def test_ci_runs_the_readme_test_command():
 
 def _make_dry_run_target(target: str) -> str:
     return subprocess.run(
-        ["make", "-n", "-o", ".venv/.installed", "-o", "models", target],
+        ["make", "--no-print-directory", "-n", "-o", ".venv/.installed", "-o", "models", target],
         cwd=ROOT, capture_output=True, text=True, check=True,
     ).stdout  # fmt: skip
 
