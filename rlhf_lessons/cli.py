@@ -129,6 +129,9 @@ def build_parser() -> argparse.ArgumentParser:
     rp.add_argument("--build", default="build", help="the run's build folder (default build/)")
     rp.add_argument("--check", action="store_true", help="only check README against docs/results")
     rp.set_defaults(func=_report)
+    from rlhf_lessons.cli_train import add_train_commands  # train <algo>, eval (issue 18)
+
+    add_train_commands(sub)
     return parser
 
 
