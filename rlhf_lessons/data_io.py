@@ -64,7 +64,7 @@ def read_records(source: Any, split: str = "train", limit: int | None = None) ->
     list of dicts, or a hub dataset name. ``limit`` keeps the first ``limit`` records."""
     if isinstance(source, list | tuple):
         records = [dict(r) if isinstance(r, Mapping) else r for r in source]
-    elif hasattr(source, "to_list") and hasattr(source, "column_names"):
+    elif hasattr(source, "column_names"):  # a datasets.Dataset or DatasetDict
         records = _dataset_records(source, split, "the dataset")
     else:
         records = _read_path(str(source), split)
@@ -147,7 +147,7 @@ def _read_json(path: Path) -> list[Record]:
 
 
 def _dataset_records(data, split: str, name: str) -> list[Record]:
-    if hasattr(data, "keys") and not hasattr(data, "column_names"):  # a DatasetDict
+    if not hasattr(data, "to_list"):  # a DatasetDict: one split
         if split not in data:
             raise DataFormatError(
                 f"{name} has the splits {sorted(data)}, not {split!r}: pick one with --split"
@@ -186,6 +186,11 @@ def record_kind(record: Mapping, where: str = "record") -> str:
                               "'chosen' and 'rejected'")  # fmt: skip
     if "messages" in keys:
         return "messages"
+    if "completion" in keys and "prompt" not in keys:
+        raise DataFormatError(
+            f"{where}: has a 'completion' but no 'prompt'; add the 'prompt' it answers (or give "
+            "the whole conversation as 'messages')"
+        )
     if "prompt" in keys:
         return "prompt_completion" if "completion" in keys else "prompt_only"
     if "text" in keys:

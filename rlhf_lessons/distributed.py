@@ -348,10 +348,11 @@ def toy_pairs(n: int, vocab: int = 32, seed: int = 0):
 
 def demo_dpo_loop(
     par: Parallel, pairs: int = 24, batch_size: int = 8, steps: int = 6, beta: float = 0.5,
-    lr: float = 1e-2, seed: int = 0,
+    lr: float = 1e-2, seed: int = 0, save_to: str | None = None,
 ) -> list[dict]:  # fmt: skip
     """DPO on random pairs with a tiny model, data-parallel through ``par``; one dict of the
-    whole minibatch's metrics per step (the same on every process)."""
+    whole minibatch's metrics per step (the same on every process). ``save_to``: write the
+    trained model there (:meth:`Parallel.save_pretrained`)."""
     import torch.nn.functional as F
 
     from rlhf_lessons.lm import sequence_logprobs, token_logprobs
@@ -384,16 +385,20 @@ def demo_dpo_loop(
         optimizer.step()
         metrics = {"loss": loss.item(), "accuracy": (h > 0).float().mean().item()}
         log.append({**par.mean(metrics, shard.rows), "grad_norm": norm, "step": step + 1})
+    if save_to:
+        par.save_pretrained(model, save_to)
     return log
 
 
-if __name__ == "__main__":  # torchrun --nproc_per_node 2 -m rlhf_lessons.distributed [out.json]
+if __name__ == "__main__":
+    # torchrun --nproc_per_node 2 -m rlhf_lessons.distributed [out.json ['[{...kwargs}, ...]']]
     import json
     import sys
 
     torch.set_num_threads(1)
     parallel = Parallel.create(cpu=True)
-    curve = demo_dpo_loop(parallel)
+    runs = json.loads(sys.argv[2]) if len(sys.argv) > 2 else [{}]
+    curves = [demo_dpo_loop(parallel, **kwargs) for kwargs in runs]
     if parallel.is_main_process:
-        text = json.dumps({"processes": parallel.num_processes, "log": curve})
+        text = json.dumps({"processes": parallel.num_processes, "curves": curves})
         Path(sys.argv[1]).write_text(text) if len(sys.argv) > 1 else print(text)
