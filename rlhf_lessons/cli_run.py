@@ -147,14 +147,19 @@ def _format(tokenizer, prompt, chat: bool) -> str:
     return format_prompt(tokenizer, prompt) if chat or not isinstance(prompt, str) else prompt
 
 
-def preference_data(records, tokenizer, run: RunArgs) -> list[dict]:
-    """Pairs for the DPO family; plain-text prompts become a user turn when ``run.chat``."""
+def chat_pairs(pairs, tokenizer, run: RunArgs) -> list[dict]:
+    """Preference pairs as the DPO trainer takes them: plain-text prompts become a user turn
+    of the model's chat template when ``run.chat`` (conversational pairs always do)."""
     from rlhf_lessons.rewards.preference_data import to_conversational
 
-    pairs = data_io.preference_pairs(records, run.ranked_pairs)
-    if _chat(tokenizer, run):
-        pairs = [p if data_io.is_conversational(p) else to_conversational(p) for p in pairs]
-    return pairs
+    if not _chat(tokenizer, run):
+        return list(pairs)
+    return [p if data_io.is_conversational(p) else to_conversational(p) for p in pairs]
+
+
+def preference_data(records, tokenizer, run: RunArgs) -> list[dict]:
+    """Records -> pairs for the DPO family (:func:`chat_pairs` of their preference pairs)."""
+    return chat_pairs(data_io.preference_pairs(records, run.ranked_pairs), tokenizer, run)
 
 
 def _prompt_text(prompt) -> str:
@@ -186,11 +191,13 @@ def check_lengths(kind: str, config, tokenizer, model, items, run: RunArgs):
                                    add_eos=config.add_eos)  # fmt: skip
     if report.share_cut > run.max_truncated_share:
         raise CLIError(
-            f"the token limits would cut {report.share_cut:.0%} of the prompts and completions "
-            f"({report}); raise --max-prompt-length / --max-completion-length, or accept it "
-            f"with --max-truncated-share {report.share_cut:.2f}"
+            f"the token limits would cut {report.cut} of {report.records} rows "
+            f"({report.share_cut:.0%}: {report}); raise --max-prompt-length / "
+            f"--max-completion-length, or accept it with --max-truncated-share "
+            f"{math.ceil(report.share_cut * 100) / 100:.2f}"
         )
-    return config, report
+    print(f"token lengths: {report}")
+    return config, str(report)
 
 
 # --- Evaluation during training --------------------------------------------------------------
@@ -260,102 +267,140 @@ def _steps(kind: str, config, n: int) -> int:
     return min(total, config.max_steps or total)
 
 
+CONVERT = {"sft": data_io.sft_records, "dpo": None, "rl": data_io.prompts,
+           "ppo": data_io.prompts, "reward": data_io.ranked_records}  # fmt: skip
+
+
+def convert(kind: str, records, run: RunArgs) -> list:
+    """Records -> what the trainer takes, before any model is loaded (so bad data fails fast):
+    SFT records, preference pairs, prompts or rankings (:mod:`rlhf_lessons.data_io`)."""
+    if kind == "dpo":
+        return data_io.preference_pairs(records, run.ranked_pairs)
+    return CONVERT[kind](records)
+
+
 def train_run(algo: str, config, run: RunArgs) -> RunLog:
     """Train ``algo`` as the command line asked; returns the run's :class:`RunLog`."""
+    from rlhf_lessons.distributed import launched_processes
+
     kind = ALGOS[algo][0]
     if not run.data:
         raise CLIError(f"--data is required: the training data (rlhf-lessons train {algo} --help)")
-    from rlhf_lessons.distributed import launched_processes
-
     if launched_processes() > 1:
         raise CLIError(
             f"train {algo} runs in one process for now (its trainer does not split batches "
             "across processes yet); start it without torchrun / accelerate launch"
         )
-    log = RunLog(run.output_dir or f"runs/{algo}", algo)
-    records = data_io.read_records(run.data, run.split, run.limit)
-    evals = (
-        data_io.read_records(run.eval_data, run.split, run.eval_limit) if run.eval_data else None
-    )
+    items = convert(kind, data_io.read_records(run.data, run.split, run.limit), run)
+    evals = None
+    if run.eval_data:
+        evals = convert(kind, data_io.read_records(run.eval_data, run.split, run.eval_limit), run)
+    if kind in ("rl", "ppo"):
+        _check_reward_model(algo, run)
+    _check_name(run.model or ("minilm" if kind == "reward" else "smollm2"))
     device = get_device(None if run.device == "auto" else run.device)
+    log = RunLog(run.output_dir or f"runs/{algo}", algo)
     if kind == "reward":
-        return train_reward(config, run, log, records, evals, device)
+        return train_reward(config, run, log, items, evals, device)
     model, tokenizer = load_policy(run.model or "smollm2", device)
     lora = lora_settings(run, model)
     if lora:
         from rlhf_lessons.alignment.dpo import add_lora
 
         model = add_lora(model, lora["r"], lora["alpha"], lora["target_modules"], seed=config.seed)
-    info = {"model": run.model or "smollm2", "lora": lora, "records": len(records)}
+    info = {"model": run.model or "smollm2", "lora": lora}
     with torch_threads(config.threads):
-        history, policy = _fit(kind, algo, config, run, log, model, tokenizer, records, evals, info)
-    log.save_model(policy, tokenizer, final=True)
+        setup = {"sft": _sft, "dpo": _dpo, "rl": _rl, "ppo": _rl}[kind]
+        trainer, model, items, config, eval_fn, extra = setup(
+            config, run, model, tokenizer, items, evals, info
+        )
+        info["items"] = len(items)
+        total = _steps(kind, config, len(items))
+        callback = StepCallback(log, tokenizer, total, run.save_every, run.eval_every, eval_fn)
+        log.start(config, run, info)
+        history = trainer(model, tokenizer, items, config, eval_fn=callback if callback.every
+                          else None, eval_every=callback.every, show_progress=True, **extra)  # fmt: skip
+        if eval_fn is not None and not callback.every:
+            history.evaluate(eval_fn, getattr(model, "lm", model))
+    log.save_model(model, tokenizer, final=True)
     log.finish(history)
     return log
 
 
-def _fit(kind, algo, config, run, log, model, tokenizer, records, evals, info):
-    """Convert the data, build the evaluation and checkpoint callback, call the trainer."""
-    eval_fn, ref, extra = None, None, {}
-    if kind == "sft":
-        from rlhf_lessons.alignment.sft import train_sft
+def _check_reward_model(algo: str, run: RunArgs) -> None:
+    from rlhf_lessons.rewards.reward_io import RewardModelLoadError, is_reward_model_folder
 
-        items = data_io.sft_records(records)
-        config = replace(config, chat=_chat(tokenizer, run))
-        config, report = check_lengths(kind, config, tokenizer, model, items, run)
-        info["lengths"] = str(report)
-        if evals:
-            eval_fn = sft_eval_fn(tokenizer, data_io.sft_records(evals), config)
-        trainer = train_sft
-    elif kind == "dpo":
-        from rlhf_lessons.alignment.dpo import train_dpo
+    if not run.reward_model:
+        raise CLIError(f"train {algo} needs --reward-model: a folder saved by `rlhf-lessons "
+                       "train reward` (or a ...ForSequenceClassification model)")  # fmt: skip
+    if not is_reward_model_folder(run.reward_model):
+        from rlhf_lessons.rewards.reward_io import load_reward_model
 
-        items = preference_data(records, tokenizer, run)
-        config, report = check_lengths(kind, config, tokenizer, model, items, run)
-        info["lengths"] = str(report)
-        if run.ref_model:
-            ref, _ = load_policy(run.ref_model, next(model.parameters()).device)
-            extra["ref_model"] = ref
-        if evals:
-            eval_fn = dpo_eval_fn(model, tokenizer, preference_data(evals, tokenizer, run), config,
-                                  ref)  # fmt: skip
-        trainer = train_dpo
+        try:
+            load_reward_model(run.reward_model, "cpu")  # raises, saying what would load
+        except RewardModelLoadError as err:
+            raise CLIError(f"--reward-model: {err}") from None
+
+
+def _sft(config, run, model, tokenizer, items, evals, info):
+    from rlhf_lessons.alignment.sft import train_sft
+
+    chat = _chat(tokenizer, run) and config.chat
+    if not isinstance(items[0]["prompt"], str):  # conversations: rendered here, once
+        items, evals = ([{**r, "prompt": _format(tokenizer, r["prompt"], True)} for r in rs]
+                        if rs else rs for rs in (items, evals))  # fmt: skip
+        chat = False
+    config = replace(config, chat=chat)
+    config, info["lengths"] = check_lengths("sft", config, tokenizer, model, items, run)
+    eval_fn = sft_eval_fn(tokenizer, evals, config) if evals else None
+    return train_sft, model, items, config, eval_fn, {}
+
+
+def _dpo(config, run, model, tokenizer, items, evals, info):
+    from rlhf_lessons.alignment.dpo import train_dpo
+
+    pairs = chat_pairs(items, tokenizer, run)
+    config, info["lengths"] = check_lengths("dpo", config, tokenizer, model, pairs, run)
+    extra = {}
+    if run.ref_model:
+        extra["ref_model"], _ = load_policy(run.ref_model, next(model.parameters()).device)
+    eval_fn = None
+    if evals:
+        eval_pairs = chat_pairs(evals, tokenizer, run)
+        eval_fn = dpo_eval_fn(model, tokenizer, eval_pairs, config, extra.get("ref_model"))
+    return train_dpo, model, pairs, config, eval_fn, extra
+
+
+def _rl(config, run, model, tokenizer, items, evals, info):
+    """RLOO / GRPO / PPO: formatted prompts, the reward model as reward function, and the
+    reference (the LoRA policy with its adapter off, or a frozen copy)."""
+    from rlhf_lessons.rewards.reward_io import load_reward_model, reward_function
+
+    scorer = load_reward_model(run.reward_model, next(model.parameters()).device)
+    chat = _chat(tokenizer, run)
+    prompts = [_format(tokenizer, p, chat) for p in items]
+    heldout = [_format(tokenizer, p, chat) for p in evals or []]
+    text = dict(zip(prompts + heldout, [_prompt_text(p) for p in items + (evals or [])],
+                    strict=True))  # fmt: skip
+    reward_fn = reward_function(scorer, text)
+    ref = AdapterOffReference(model) if info["lora"] else copy.deepcopy(model).eval()
+    eval_fn = rl_eval_fn(tokenizer, heldout, ref, reward_fn, config) if evals else None
+    if isinstance(config, _ppo_config()):
+        from rlhf_lessons.alignment.lm_ppo import PolicyWithValueHead, train_lm_ppo
+
+        model, trainer = PolicyWithValueHead(model), train_lm_ppo
     else:
-        from rlhf_lessons.rewards.reward_io import load_reward_model, reward_function
-
-        if not run.reward_model:
-            raise CLIError(f"train {algo} needs --reward-model: a folder saved by `rlhf-lessons "
-                           "train reward` (or a ...ForSequenceClassification model)")  # fmt: skip
-        scorer = load_reward_model(run.reward_model, next(model.parameters()).device)
-        chat = _chat(tokenizer, run)
-        raw = data_io.prompts(records)
-        items = [_format(tokenizer, p, chat) for p in raw]
-        heldout = data_io.prompts(evals) if evals else []
-        text = {_format(tokenizer, p, chat): _prompt_text(p) for p in raw + heldout}
-        extra["reward_fn"] = reward_function(scorer, text)
-        ref = AdapterOffReference(model) if info["lora"] else copy.deepcopy(model).eval()
-        extra["ref"] = ref
-        if evals:
-            eval_fn = rl_eval_fn(tokenizer, [_format(tokenizer, p, chat) for p in heldout], ref,
-                                 extra["reward_fn"], config)  # fmt: skip
-        if kind == "ppo":
-            from rlhf_lessons.alignment.lm_ppo import PolicyWithValueHead, train_lm_ppo
-
-            model, trainer = PolicyWithValueHead(model), train_lm_ppo
-        else:
-            from rlhf_lessons.alignment.rloo_grpo import train_group_pg as trainer
-    info["items"] = len(items)
-    total = _steps(kind, config, len(items))
-    callback = StepCallback(log, tokenizer, total, run.save_every, run.eval_every, eval_fn)
-    log.start(config, run, info)
-    history = trainer(model, tokenizer, items, config, eval_fn=callback if callback.every else None,
-                      eval_every=callback.every, show_progress=True, **extra)  # fmt: skip
-    if eval_fn is not None and not callback.every:
-        history.evaluate(eval_fn, model.lm if kind == "ppo" else model)
-    return history, model
+        from rlhf_lessons.alignment.rloo_grpo import train_group_pg as trainer
+    return trainer, model, prompts, config, eval_fn, {"ref": ref, "reward_fn": reward_fn}
 
 
-def train_reward(config: RewardArgs, run: RunArgs, log: RunLog, records, evals, device):
+def _ppo_config():
+    from rlhf_lessons.alignment.lm_ppo import LMPPOConfig
+
+    return LMPPOConfig
+
+
+def train_reward(config: RewardArgs, run: RunArgs, log: RunLog, items, evals, device):
     """A reward model on ranked or paired records: an encoder (default MiniLM) with a mean-
     pooled head, or a causal LM's last-token head; saved with :func:`rlhf_lessons.rewards.
     reward_io.save_reward_model`."""
@@ -369,9 +414,7 @@ def train_reward(config: RewardArgs, run: RunArgs, log: RunLog, records, evals, 
     )
     from rlhf_lessons.training import History
 
-    items = data_io.ranked_records(records)
     name = run.model or "minilm"
-    _check_name(name)
     seed_everything(config.seed)  # the head's initialisation: --baseline rebuilds it
     try:
         if _is_causal(name):
@@ -391,8 +434,7 @@ def train_reward(config: RewardArgs, run: RunArgs, log: RunLog, records, evals, 
             model.encoder = get_peft_model(model.encoder, cfg)
         else:
             model.body = get_peft_model(model.body, cfg)
-    log.start(config, run, {"model": name, "lora": lora, "records": len(records),
-                            "items": len(items)})  # fmt: skip
+    log.start(config, run, {"model": name, "lora": lora, "items": len(items)})
     keys = {"mode", "epochs", "lr", "batch_size", "seed", "weight_decay", "max_grad_norm",
             "dropout", "max_steps", "threads"}  # fmt: skip
     model, trained = train_reward_model(items, model=model, show_progress=True,
@@ -401,7 +443,7 @@ def train_reward(config: RewardArgs, run: RunArgs, log: RunLog, records, evals, 
     for loss, acc, sec in zip(trained.loss, trained.accuracy, trained.seconds, strict=True):
         history.log(seconds=sec, loss=loss, accuracy=acc)
     if evals:
-        result = evaluate_reward_model(model, data_io.ranked_records(evals))
+        result = evaluate_reward_model(model, evals)
         history.evaluations.append({"step": history.steps, **result.summary()})
     save_reward_model(model, log.folder)
     log.finish(history)

@@ -260,7 +260,7 @@ def build_dataclasses(algo: str, ns: argparse.Namespace) -> tuple[Any, RunArgs]:
 
         kwargs["lr"] = default_lr(ALGOS[algo][0], run.lora_r > 0)
     try:
-        return config_cls(**kwargs, **fixed), run
+        return config_cls(**{**kwargs, **fixed}), run
     except (TypeError, ValueError) as err:
         raise CLIError(str(err)) from None
 

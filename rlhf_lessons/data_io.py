@@ -387,7 +387,8 @@ def prompts(records: Sequence[Mapping]) -> list[Any]:
 
 @dataclass
 class LengthReport:
-    """What limits of ``max_prompt_length`` / ``max_completion_length`` tokens would cut."""
+    """What limits of ``max_prompt_length`` / ``max_completion_length`` tokens would cut from
+    ``records`` rows (prompt + completion)."""
 
     records: int
     longest_prompt: int
@@ -396,19 +397,15 @@ class LengthReport:
     max_completion_length: int | None
     prompts_cut: int
     completions_cut: int
-
-    @property
-    def cut(self) -> int:
-        """Records that lose at least one token (rows of prompts and completions)."""
-        return max(self.prompts_cut, self.completions_cut)
+    cut: int  # rows that lose at least one token (of the prompt, the completion or both)
 
     @property
     def share_cut(self) -> float:
-        return (self.prompts_cut + self.completions_cut) / (2 * self.records)
+        return self.cut / self.records
 
     def __str__(self) -> str:
-        return (f"{self.records} rows; longest prompt {self.longest_prompt} tokens (limit "
-                f"{self.max_prompt_length}, {self.prompts_cut} cut), longest completion "
+        return (f"{self.records} rows, {self.cut} cut; longest prompt {self.longest_prompt} tokens "
+                f"(limit {self.max_prompt_length}, {self.prompts_cut} cut), longest completion "
                 f"{self.longest_completion} tokens (limit {self.max_completion_length}, "
                 f"{self.completions_cut} cut)")  # fmt: skip
 
@@ -427,11 +424,13 @@ def length_report(
     p = [len(ids) for ids in tokenizer(list(prompt_texts), add_special_tokens=False)["input_ids"]]
     c = [len(ids) + eos
          for ids in tokenizer(list(completion_texts), add_special_tokens=False)["input_ids"]]  # fmt: skip
+    p_cut = [bool(max_prompt_length) and n > max_prompt_length for n in p]
+    c_cut = [bool(max_completion_length) and n > max_completion_length for n in c]
     return LengthReport(
         records=len(p), longest_prompt=max(p), longest_completion=max(c),
         max_prompt_length=max_prompt_length, max_completion_length=max_completion_length,
-        prompts_cut=sum(n > max_prompt_length for n in p) if max_prompt_length else 0,
-        completions_cut=sum(n > max_completion_length for n in c) if max_completion_length else 0,
+        prompts_cut=sum(p_cut), completions_cut=sum(c_cut),
+        cut=sum(a or b for a, b in zip(p_cut, c_cut, strict=True)),
     )  # fmt: skip
 
 

@@ -187,8 +187,9 @@ def test_length_report_counts_what_a_limit_cuts(word_tokenizer):
     tok = word_tokenizer("a b c d e".split())
     report = data_io.length_report(tok, ["a b c", "a"], ["d e", "d e e e"], 2, 3)
     assert (report.longest_prompt, report.longest_completion) == (3, 5)  # EOS counted
-    assert (report.prompts_cut, report.completions_cut) == (1, 1)
-    assert report.share_cut == 0.5
+    assert (report.prompts_cut, report.completions_cut, report.cut) == (1, 1, 2)
+    assert report.share_cut == 1.0
+    assert data_io.length_report(tok, ["a b c", "a"], ["d", "d e"], 2, 3).share_cut == 0.5
     assert data_io.fit_lengths(report, None) == (3, 5)
     assert data_io.fit_lengths(report, 6) == (3, 3)  # completions keep 6 - 3, prompts whole
     assert data_io.fit_lengths(report, 100) == (3, 5)
