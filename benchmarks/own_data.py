@@ -50,8 +50,9 @@ def timed(cmd: list[str], env: dict | None = None) -> dict:
         sys.exit(f"failed: {shlex.join(cmd)}\n{done.stderr[-3000:]}")
     cpu = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
     print(f"{wall:7.0f} s wall {cpu:7.0f} s CPU  {shlex.join(cmd[2:])}", flush=True)
-    return {"command": "rlhf-lessons " + shlex.join(cmd[3:]), "wall_seconds": wall,
-            "cpu_seconds": cpu, "stdout": done.stdout}  # fmt: skip
+    shown = "rlhf-lessons " + shlex.join(cmd[3:]) if cmd[1:3] == ["-m", "rlhf_lessons"] \
+        else "python " + shlex.join(cmd[1:])  # fmt: skip
+    return {"command": shown, "wall_seconds": wall, "cpu_seconds": cpu, "stdout": done.stdout}
 
 
 def cli(*args: str) -> list[str]:

@@ -400,5 +400,7 @@ if __name__ == "__main__":
     runs = json.loads(sys.argv[2]) if len(sys.argv) > 2 else [{}]
     curves = [demo_dpo_loop(parallel, **kwargs) for kwargs in runs]
     if parallel.is_main_process:
-        text = json.dumps({"processes": parallel.num_processes, "curves": curves})
+        engine = "none" if parallel.accelerator is None else \
+            parallel.accelerator.distributed_type.value  # fmt: skip
+        text = json.dumps({"processes": parallel.num_processes, "engine": engine, "curves": curves})
         Path(sys.argv[1]).write_text(text) if len(sys.argv) > 1 else print(text)

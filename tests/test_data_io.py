@@ -174,7 +174,11 @@ def test_sft_records_from_each_format():
 
 
 def test_prompts_are_distinct_and_in_order():
-    records = [PAIR, {**PAIR, "chosen": "Paris!"}, {"prompt": "Other?", "chosen": "a", "rejected": "b"}]
+    records = [
+        PAIR,
+        {**PAIR, "chosen": "Paris!"},
+        {"prompt": "Other?", "chosen": "a", "rejected": "b"},
+    ]
     assert data_io.prompts(records) == ["Capital of France?", "Other?"]
     assert data_io.prompts([IMPLICIT[2]]) == [SKY]
     assert data_io.prompts([{"messages": CHOSEN_MSGS}]) == [SKY]

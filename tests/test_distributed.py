@@ -136,35 +136,70 @@ def _weights(folder: Path) -> dict:
     return load_file(str(folder / "model.safetensors"))
 
 
-@pytest.mark.slow
-def test_two_processes_equal_one_at_the_same_global_batch(tmp_path):
-    """torchrun starts 2 CPU processes (gloo on 127.0.0.1); each takes half of every global
-    minibatch. Loss curve, gradient norm and final weights equal the 1-process run's to 1e-5:
-    with an even split (8 = 4 + 4), an uneven one (7 = 4 + 3) and a minibatch of 1 row, where
-    one process computes a row with weight 0."""
-    runs = [{"batch_size": 8, "save_to": str(tmp_path / "two")}, {"pairs": 13, "batch_size": 7,
-            "steps": 4}, {"batch_size": 1, "steps": 3}]  # fmt: skip
-    out = tmp_path / "curves.json"
+def _torchrun(out: Path, runs: list[dict], env: dict | None = None) -> dict:
+    """The demo loop in 2 CPU processes (gloo on 127.0.0.1); its JSON output."""
     root = str(Path(rlhf_lessons.__file__).resolve().parents[1])
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([root, os.environ.get("PYTHONPATH", "")])}
+    env = {**os.environ, **(env or {}),
+           "PYTHONPATH": os.pathsep.join([root, os.environ.get("PYTHONPATH", "")])}  # fmt: skip
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--nnodes",
            "1", "--master_addr", "127.0.0.1", "--master_port", str(_free_port()), "-m",
            "rlhf_lessons.distributed", str(out), json.dumps(runs)]  # fmt: skip
     done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=900)
     assert done.returncode == 0, done.stderr[-3000:]
-    two = json.loads(out.read_text())
-    assert two["processes"] == 2
-    for kwargs, curve in zip(runs, two["curves"], strict=True):
-        one_kwargs = {**kwargs, "save_to": str(tmp_path / "one")} if "save_to" in kwargs else kwargs
-        one = demo_dpo_loop(Parallel(), **one_kwargs)
-        assert len(one) == len(curve) == kwargs.get("steps", 6)
-        for a, b in zip(one, curve, strict=True):
-            for key in ("loss", "accuracy", "grad_norm"):
-                assert a[key] == pytest.approx(b[key], abs=1e-5), (kwargs, a, b)
-    assert one[-1]["loss"] < one[0]["loss"] or runs[-1]["batch_size"] == 1
-    w1, w2 = _weights(tmp_path / "one"), _weights(tmp_path / "two")
+    return json.loads(out.read_text())
+
+
+def _same_run(kwargs: dict, curve: list[dict], one_folder: Path | None = None) -> None:
+    """The 2-process curve equals the plain 1-process run's (loss, accuracy, gradient norm)."""
+    one_kwargs = {**kwargs, "save_to": str(one_folder)} if one_folder else kwargs
+    one = demo_dpo_loop(Parallel(), **one_kwargs)
+    assert len(one) == len(curve) == kwargs.get("steps", 6)
+    for a, b in zip(one, curve, strict=True):
+        for key in ("loss", "accuracy", "grad_norm"):
+            assert a[key] == pytest.approx(b[key], abs=1e-5), (kwargs, a, b)
+
+
+def _same_weights(one: Path, two: Path) -> None:
+    w1, w2 = _weights(one), _weights(two)
     assert w1.keys() == w2.keys()
     # Adam moves every weight by about lr (1e-2) whatever its gradient's size, so a weight
     # whose gradient is float noise differs by more than the losses do: 1% of a step here.
     for name in w1:
         torch.testing.assert_close(w1[name], w2[name], atol=1e-4, rtol=0)
+
+
+@pytest.mark.slow
+def test_two_processes_equal_one_at_the_same_global_batch(tmp_path):
+    """torchrun starts 2 CPU processes; each takes its part of every global minibatch (DDP).
+    Loss curve, gradient norm and final weights equal the 1-process run's: with an even split
+    (8 = 4 + 4), an uneven one (7 = 4 + 3) and a minibatch of 1 row, where one process
+    computes a row with weight 0."""
+    runs = [{"batch_size": 8, "save_to": str(tmp_path / "two")}, {"pairs": 13, "batch_size": 7,
+            "steps": 4}, {"batch_size": 1, "steps": 3}]  # fmt: skip
+    two = _torchrun(tmp_path / "curves.json", runs)
+    assert two["processes"] == 2 and two["engine"] == "MULTI_CPU"
+    for i, (kwargs, curve) in enumerate(zip(runs, two["curves"], strict=True)):
+        _same_run(kwargs, curve, tmp_path / "one" if i == 0 else None)
+    _same_weights(tmp_path / "one", tmp_path / "two")
+
+
+ACCELERATE_CONFIGS = sorted((Path(__file__).resolve().parents[1] / "configs" / "accelerate")
+                            .glob("*.yaml"))  # fmt: skip
+
+
+@pytest.mark.parametrize("path", ACCELERATE_CONFIGS, ids=lambda p: p.stem)
+def test_accelerate_configs_are_valid_launch_configs(path):
+    """Each shipped file is what `accelerate launch --config_file` accepts, for the engine it
+    names, in bf16 (the launcher's own validation, on a CPU machine). accelerate runs FSDP
+    and DeepSpeed on GPUs only (with cpu=True it falls back to DDP), so on this machine the
+    engines themselves are not run; the DDP path is, above."""
+    from accelerate.commands.launch import _validate_launch_command, launch_command_parser
+
+    args = launch_command_parser().parse_args(["--config_file", str(path), "-m",
+                                               "rlhf_lessons.distributed"])  # fmt: skip
+    args, _, _ = _validate_launch_command(args)
+    engine = {"ddp_multi_gpu": "multi_gpu", "fsdp2": "use_fsdp", "deepspeed_zero3": "use_deepspeed"}
+    assert getattr(args, engine[path.stem]) and args.mixed_precision == "bf16"
+    assert args.num_processes >= 2
+    if path.stem == "fsdp2":
+        assert str(args.fsdp_version) == "2" and args.fsdp_state_dict_type == "FULL_STATE_DICT"

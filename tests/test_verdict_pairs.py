@@ -44,7 +44,9 @@ class _Judge:
     def compare(self, prompts, responses_a, responses_b, config=None, mode="logprob",
                 references=None, few_shot=()):  # fmt: skip
         self.calls += 1
-        verdicts = [self.prefer(p, a, b) for p, a, b in zip(prompts, responses_a, responses_b)]
+        verdicts = [
+            self.prefer(p, a, b) for p, a, b in zip(prompts, responses_a, responses_b, strict=True)
+        ]
         return PairwiseResult(mode, verdicts, ["ok"] * len(verdicts))
 
 
