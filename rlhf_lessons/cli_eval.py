@@ -57,7 +57,7 @@ def evaluate_policy_pairs(args, records, device) -> dict:
         **{k: v for k, v in (info.get("run") or {}).items() if k in RunArgs.__annotations__}
     )
     policy, tokenizer = load_policy(args.model, device, merge=False)
-    config = config_from_info(DPOConfig, info, beta=args.beta, threads=args.threads)
+    config = replace(config_from_info(DPOConfig, info, beta=args.beta), threads=args.threads)
     pairs = preference_data(records, tokenizer, run)
     if not info:  # not a run of ours: no token limits (the course's default cuts at 32)
         config = replace(config, max_prompt_length=None, max_completion_length=None)

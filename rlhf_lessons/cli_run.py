@@ -66,12 +66,14 @@ def _missing_model(name: str, err: Exception) -> CLIError:
 
 
 def _check_name(name: str) -> None:
+    """A shipped name, a model or adapter folder, or a possible hub name ("gpt2",
+    "org/name"); a path that holds no model fails here, before anything is loaded."""
     path = Path(name).expanduser()
-    if name.lower() in SHIPPED or (path / "config.json").is_file():
+    if name.lower() in SHIPPED or any((path / f).is_file() for f in ("config.json",
+                                                                     "adapter_config.json")):  # fmt: skip
         return
-    if (path / "adapter_config.json").is_file():
-        return
-    if path.exists() or name.startswith((".", "/", "~")) or name.count("/") != 1:
+    looks_like_path = name.startswith((".", "/", "~")) or name.count("/") > 1
+    if path.exists() or looks_like_path or not name.strip():
         raise _missing_model(name, FileNotFoundError(f"no config.json in {name}"))
 
 

@@ -138,7 +138,7 @@ def test_unsplittable_implicit_prompt(tmp_path, capsys):
 
 def test_missing_model(tmp_path, capsys):
     data = _jsonl(tmp_path / "p.jsonl", PAIRS)
-    for name in (str(tmp_path / "no-such-model"), "someone/no-such-model-offline"):
+    for name in (str(tmp_path / "no-such-model"), "someone/no-such-model-offline", "gpt-offline"):
         line = _one_line_error(capsys, "train", "dpo", "--data", data, "--model", name)
         assert f"model {name!r} could not be loaded" in line and "smollm2" in line
 
