@@ -13,6 +13,7 @@ import copy
 import dataclasses
 import json
 import math
+import warnings
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -92,7 +93,9 @@ def load_policy(name: str, device, merge: bool = True):
             base = read_run_info(path).get("model") or json.loads(
                 (path / "adapter_config.json").read_text())["base_model_name_or_path"]  # fmt: skip
             model, tokenizer = load_causal_lm(base, device=device)
-            model = PeftModel.from_pretrained(model, str(path))
+            with warnings.catch_warnings():  # peft calls a method transformers 5 deprecates
+                warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing")
+                model = PeftModel.from_pretrained(model, str(path))
             model = model.merge_and_unload() if merge else model
         else:
             model, tokenizer = load_causal_lm(name, device=device)

@@ -234,7 +234,8 @@ class Parallel:
             raise ValueError("the minibatch is empty")
         if self.accelerator is None:
             return Shard(index, total, total, 1.0)
-        local = index[self.shard_range(total).start : self.shard_range(total).stop]
+        rows = self.shard_range(total)
+        local = index[rows.start : rows.stop]
         if len(local) == 0:
             return Shard(index[:1], 0, total, 0.0)
         return Shard(local, len(local), total, self.scale(len(local), total))

@@ -262,6 +262,30 @@ def test_reward_models_save_and_load(tmp_path, tiny_reward_folder):
     torch.testing.assert_close(fn(["<chat>the movie was"], ["great"]), scores[:1])
 
 
+def test_sequence_classifiers_load_as_reward_models(tmp_path, capsys, tiny_reward_folder):
+    """A ...ForSequenceClassification folder with one label (what TRL's RewardTrainer saves)
+    loads and scores; one with two labels is refused, and `eval` scores either kind."""
+    from transformers import AutoTokenizer, BertConfig, BertForSequenceClassification
+
+    from rlhf_lessons.rewards.reward_io import RewardModelLoadError, load_reward_model
+
+    tokenizer = AutoTokenizer.from_pretrained(tiny_reward_folder)
+    for labels in (1, 2):
+        config = BertConfig(vocab_size=tokenizer.vocab_size, hidden_size=16, num_hidden_layers=1,
+                            num_attention_heads=2, intermediate_size=32, num_labels=labels)  # fmt: skip
+        BertForSequenceClassification(config).save_pretrained(tmp_path / f"cls{labels}")
+        tokenizer.save_pretrained(tmp_path / f"cls{labels}")
+    scores = load_reward_model(tmp_path / "cls1", "cpu").score(["the movie was"], ["great"])
+    assert scores.shape == (1,)
+    with pytest.raises(RewardModelLoadError, match="2 labels; a reward model has one"):
+        load_reward_model(tmp_path / "cls2", "cpu")
+    data = _jsonl(tmp_path / "p.jsonl", PAIRS)
+    for folder in (tmp_path / "cls1", tiny_reward_folder):
+        code, printed, err = _run(capsys, "eval", "--model", str(folder), "--data", data)
+        assert code == 0, err
+        assert "(reward model): accuracy" in printed and "on 4 held-out pairs" in printed
+
+
 @pytest.mark.parametrize("algo", ["grpo", "rloo", "ppo"])
 def test_rl_with_a_saved_reward_model(tmp_path, capsys, tiny_folder, tiny_reward_folder, algo):
     data, out = _jsonl(tmp_path / "p.jsonl", PAIRS), tmp_path / algo
