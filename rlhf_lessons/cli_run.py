@@ -96,7 +96,8 @@ def load_policy(name: str, device, merge: bool = True):
             with warnings.catch_warnings():  # peft calls a method transformers 5 deprecates
                 warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing")
                 model = PeftModel.from_pretrained(model, str(path))
-            model = model.merge_and_unload() if merge else model
+            if merge:  # the adapter becomes part of the weights, which all train again
+                model = model.merge_and_unload().requires_grad_(True)
         else:
             model, tokenizer = load_causal_lm(name, device=device)
     except OSError as err:

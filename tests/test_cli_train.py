@@ -230,6 +230,20 @@ def test_sft_run_on_conversations(tmp_path, capsys, tiny_folder):
     assert "held-out: nll" in printed and len((out / "metrics.csv").read_text().splitlines()) == 5
 
 
+def test_a_lora_sft_run_is_the_starting_point_of_dpo(tmp_path, capsys, tiny_folder):
+    """SFT with LoRA, then DPO from its folder: the adapter is merged into the weights and the
+    merged model trains (fully here) with the SFT model as its reference."""
+    data = _jsonl(tmp_path / "p.jsonl", PAIRS)
+    common = ["--data", data, "--threads", "1", "--max-steps", "1", "--batch-size", "2"]
+    code, _, err = _run(capsys, "train", "sft", "--model", tiny_folder, "--lora-r", "4",
+                        "--output-dir", str(tmp_path / "sft"), *common)  # fmt: skip
+    assert code == 0, err
+    code, _, err = _run(capsys, "train", "dpo", "--model", str(tmp_path / "sft"), "--output-dir",
+                        str(tmp_path / "dpo"), *common)  # fmt: skip
+    assert code == 0, err
+    assert (tmp_path / "dpo" / "config.json").is_file()
+
+
 @pytest.fixture(scope="module")
 def tiny_reward_folder(tmp_path_factory):
     """A reward model on a tiny random BERT (MiniLM's tokenizer), saved as `train reward` does."""
