@@ -360,12 +360,12 @@ def test_shipped_minilm_reward_model_beats_its_untrained_self(tmp_path, capsys,
 
 @pytest.mark.slow
 def test_shipped_smollm2_lora_dpo_beats_the_untrained_policy(tmp_path, capsys):
-    """DPO with LoRA on SmolLM2, 2 steps of 4 best-vs-worst pairs: the held-out implicit-reward
+    """DPO with LoRA on SmolLM2, 2 steps of 2 best-vs-worst pairs: the held-out implicit-reward
     accuracy rises above the untrained policy's 0.5 (every pair ties there)."""
     dpo, out = tmp_path / "dpo", tmp_path / "dpo.json"
-    code, _, err = _run(capsys, "train", "dpo", "--data", TRAIN, "--limit", "8", "--ranked-pairs",
+    code, _, err = _run(capsys, "train", "dpo", "--data", TRAIN, "--limit", "4", "--ranked-pairs",
                         "best_vs_worst", "--output-dir", str(dpo), "--lora-r", "8", "--max-steps",
-                        "2", "--batch-size", "4", "--threads", "1")  # fmt: skip
+                        "2", "--batch-size", "2", "--threads", "1")  # fmt: skip
     assert code == 0, err
     assert (dpo / "adapter_model.safetensors").is_file()
     code, printed, err = _run(capsys, "eval", "--model", str(dpo), "--data", HELDOUT, "--limit",
