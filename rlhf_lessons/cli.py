@@ -173,6 +173,10 @@ def build_parser() -> argparse.ArgumentParser:
     cb.add_argument("--check", action="store_true", help="only report what differs")
     cb.add_argument("--badge", metavar="NOTEBOOK", help="print one notebook's Colab badge")
     cb.set_defaults(func=_colab)
+
+    from rlhf_lessons.cli_train import add_train_commands  # train <algo>, eval (issue 18)
+
+    add_train_commands(sub)
     return parser
 
 
