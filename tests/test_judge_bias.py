@@ -2,11 +2,13 @@ import numpy as np
 import pytest
 
 from rlhf_lessons.course.data import load_preferences
+from rlhf_lessons.judges.attacks import attack_pairs, repetitive_list, sentences
 from rlhf_lessons.judges.judge_bias import (
     PAPER_GPT4,
     JudgedPair,
-    LengthJudge,
+    Outcomes,
     SwapRun,
+    attack_metrics,
     best_worst_pairs,
     bias_table,
     few_shot_examples,
@@ -14,13 +16,15 @@ from rlhf_lessons.judges.judge_bias import (
     judge_both_orders,
     position_metrics,
     reference_pairs,
-    repetitive_list,
     select_records,
-    sentences,
-    verbosity_metrics,
-    verbosity_pairs,
 )
 from rlhf_lessons.judges.llm_judge import PairwiseConfig, PairwiseResult
+from rlhf_lessons.judges.planted import LengthJudge
+
+
+def verbosity_pairs(records):
+    return attack_pairs(records, "longer list (MT-Bench)")
+
 
 RECORDS = [
     {"id": "x-2", "category": "factuality", "prompt": "p2", "ranked_outputs": ["a b", "c"]},
@@ -83,8 +87,8 @@ def test_an_always_a_judge_is_fully_position_biased():
     assert m["first-position rate"] == 1.0 and m["biased to first"] == 1.0
     assert m["consistency"] == 0.0 and m["agreement"] == 0.5
     assert m["swap-and-agree agreement"] == 0.0 and m["swap-and-agree ties"] == 1.0
-    v = verbosity_metrics(judge_both_orders(AlwaysA(), verbosity_pairs(RECORDS), mode="text"))
-    assert v["verbosity attack success"] == 0.5 and v["attack success, swap-and-agree"] == 0.0
+    v = attack_metrics(judge_both_orders(AlwaysA(), verbosity_pairs(RECORDS), mode="text"))
+    assert v["attack success"] == 0.5 and v["attack success, swap-and-agree"] == 0.0
 
 
 def test_length_judge_is_consistent_and_falls_for_padding():
@@ -95,8 +99,8 @@ def test_length_judge_is_consistent_and_falls_for_padding():
     m = position_metrics(run)
     assert m["consistency"] == 1.0 and m["biased to first"] == 0.0
     assert m["agreement"] == pytest.approx(2 / 3)
-    v = verbosity_metrics(judge_both_orders(LengthJudge(), verbosity_pairs(RECORDS)))
-    assert v["verbosity attack success"] == 1.0 and v["attack success, swap-and-agree"] == 1.0
+    v = attack_metrics(judge_both_orders(LengthJudge(), verbosity_pairs(RECORDS)))
+    assert v["attack success"] == 1.0 and v["attack success, swap-and-agree"] == 1.0
 
 
 def test_pairs_from_records():

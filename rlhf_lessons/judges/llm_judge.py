@@ -197,6 +197,13 @@ class Judge:
             for u in user_texts
         ]
 
+    def option_logprobs(self, contexts: Sequence[str], options: Sequence[str],
+                        desc: str | None = None) -> torch.Tensor:  # fmt: skip
+        """(N, K) log-probabilities of each option right after each formatted context (the
+        log-prob mode's one forward pass: :func:`choice_logprobs`)."""
+        return choice_logprobs(self.model, self.tokenizer, contexts, options, self.batch_size,
+                               desc)  # fmt: skip
+
     def _desc(self, what: str) -> str | None:
         return what if self.show_progress else None
 
@@ -243,8 +250,8 @@ class Judge:
             return PairwiseResult("text", [p.verdict for p in parsed],
                                   [p.reason for p in parsed], texts=texts)  # fmt: skip
         prefix, options = config.split_verdicts()
-        logp = choice_logprobs(self.model, self.tokenizer, [c + prefix for c in chats], options,
-                               self.batch_size, self._desc("judge (log-prob)"))  # fmt: skip
+        logp = self.option_logprobs([c + prefix for c in chats], options,
+                                    self._desc("judge (log-prob)"))  # fmt: skip
         probs = torch.softmax(logp, dim=-1).numpy()
         verdicts = [VERDICTS[k] for k in probs.argmax(1)]
         return PairwiseResult("logprob", verdicts, ["ok"] * len(verdicts), probs=probs)
@@ -285,10 +292,11 @@ class Judge:
             reasons = [[p.reason for p in row] for row in parsed]
             return GradeResult("text", scores, reasons, texts=by_answer)
         choices = config.choices()
-        logp = choice_logprobs(self.model, self.tokenizer,
-                               [c + config.answer_prefix for c in chats],
-                               [str(k) for k in choices], self.batch_size,
-                               self._desc("judge (log-prob)"))  # fmt: skip
+        logp = self.option_logprobs(
+            [c + config.answer_prefix for c in chats],
+            [str(k) for k in choices],
+            self._desc("judge (log-prob)"),
+        )
         probs = torch.softmax(logp, dim=-1).numpy()
         expected = probs @ np.array(choices, dtype=float)
         return GradeResult("logprob", expected[:, None], [["ok"] for _ in chats], probs=probs,
