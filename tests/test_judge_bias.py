@@ -4,6 +4,7 @@ import pytest
 from rlhf_lessons.course.data import load_preferences
 from rlhf_lessons.judges.attacks import attack_pairs, repetitive_list, sentences
 from rlhf_lessons.judges.judge_bias import (
+    METRICS,
     PAPER_GPT4,
     JudgedPair,
     Outcomes,
@@ -162,3 +163,21 @@ def test_bias_table_has_the_paper_row():
     assert table.loc["GPT-4, MT-Bench paper", "consistency"] == PAPER_GPT4["consistency"]
     assert table.loc["GPT-4, MT-Bench paper, few-shot", "consistency"] == 0.775
     assert np.isnan(table.loc["GPT-4, MT-Bench paper", "agreement"])
+
+
+def test_outcomes_and_position_pull_by_hand():
+    # pair 0: better both times; 1: "A" both times; 2: "B" both times; 3: unparsable, then tie
+    run = fake_run(["A", "A", "B", None], ["B", "A", "B", "tie"])
+    o = Outcomes.of(run)
+    assert o.shape == (1, 4, 2)
+    assert o.better[0].tolist() == [[True, True], [True, False], [False, True], [False, False]]
+    assert o.tie[0, 3].tolist() == [False, True] and o.parsed[0, 3].tolist() == [False, True]
+    m = position_metrics(run)
+    assert m["position pull"] == 2 * 3 / 6 - 1 == 0  # 3 of the 6 decisive verdicts pick A
+    pulled = Outcomes.of(fake_run(["A", "A", "B", "A"], ["A", "A", "B", "B"]))
+    assert METRICS["position pull"](pulled) == 2 * 5 / 8 - 1 == METRICS["|position pull|"](pulled)
+    # two seeds of one judge: metrics are over both (here: the mean of the two runs')
+    other = fake_run(["A", "A", "A", "A"], ["A", "A", "A", "A"])
+    both = position_metrics([run, other])
+    assert both["agreement"] == (position_metrics(run)["agreement"] + 0.5) / 2
+    assert both["biased to first"] == (1 / 4 + 1) / 2
