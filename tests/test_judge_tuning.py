@@ -63,12 +63,33 @@ def test_top_layers_on_cached_states_give_the_model_logits(word_tokenizer):
         assert cache.bottom_tokens == sum(len(t.split()) for t in TEXTS)
         cache.next_token_logits(TEXTS[:2])  # cached: the bottom layers do not run again
         assert cache.bottom_tokens == sum(len(t.split()) for t in TEXTS)
+        # top_layers=1: the last layer runs at one position (checked against the whole layer)
+        assert cache.one_position is (top == 1)
     view = top_view(model, 2)
     assert view.model.layers[0] is model.model.layers[2] and view.lm_head is model.lm_head
     with pytest.raises(ValueError, match="top_layers must be in 1..3"):
         LayerCache(model, tok, top_layers=4)
     with pytest.raises(TypeError, match="not a Llama-style decoder"):
         LayerCache(torch.nn.Linear(2, 2), tok, top_layers=1)
+
+
+def test_a_shared_beginning_is_computed_once(word_tokenizer):
+    model, tok = make_lm(word_tokenizer)
+    start = "user said Q: the movie was good X: the plot was bad Y: "
+    texts = [start + end for end in ("great [[", "awful acting and bad [[", "good [[")]
+    shared = LayerCache(model, tok, top_layers=1, batch_size=2, show_progress=False)
+    shared.add(texts)
+    alone = LayerCache(model, tok, top_layers=1, show_progress=False)
+    for text in texts:  # one at a time: nothing shared
+        alone.add([text])
+        torch.testing.assert_close(shared.states[text], alone.states[text], atol=1e-4, rtol=1e-4)
+    n_start = len(start.split())
+    assert shared.bottom_tokens == n_start + sum(len(t.split()) - n_start for t in texts)
+    assert alone.bottom_tokens == sum(len(t.split()) for t in texts)
+    logits = shared.next_token_logits(texts)
+    for i, text in enumerate(texts):
+        torch.testing.assert_close(logits[i], full_last_logits(model, tok, text), atol=1e-4,
+                                   rtol=1e-4)  # fmt: skip
 
 
 def test_cached_judge_equals_the_plain_judge(word_tokenizer):

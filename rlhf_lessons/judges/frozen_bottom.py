@@ -25,6 +25,7 @@ from collections.abc import Sequence
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from rlhf_lessons import lm
@@ -89,13 +90,56 @@ def _pad(states: Sequence[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
     return h, mask
 
 
+def _common_prefix_length(ids: Sequence[Sequence[int]]) -> int:
+    """Tokens every row starts with, leaving each row at least one token of its own."""
+    n = min(len(i) for i in ids) - 1
+    for k in range(max(n, 0)):
+        if any(i[k] != ids[0][k] for i in ids):
+            return k
+    return max(n, 0)
+
+
+def last_layer_at_end(layer, rotary: nn.Module, h: torch.Tensor, mask: torch.Tensor,
+                      last: torch.Tensor) -> torch.Tensor:  # fmt: skip
+    """A Llama-style decoder layer computed at one position per row: ``last`` (B,), each row's
+    final real position. h (B, T, H) its input, mask (B, T) -> (B, H) its output there.
+
+    Only that position's output is needed for the next-token logits, so the layer runs its
+    query, attention output and MLP at that position alone; the keys and values still come
+    from every position (B*T rows of k_proj/v_proj: a twentieth of the layer's work):
+
+        x = norm1(h);  q = W_q x_end;  K, V = W_k x, W_v x  (rotary on q and K)
+        a = softmax(q K^T / sqrt(d) + mask) V;   y = h_end + W_o a;   out = y + mlp(norm2(y))
+    """
+    from transformers.models.llama.modeling_llama import apply_rotary_pos_emb, repeat_kv
+
+    attn, rows = layer.self_attn, torch.arange(h.shape[0], device=h.device)
+    b, t, d = h.shape[0], h.shape[1], attn.head_dim
+    x = layer.input_layernorm(h)
+    q = attn.q_proj(x[rows, last]).view(b, -1, 1, d)  # (B, heads, 1, d)
+    k = attn.k_proj(x).view(b, t, -1, d).transpose(1, 2)  # (B, kv heads, T, d)
+    v = attn.v_proj(x).view(b, t, -1, d).transpose(1, 2)
+    cos, sin = rotary(x, lm.position_ids(mask))  # (B, T, d)
+    q, _ = apply_rotary_pos_emb(q, q, cos[rows, last, None], sin[rows, last, None])
+    _, k = apply_rotary_pos_emb(k, k, cos, sin)
+    k, v = repeat_kv(k, attn.num_key_value_groups), repeat_kv(v, attn.num_key_value_groups)
+    a = F.scaled_dot_product_attention(q, k, v, attn_mask=mask.bool()[:, None, None, :],
+                                       scale=attn.scaling)  # fmt: skip
+    y = h[rows, last] + attn.o_proj(a.reshape(b, -1))
+    return y + layer.mlp(layer.post_attention_layernorm(y))
+
+
 class LayerCache:
     """The hidden states entering layer ``split = L - top_layers`` of ``model``, per text.
 
-    :meth:`add` computes the missing ones (the bottom layers only, in length-sorted batches);
-    :meth:`next_token_logits` runs the top layers on them (with gradients when asked) and
-    returns the logits of the token that follows each text. ``bottom_tokens`` counts the
-    tokens the bottom layers have read (the cost the cache saves on every later pass).
+    :meth:`add` computes the missing ones (the bottom layers only, in length-sorted batches).
+    The texts of one call usually share a beginning (the system message and the judge's
+    instructions): its keys and values are computed once and reused by every batch, so the
+    bottom layers read each text's own tokens only. :meth:`next_token_logits` runs the top
+    layers on the cached states (with gradients when asked) and returns the logits of the token
+    that follows each text; with ``top_layers=1`` the last layer runs at that one position
+    (:func:`last_layer_at_end`, checked once against the whole layer). ``bottom_tokens``
+    counts the tokens the bottom layers have read.
     """
 
     def __init__(self, model, tokenizer, top_layers: int, batch_size: int = 8,
@@ -109,47 +153,81 @@ class LayerCache:
         self.batch_size, self.show_progress = batch_size, show_progress
         self.states: dict[str, torch.Tensor] = {}
         self.bottom_tokens = 0
+        self.one_position = None if top_layers == 1 else False  # None: not checked yet
 
     def __len__(self) -> int:
         return len(self.states)
 
-    @torch.no_grad()
-    def add(self, texts: Sequence[str]) -> None:
-        """Compute and keep the states of the texts not cached yet."""
-        new = list(dict.fromkeys(t for t in texts if t not in self.states))
-        if not new:
-            return
-        base = base_model(self.model)
-        ids = [self.tokenizer(t, add_special_tokens=False)["input_ids"] for t in new]
-        order = np.argsort([len(i) for i in ids], kind="stable")
-        captured = {}
+    def _bottom(self, input_ids, mask, position_ids, cache=None) -> torch.Tensor:
+        """The states entering layer ``split`` (the layers above are not run)."""
+        base, captured = base_model(self.model), {}
 
         def grab(module, args, kwargs):
             captured["h"] = args[0] if args else kwargs["hidden_states"]
             raise _Stop
 
         hook = decoder_layers(base)[self.split].register_forward_pre_hook(grab, with_kwargs=True)
-        device = next(base.parameters()).device
         try:
-            chunks = range(0, len(order), self.batch_size)
-            for start in progress(chunks, desc="judge: bottom layers, once per text",
-                                  disable=not self.show_progress):  # fmt: skip
-                rows = order[start : start + self.batch_size]
-                mask = torch.zeros(len(rows), max(len(ids[i]) for i in rows), dtype=torch.long)
-                input_ids = torch.zeros_like(mask)  # padding: masked out, any id will do
-                for j, i in enumerate(rows):
-                    input_ids[j, : len(ids[i])], mask[j, : len(ids[i])] = torch.tensor(ids[i]), 1
-                input_ids, mask = input_ids.to(device), mask.to(device)
-                try:
-                    base.model(input_ids=input_ids, attention_mask=mask,
-                               position_ids=lm.position_ids(mask), use_cache=False)  # fmt: skip
-                except _Stop:
-                    pass
-                for j, i in enumerate(rows):
-                    self.states[new[i]] = captured["h"][j, : len(ids[i])].detach().clone()
-                self.bottom_tokens += int(mask.sum())
+            base.model(input_ids=input_ids, attention_mask=mask, position_ids=position_ids,
+                       cache=cache, use_cache=cache is not None)  # fmt: skip
+        except _Stop:
+            pass
         finally:
             hook.remove()
+        return captured["h"]
+
+    def _prefix(self, ids: list[int], device) -> tuple[torch.Tensor, list]:
+        """The shared beginning's states (P, H) and its keys/values in the bottom layers."""
+        from transformers import DynamicCache
+
+        cache = DynamicCache(config=base_model(self.model).config)
+        x = torch.tensor([ids], device=device)
+        h = self._bottom(x, torch.ones_like(x), None, cache)
+        return h[0], [(cache.layers[i].keys, cache.layers[i].values) for i in range(self.split)]
+
+    @torch.no_grad()
+    def add(self, texts: Sequence[str]) -> None:
+        """Compute and keep the states of the texts not cached yet."""
+        from transformers import DynamicCache
+
+        new = list(dict.fromkeys(t for t in texts if t not in self.states))
+        if not new:
+            return
+        device = next(base_model(self.model).parameters()).device
+        ids = [self.tokenizer(t, add_special_tokens=False)["input_ids"] for t in new]
+        p = _common_prefix_length(ids) if len(ids) > 1 else 0
+        p = p if p >= 8 else 0  # a short shared start is not worth a pass of its own
+        if p:
+            prefix_h, prefix_kv = self._prefix(ids[0][:p], device)
+            self.bottom_tokens += p
+        order = np.argsort([len(i) for i in ids], kind="stable")
+        chunks = range(0, len(order), self.batch_size)
+        for start in progress(chunks, desc="judge: bottom layers, once per text",
+                              disable=not self.show_progress):  # fmt: skip
+            rows = order[start : start + self.batch_size]
+            own = [ids[i][p:] for i in rows]
+            mask = torch.zeros(len(rows), max(map(len, own)), dtype=torch.long)
+            input_ids = torch.zeros_like(mask)  # padding: masked out, any id will do
+            for j, row in enumerate(own):
+                input_ids[j, : len(row)], mask[j, : len(row)] = torch.tensor(row), 1
+            input_ids, mask = input_ids.to(device), mask.to(device)
+            positions, cache = lm.position_ids(mask), None
+            if p:  # the shared beginning as past keys/values, one copy per row
+                kv = [(k.expand(len(rows), -1, -1, -1).contiguous(),
+                       v.expand(len(rows), -1, -1, -1).contiguous()) for k, v in prefix_kv]  # fmt: skip
+                cache = DynamicCache(ddp_cache_data=kv, config=base_model(self.model).config)
+                positions = positions + p
+                mask = torch.cat([mask.new_ones(len(rows), p), mask], 1)
+            h = self._bottom(input_ids, mask, positions, cache)
+            for j, (i, row) in enumerate(zip(rows, own, strict=True)):
+                mine = h[j, : len(row)]
+                self.states[new[i]] = torch.cat([prefix_h, mine]) if p else mine.clone()
+            self.bottom_tokens += sum(map(len, own))
+
+    def _one_position_logits(self, h: torch.Tensor, mask: torch.Tensor, last: torch.Tensor):
+        top = self.top.model
+        y = last_layer_at_end(top.layers[-1], top.rotary_emb, h, mask, last.view(-1))
+        return self.top.lm_head(top.norm(y))
 
     def next_token_logits(self, texts: Sequence[str], grad: bool = False) -> torch.Tensor:
         """(N, V) logits of the token after each text, from the top layers on the cached
@@ -158,9 +236,18 @@ class LayerCache:
         h, mask = _pad([self.states[t] for t in texts])
         last = (mask.sum(-1) - 1).view(-1, 1)  # each row's last real position
         with torch.set_grad_enabled(grad):
-            out = self.top(inputs_embeds=h, attention_mask=mask,
-                           position_ids=lm.position_ids(mask), logits_to_keep=last,
-                           use_cache=False)  # fmt: skip
+            if self.one_position is None:  # check the one-position layer against the layer
+                with torch.no_grad():
+                    whole = self._whole_top(h, mask, last)
+                    fast = self._one_position_logits(h, mask, last)
+                self.one_position = bool(torch.allclose(fast, whole, atol=1e-4, rtol=1e-4))
+            if self.one_position:
+                return self._one_position_logits(h, mask, last).float()
+            return self._whole_top(h, mask, last)
+
+    def _whole_top(self, h, mask, last) -> torch.Tensor:
+        out = self.top(inputs_embeds=h, attention_mask=mask, position_ids=lm.position_ids(mask),
+                       logits_to_keep=last, use_cache=False)  # fmt: skip
         return out.logits[:, -1].float()
 
 

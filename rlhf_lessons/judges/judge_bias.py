@@ -223,8 +223,14 @@ _PAIRS = (-2, -1)  # seeds, pairs (after combining the two orders)
 
 
 def _ratio(hits: np.ndarray, of: np.ndarray) -> np.ndarray:
+    """Per seed, the fraction of the ``of`` verdicts that are ``hits``; (..., S)."""
     with np.errstate(invalid="ignore", divide="ignore"):
-        return (hits & of).sum(_ALL) / of.sum(_ALL)
+        return (hits & of).sum((-2, -1)) / of.sum((-2, -1))
+
+
+def _pull(o: Outcomes) -> np.ndarray:
+    """Per seed, the position pull 2 * (first-position rate) - 1; (..., S)."""
+    return 2 * _ratio(o.first, o.better | o.worse) - 1
 
 
 def _both(x: np.ndarray) -> np.ndarray:
@@ -238,14 +244,15 @@ def _soft(o: Outcomes) -> np.ndarray:
     return o.p_better.mean(-1)
 
 
-#: Every metric as a function of :class:`Outcomes` (reducing the last three axes).
+#: Every metric as a function of :class:`Outcomes` (reducing the last three axes). Ratios are
+#: taken per seed and then averaged over seeds.
 METRICS: dict[str, Callable[[Outcomes], np.ndarray]] = {
     "unparsable": lambda o: (~o.parsed).mean(_ALL),
     "agreement": lambda o: o.better.mean(_ALL),
-    "agreement (decided)": lambda o: _ratio(o.better, o.better | o.worse),
-    "first-position rate": lambda o: _ratio(o.first, o.better | o.worse),
-    "position pull": lambda o: 2 * _ratio(o.first, o.better | o.worse) - 1,
-    "|position pull|": lambda o: np.abs(2 * _ratio(o.first, o.better | o.worse) - 1),
+    "agreement (decided)": lambda o: _ratio(o.better, o.better | o.worse).mean(-1),
+    "first-position rate": lambda o: _ratio(o.first, o.better | o.worse).mean(-1),
+    "position pull": lambda o: _pull(o).mean(-1),
+    "|position pull|": lambda o: np.abs(_pull(o)).mean(-1),  # seeds pulled apart do not cancel
     "consistency": lambda o: (_both(o.better) | _both(o.worse) | _both(o.tie)).mean(_PAIRS),
     "biased to first": lambda o: _both(o.first).mean(_PAIRS),
     "biased to second": lambda o: _both((o.better | o.worse) & ~o.first).mean(_PAIRS),
