@@ -90,6 +90,14 @@ def _pad(states: Sequence[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
     return h, mask
 
 
+def _pad_heads(xs: Sequence[torch.Tensor]) -> torch.Tensor:
+    """Right-pad (heads, T_i, d) keys or values into (B, heads, T, d)."""
+    out = xs[0].new_zeros(len(xs), xs[0].shape[0], max(x.shape[1] for x in xs), xs[0].shape[2])
+    for i, x in enumerate(xs):
+        out[i, :, : x.shape[1]] = x
+    return out
+
+
 def _common_prefix_length(ids: Sequence[Sequence[int]]) -> int:
     """Tokens every row starts with, leaving each row at least one token of its own."""
     n = min(len(i) for i in ids) - 1
@@ -99,33 +107,42 @@ def _common_prefix_length(ids: Sequence[Sequence[int]]) -> int:
     return max(n, 0)
 
 
-def last_layer_at_end(layer, rotary: nn.Module, h: torch.Tensor, mask: torch.Tensor,
-                      last: torch.Tensor) -> torch.Tensor:  # fmt: skip
-    """A Llama-style decoder layer computed at one position per row: ``last`` (B,), each row's
-    final real position. h (B, T, H) its input, mask (B, T) -> (B, H) its output there.
+def last_layer_keys_values(layer, rotary: nn.Module, h: torch.Tensor,
+                           mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:  # fmt: skip
+    """The keys (rotary applied) and values of a Llama-style layer at every position:
+    h (B, T, H), mask (B, T) -> K, V (B, kv heads, T, head dim)."""
+    from transformers.models.llama.modeling_llama import apply_rotary_pos_emb
 
-    Only that position's output is needed for the next-token logits, so the layer runs its
-    query, attention output and MLP at that position alone; the keys and values still come
-    from every position (B*T rows of k_proj/v_proj: a twentieth of the layer's work):
+    attn, (b, t, _) = layer.self_attn, h.shape
+    x = layer.input_layernorm(h)
+    k = attn.k_proj(x).view(b, t, -1, attn.head_dim).transpose(1, 2)
+    v = attn.v_proj(x).view(b, t, -1, attn.head_dim).transpose(1, 2)
+    cos, sin = rotary(x, lm.position_ids(mask))
+    return apply_rotary_pos_emb(k, k, cos, sin)[1], v
 
-        x = norm1(h);  q = W_q x_end;  K, V = W_k x, W_v x  (rotary on q and K)
-        a = softmax(q K^T / sqrt(d) + mask) V;   y = h_end + W_o a;   out = y + mlp(norm2(y))
+
+def last_layer_at_end(layer, rotary: nn.Module, h_end: torch.Tensor, position: torch.Tensor,
+                      k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:  # fmt: skip
+    """A Llama-style decoder layer computed at one position per row (its last real one).
+
+    h_end (B, H): the layer's input there; position (B,): its index; k, v (B, kv heads, T, d):
+    every position's keys and values (:func:`last_layer_keys_values`); mask (B, T) -> (B, H),
+    the layer's output at that position. Only that output is needed for the next-token logits,
+    so the query, the attention output and the MLP run at one position:
+
+        q = W_q norm1(h_end)  (rotary at its position);   a = softmax(q K^T / sqrt(d) + mask) V
+        y = h_end + W_o a;    out = y + mlp(norm2(y))
     """
     from transformers.models.llama.modeling_llama import apply_rotary_pos_emb, repeat_kv
 
-    attn, rows = layer.self_attn, torch.arange(h.shape[0], device=h.device)
-    b, t, d = h.shape[0], h.shape[1], attn.head_dim
-    x = layer.input_layernorm(h)
-    q = attn.q_proj(x[rows, last]).view(b, -1, 1, d)  # (B, heads, 1, d)
-    k = attn.k_proj(x).view(b, t, -1, d).transpose(1, 2)  # (B, kv heads, T, d)
-    v = attn.v_proj(x).view(b, t, -1, d).transpose(1, 2)
-    cos, sin = rotary(x, lm.position_ids(mask))  # (B, T, d)
-    q, _ = apply_rotary_pos_emb(q, q, cos[rows, last, None], sin[rows, last, None])
-    _, k = apply_rotary_pos_emb(k, k, cos, sin)
+    attn, b = layer.self_attn, h_end.shape[0]
+    q = attn.q_proj(layer.input_layernorm(h_end)).view(b, -1, 1, attn.head_dim)
+    cos, sin = rotary(h_end[:, None], position.view(-1, 1))  # (B, 1, d)
+    q = apply_rotary_pos_emb(q, q, cos, sin)[0]
     k, v = repeat_kv(k, attn.num_key_value_groups), repeat_kv(v, attn.num_key_value_groups)
     a = F.scaled_dot_product_attention(q, k, v, attn_mask=mask.bool()[:, None, None, :],
                                        scale=attn.scaling)  # fmt: skip
-    y = h[rows, last] + attn.o_proj(a.reshape(b, -1))
+    y = h_end + attn.o_proj(a.reshape(b, -1))
     return y + layer.mlp(layer.post_attention_layernorm(y))
 
 
@@ -137,9 +154,11 @@ class LayerCache:
     instructions): its keys and values are computed once and reused by every batch, so the
     bottom layers read each text's own tokens only. :meth:`next_token_logits` runs the top
     layers on the cached states (with gradients when asked) and returns the logits of the token
-    that follows each text; with ``top_layers=1`` the last layer runs at that one position
-    (:func:`last_layer_at_end`, checked once against the whole layer). ``bottom_tokens``
-    counts the tokens the bottom layers have read.
+    that follows each text. With ``top_layers=1`` the last layer runs at that one position
+    (:func:`last_layer_at_end`, checked once against the whole layer), and when its keys and
+    values are frozen (an adapter on its queries, output and MLP only) they are cached per text
+    too: a training step then costs about one position of one layer per example.
+    ``bottom_tokens`` counts the tokens the bottom layers have read.
     """
 
     def __init__(self, model, tokenizer, top_layers: int, batch_size: int = 8,
@@ -152,6 +171,8 @@ class LayerCache:
         self.top = top_view(model, self.split)
         self.batch_size, self.show_progress = batch_size, show_progress
         self.states: dict[str, torch.Tensor] = {}
+        self.kv: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}  # see _frozen_keys_values
+        self._kv_signature: tuple = ()
         self.bottom_tokens = 0
         self.one_position = None if top_layers == 1 else False  # None: not checked yet
 
@@ -224,28 +245,62 @@ class LayerCache:
                 self.states[new[i]] = torch.cat([prefix_h, mine]) if p else mine.clone()
             self.bottom_tokens += sum(map(len, own))
 
-    def _one_position_logits(self, h: torch.Tensor, mask: torch.Tensor, last: torch.Tensor):
+    def _frozen_keys_values(self) -> bool:
+        """Whether the last layer's keys and values are fixed: no adapter and nothing training
+        in its k_proj, v_proj and input norm. Then they are cached per text as well (and the
+        cache is dropped if those weights were changed in place since)."""
+        layer = self.top.model.layers[-1]
+        parts = (layer.self_attn.k_proj, layer.self_attn.v_proj, layer.input_layernorm)
+        params = [p for m in parts for p in m.parameters()]
+        if any(hasattr(m, "lora_A") for m in parts) or any(p.requires_grad for p in params):
+            return False
+        signature = tuple((p.data_ptr(), p._version) for p in params)
+        if signature != self._kv_signature:
+            self.kv, self._kv_signature = {}, signature
+        return True
+
+    def _keys_values(self, texts: Sequence[str]) -> tuple[torch.Tensor, torch.Tensor]:
+        """Padded (B, kv heads, T, d) keys and values of the last layer for the texts."""
+        layer, rotary = self.top.model.layers[-1], self.top.model.rotary_emb
+        if not self._frozen_keys_values():
+            h, mask = _pad([self.states[t] for t in texts])
+            return last_layer_keys_values(layer, rotary, h, mask)
+        with torch.no_grad():
+            for t in dict.fromkeys(texts):
+                if t not in self.kv:
+                    h = self.states[t][None]
+                    k, v = last_layer_keys_values(layer, rotary, h, h.new_ones(h.shape[:2]))
+                    self.kv[t] = (k[0], v[0])
+        return _pad_heads([self.kv[t][0] for t in texts]), _pad_heads(
+            [self.kv[t][1] for t in texts]
+        )
+
+    def _one_position_logits(self, texts: Sequence[str], mask, last) -> torch.Tensor:
         top = self.top.model
-        y = last_layer_at_end(top.layers[-1], top.rotary_emb, h, mask, last.view(-1))
-        return self.top.lm_head(top.norm(y))
+        h_end = torch.stack([self.states[t][-1] for t in texts])
+        k, v = self._keys_values(texts)
+        y = last_layer_at_end(top.layers[-1], top.rotary_emb, h_end, last.view(-1), k, v, mask)
+        return self.top.lm_head(top.norm(y)).float()
 
     def next_token_logits(self, texts: Sequence[str], grad: bool = False) -> torch.Tensor:
         """(N, V) logits of the token after each text, from the top layers on the cached
         states (computing missing states first). One batch: the caller chunks."""
         self.add(texts)
-        h, mask = _pad([self.states[t] for t in texts])
+        mask = _pad([self.states[t][:, :1] for t in texts])[1]
         last = (mask.sum(-1) - 1).view(-1, 1)  # each row's last real position
         with torch.set_grad_enabled(grad):
             if self.one_position is None:  # check the one-position layer against the layer
                 with torch.no_grad():
-                    whole = self._whole_top(h, mask, last)
-                    fast = self._one_position_logits(h, mask, last)
-                self.one_position = bool(torch.allclose(fast, whole, atol=1e-4, rtol=1e-4))
+                    whole = self._whole_top(texts, mask, last)
+                    self.one_position = bool(torch.allclose(
+                        self._one_position_logits(texts, mask, last), whole, atol=1e-4,
+                        rtol=1e-4))  # fmt: skip
             if self.one_position:
-                return self._one_position_logits(h, mask, last).float()
-            return self._whole_top(h, mask, last)
+                return self._one_position_logits(texts, mask, last)
+            return self._whole_top(texts, mask, last)
 
-    def _whole_top(self, h, mask, last) -> torch.Tensor:
+    def _whole_top(self, texts: Sequence[str], mask, last) -> torch.Tensor:
+        h = _pad([self.states[t] for t in texts])[0]
         out = self.top(inputs_embeds=h, attention_mask=mask, position_ids=lm.position_ids(mask),
                        logits_to_keep=last, use_cache=False)  # fmt: skip
         return out.logits[:, -1].float()
