@@ -150,10 +150,10 @@ def test_the_lesson_claims_catch_a_judge_stuck_on_a():
 def test_the_lesson_claims_catch_a_planted_position_pull():
     informed = InformedJudge(RECORDS)
     tuned = [PositionPull(informed, 0.5, seed=s) for s in range(3)]
-    results = claims_for(tuned, AlwaysA())
+    results = claims_for(tuned, PositionPull(informed, 0.1, seed=7))  # pulled more than zero-shot
     assert not results.passed
     failed = [c.name for c in results.claims if not c]
-    assert failed and all("position" in n for n in failed)  # signal and gain still hold
+    assert any("lowers |position pull|" in n for n in failed), failed
 
 
 def test_the_lesson_claims_pass_an_informed_judge():
