@@ -5,13 +5,11 @@ from pathlib import Path
 
 import pytest
 
+from rlhf_lessons.rewards.label_studio import agreement, import_label_studio, label_studio_tasks
 from rlhf_lessons.rewards.preference_data import (
     PreferenceDataError,
-    agreement,
     best_vs_worst,
     from_dataset,
-    import_label_studio,
-    label_studio_tasks,
     load_jsonl,
     pairs_to_ranked,
     ranked_to_pairs,

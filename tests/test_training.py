@@ -95,8 +95,10 @@ def test_torch_threads_none_leaves_the_setting():
 
 def _configs():
     from rlhf_lessons.alignment.lm_ppo import LMPPOConfig
+    from rlhf_lessons.rewards.pairrm import PairRankerConfig
+    from rlhf_lessons.rewards.reward_model import RewardModelConfig
 
-    return [LMPPOConfig]
+    return [LMPPOConfig, RewardModelConfig, PairRankerConfig]
 
 
 @pytest.mark.parametrize("config_cls", _configs())
