@@ -122,7 +122,8 @@ def test_label_studio_tasks_shuffle_and_import_back():
         value = {"ranker": {"rank": ids}}
         result = {"from_name": "rank", "to_name": "response_choices", "type": "ranker"}
         task.update(id=number, annotations=[
-            {"id": number, "completed_by": 1, "was_cancelled": False, "result": [{**result, "value": value}]}
+            {"id": number, "completed_by": 1, "was_cancelled": False,
+             "result": [{**result, "value": value}]}
         ])  # fmt: skip
     imported = import_label_studio(copy.deepcopy(tasks))
     assert [r["ranked_outputs"] for r in imported] == [r["responses"] for r in records]

@@ -79,7 +79,8 @@ def _check_scores(name: str, x: torch.Tensor) -> None:
     bad = ~torch.isfinite(x.detach())
     if bad.any():
         raise ValueError(
-            f"{name} has {int(bad.sum())} non-finite value(s) (first at {bad.nonzero()[0].tolist()})"
+            f"{name} has {int(bad.sum())} non-finite value(s) (first at "
+            f"{bad.nonzero()[0].tolist()})"
             "; a ranker's scores and the qualities must be finite: check the model and the labels"
         )
 
@@ -380,7 +381,8 @@ def train_pair_ranker(
     (so a K = 4 prompt weighs 6 times a K = 2 one, unlike lesson 04's K-wise loss).
 
     Returns a :class:`~rlhf_lessons.training.History`: per step ``loss``, ``pairs`` and
-    ``seconds``; ``info``: ``pairs_seen``, ``sequences`` (encoded), ``cpu_seconds``, ``train_seconds``. The ranker
+    ``seconds``; ``info``: ``pairs_seen``, ``sequences`` (encoded), ``cpu_seconds`` and
+    ``train_seconds``. The ranker
     is left in eval mode.
     """
     from llm_blender.pair_ranker.model_util import build_collator
@@ -395,9 +397,8 @@ def train_pair_ranker(
     with torch_threads(cfg.threads), count_sequences(ranker) as counter:
         seed_everything(cfg.seed)  # also drives llm-blender's left/right shuffling
         gen = random.Random(cfg.seed)
-        batches = [b for _ in range(cfg.epochs)
-                   for b in same_k_batches(records, cfg.batch_size, gen, cfg.by_length)]  # fmt: skip
-        batches = batches[: cfg.max_steps]
+        epoch = lambda: same_k_batches(records, cfg.batch_size, gen, cfg.by_length)  # noqa: E731
+        batches = [b for _ in range(cfg.epochs) for b in epoch()][: cfg.max_steps]
         optimizer = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay,
                                       fused=params[0].device.type in ("cpu", "cuda"))  # fmt: skip
         schedule = linear_decay_schedule(optimizer, len(batches))
