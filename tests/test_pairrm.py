@@ -318,3 +318,12 @@ def test_sample_candidates_bookkeeping(tiny_lm):
     assert torch.allclose(res.random_pick, res.rewards.mean(-1))
     with pytest.raises(ValueError, match="n must be >= 2"):
         pe.sample_candidates(policy, tok, ["the movie"], n=1)
+
+
+def test_as_blender_equals_the_saved_and_loaded_ranker(bundle, blender):
+    in_memory = pr.as_blender(bundle)
+    x, a, b = ["say hi", "name a colour"], ["hi!", "red."], ["go away.", "seven."]
+    kw = dict(return_logits=True, disable_tqdm=True)
+    assert np.allclose(in_memory.compare(x, a, b, **kw), blender.compare(x, a, b, **kw), atol=1e-5)
+    ranks = in_memory.rank(x, [[*a], [*b]], return_scores=True, disable_tqdm=True)
+    assert np.asarray(ranks).shape == (2, 2)

@@ -34,6 +34,7 @@ layers and the head train, and the frozen bottom's output is computed once per s
 
 from __future__ import annotations
 
+import logging
 import math
 import os
 import random
@@ -243,18 +244,39 @@ def save_pair_ranker(bundle: PairRankerBundle, folder: str | os.PathLike) -> Pat
     return write_ranker_checkpoint(bundle.ranker, bundle.config, folder)
 
 
+def _empty_blender(device: str):
+    """``Blender()`` without a ranker yet (its "no ranker/fuser loaded" warnings silenced)."""
+    llm_blender = import_llm_blender()
+    logging.disable(logging.WARNING)
+    try:
+        return llm_blender.Blender(llm_blender.BlenderConfig(device=device, use_tqdm=False))
+    finally:
+        logging.disable(logging.NOTSET)
+
+
 def load_blender(folder: str | os.PathLike, device: str = "cpu", backbone="minilm", frozen=None):
     """``Blender()`` with the checkpoint in ``folder`` loaded (``loadranker``), after pointing
     the checkpoint at this machine's ``backbone`` folder. Progress bars off. With ``frozen``
     (the FrozenBottom the ranker was trained with), the loaded encoder looks its bottom up."""
     from rlhf_lessons.models import resolve
 
-    llm_blender = import_llm_blender()
     relocate_checkpoint(folder, resolve(backbone))
-    blender = llm_blender.Blender(llm_blender.BlenderConfig(device=device, use_tqdm=False))
+    blender = _empty_blender(device)
     blender.loadranker(str(folder), device=device)
     if frozen is not None:
         frozen.attach(blender.ranker.pretrained_model)
+    return blender
+
+
+def as_blender(bundle: PairRankerBundle, device: str = "cpu"):
+    """A ``Blender`` around an in-memory ranker: what ``loadranker`` sets up (``ranker``,
+    ``ranker_config``, ``ranker_tokenizer``, ``ranker_collator``), without the save and reload
+    (:func:`save_pair_ranker` + :func:`load_blender` give the same ranker from a folder)."""
+    blender = _empty_blender(device)
+    blender.ranker_config = bundle.config
+    blender.ranker_config.device = device
+    blender.ranker = bundle.ranker.to(device).eval()
+    blender.ranker_tokenizer, blender.ranker_collator = bundle.tokenizer, bundle.collator
     return blender
 
 
