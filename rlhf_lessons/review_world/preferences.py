@@ -33,10 +33,11 @@ from rlhf_lessons.lm import generate
 from rlhf_lessons.review_world.true_reward import reward_of
 from rlhf_lessons.rewards.reward_model import (
     CausalLMRewardModel,
-    RewardTrainHistory,
+    RewardModelConfig,
     evaluate_reward_model,
     train_reward_model,
 )
+from rlhf_lessons.training import History
 
 
 def sample_ranked_completions(
@@ -117,7 +118,7 @@ class LearnedReward:
     """What :func:`train_review_reward_model` returns."""
 
     reward_fn: NormalizedReward  # the normalised reward model, ready for PPO
-    history: RewardTrainHistory
+    history: History
     heldout_accuracy: float  # pairwise accuracy on held-out pairs labelled by the true reward
     n_train_pairs: int
     n_heldout_pairs: int
@@ -150,10 +151,9 @@ def train_review_reward_model(
     if not train or not heldout:
         raise ValueError("no rankable prompts: every sampled group tied on the reward")
     rm = CausalLMRewardModel(copy.deepcopy(sft_model), tokenizer, format_prompts=False)
-    rm, history = train_reward_model(
-        train, mode="pairs", epochs=epochs, lr=lr, batch_size=batch_size, seed=seed, model=rm,
-        dropout=False, show_progress=show_progress,
-    )  # fmt: skip
+    config = RewardModelConfig(mode="pairs", epochs=epochs, lr=lr, batch_size=batch_size,
+                               seed=seed, dropout=False)  # fmt: skip
+    history = train_reward_model(rm, tokenizer, train, config, show_progress=show_progress)
     for p in rm.parameters():
         p.requires_grad_(False)
     accuracy = evaluate_reward_model(rm, heldout).accuracy
