@@ -8,6 +8,7 @@ import warnings
 import pytest
 import torch
 
+from rlhf_lessons.alignment.grpo_trl_variants import trl_grpo_loss
 from rlhf_lessons.alignment.rloo_grpo import (
     GroupPGConfig,
     group_advantages,
@@ -83,9 +84,13 @@ def test_grpo_loss_types_by_hand(beta):
         "dr_grpo": (sum(row0) + sum(row1)) / (2 * 4),  # B * max_completion_length
     }
     for loss_type, value in expected.items():
-        loss, m = grpo_loss(NEW, NEW, REF, ADV, MASK, beta=beta, loss_type=loss_type,
-                            max_completion_length=4)  # fmt: skip
+        loss, m = trl_grpo_loss(NEW, NEW, REF, ADV, MASK, beta=beta, loss_type=loss_type,
+                                max_completion_length=4)  # fmt: skip
         assert loss.item() == pytest.approx(value, rel=1e-6), loss_type
+    # the paper's loss is the "grpo" average (with or without the ratio factor: rho = 1 here)
+    assert grpo_loss(NEW, NEW, REF, ADV, MASK, beta=beta)[0].item() == pytest.approx(
+        expected["grpo"], rel=1e-6
+    )
     # a number worked out on paper: beta 0.1, "grpo"
     if beta == 0.1:
         assert grpo_loss(NEW, NEW, REF, ADV, MASK, beta=0.1)[0].item() == pytest.approx(
@@ -95,8 +100,9 @@ def test_grpo_loss_types_by_hand(beta):
 
 
 def test_dapo_divides_by_num_items_in_batch():
-    full = grpo_loss(NEW, NEW, None, ADV, MASK, beta=0.0, loss_type="dapo")[0]
-    half = grpo_loss(NEW, NEW, None, ADV, MASK, beta=0.0, loss_type="dapo", num_items_in_batch=6)
+    full = trl_grpo_loss(NEW, NEW, None, ADV, MASK, beta=0.0, loss_type="dapo")[0]
+    half = trl_grpo_loss(NEW, NEW, None, ADV, MASK, beta=0.0, loss_type="dapo",
+                         num_items_in_batch=6)  # fmt: skip
     assert half[0].item() == pytest.approx(full.item() * 3 / 6)
 
 
@@ -117,7 +123,10 @@ def test_grpo_at_ratio_one_is_the_policy_gradient(loss_type):
     mask = torch.tensor([[1.0, 1.0, 1.0, 0.0], [1.0, 0.0, 0.0, 0.0], [1.0, 1.0, 0.0, 0.0]])
     logp = (-torch.rand(3, 4)).requires_grad_(True)
     adv = torch.tensor([0.7, -1.3, 0.4])
-    loss, m = grpo_loss(logp, logp.detach(), None, adv, mask, beta=0.0, loss_type=loss_type)
+    loss, m = trl_grpo_loss(logp, logp.detach(), None, adv, mask, beta=0.0, loss_type=loss_type)
+    if loss_type == "grpo":
+        paper, _ = grpo_loss(logp, logp.detach(), None, adv, mask, beta=0.0)
+        assert paper.item() == pytest.approx(loss.item())
     assert m["clipfrac"] == 0.0 and m["approx_kl"] == pytest.approx(0.0, abs=1e-7)
     assert loss.item() == pytest.approx(
         -((adv[:, None] * mask).sum(-1) / mask.sum(-1)).mean().item()
@@ -140,8 +149,8 @@ def test_kl_ratio_correction_gives_the_reverse_kl_gradient():
         (True, logp.detach() - ref),
         (False, 1 - (ref - logp.detach()).exp()),
     ):
-        loss, _ = grpo_loss(logp, logp.detach(), ref, zero_adv, mask, beta=1.0, loss_type="bnpo",
-                            kl_ratio_correction=correction)  # fmt: skip
+        loss, _ = trl_grpo_loss(logp, logp.detach(), ref, zero_adv, mask, beta=1.0,
+                                loss_type="bnpo", kl_ratio_correction=correction)  # fmt: skip
         (grad,) = torch.autograd.grad(loss, logp)
         torch.testing.assert_close(grad, expected / 3)
 
@@ -169,11 +178,11 @@ def test_grpo_loss_rejects_bad_input():
     with pytest.raises(ValueError, match="advantages must be"):
         grpo_loss(NEW, NEW, REF, torch.zeros(3), MASK)
     with pytest.raises(ValueError, match="loss_type"):
-        grpo_loss(NEW, NEW, REF, ADV, MASK, loss_type="ppo")
+        trl_grpo_loss(NEW, NEW, REF, ADV, MASK, loss_type="ppo")
     with pytest.raises(ValueError, match="needs ref_logp"):
         grpo_loss(NEW, NEW, None, ADV, MASK, beta=0.1)
     with pytest.raises(ValueError, match="max_completion_length"):
-        grpo_loss(NEW, NEW, REF, ADV, MASK, loss_type="dr_grpo")
+        trl_grpo_loss(NEW, NEW, REF, ADV, MASK, loss_type="dr_grpo")
     with pytest.raises(ValueError, match="advantages contains NaN"):
         grpo_loss(NEW, NEW, REF, torch.tensor([1.0, float("nan")]), MASK)
     with pytest.raises(ValueError, match="new_logp contains NaN or inf on completion tokens"):
@@ -422,9 +431,14 @@ def test_grpo_loss_matches_trl(saved_tiny, tmp_path, loss_type, correction):
         mask, advantages=adv, old_per_token_logps=old, ref_per_token_logps=ref,
         num_items_in_batch=n_items))  # fmt: skip
     ours_logp = new.clone().requires_grad_(True)
-    ours, _ = grpo_loss(ours_logp, old, ref, adv, mask, clip_eps=0.2, beta=0.04,
-                        loss_type=loss_type, clip_eps_high=0.28, kl_ratio_correction=correction,
-                        num_items_in_batch=n_items.item(), max_completion_length=4)  # fmt: skip
+    if loss_type == "grpo" and not correction:  # the paper's loss
+        ours, _ = grpo_loss(ours_logp, old, ref, adv, mask, clip_eps=0.2, beta=0.04,
+                            clip_eps_high=0.28)  # fmt: skip
+    else:
+        ours, _ = trl_grpo_loss(ours_logp, old, ref, adv, mask, clip_eps=0.2, beta=0.04,
+                                loss_type=loss_type, clip_eps_high=0.28,
+                                kl_ratio_correction=correction, num_items_in_batch=n_items.item(),
+                                max_completion_length=4)  # fmt: skip
     assert ours.item() == pytest.approx(theirs.item(), abs=1e-6)
     (g_theirs,) = torch.autograd.grad(theirs, theirs_logp)
     (g_ours,) = torch.autograd.grad(ours, ours_logp)
@@ -551,14 +565,17 @@ def test_group_pg_raises_the_true_reward_of_the_review_model(review_world, metho
 @pytest.mark.parametrize("method", ["rloo", "grpo"])
 def test_trl_trains_the_review_model_offline(review_world, method):
     """trl.RLOOTrainer / GRPOTrainer run offline on review-gpt with VADER and learn."""
-    from rlhf_lessons.alignment.rloo_grpo import train_with_trl
     from rlhf_lessons.review_world.true_reward import reward_of
+    from rlhf_lessons.trl_runs import train_with_trl
 
     ref, tok, pool, evaluate, sft = review_world
     cfg = getattr(GroupPGConfig, method)(iterations=30, seed=0)
-    run = train_with_trl(method, copy.deepcopy(ref), tok, pool, reward_of, cfg)
-    assert len(run.reward) == len(run.raw_reward) == len(run.step_seconds) == 30
-    assert all(math.isfinite(x) for x in run.reward + run.kl)
+    run = train_with_trl(method, copy.deepcopy(ref), tok, pool, cfg, reward_fn=reward_of)
+    assert run.trainer == ("RLOOTrainer" if method == "rloo" else "GRPOTrainer")
+    h = run.history
+    assert len(h.score) == len(h.raw_score) == len(h.seconds) == 30
+    assert all(math.isfinite(x) for x in h.score + h.kl_per_token)
+    assert h.seconds == sorted(h.seconds)
     assert "forward" not in run.policy.__dict__  # TRL's fused-head patch is undone
     after = evaluate(run.policy)
     assert after["reward"] > sft["reward"] + 0.15, (sft["reward"], after["reward"])

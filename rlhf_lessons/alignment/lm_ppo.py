@@ -47,7 +47,7 @@ from rlhf_lessons.alignment.kl_control import (
     FixedKLController,
     shape_rewards,
 )
-from rlhf_lessons.alignment.rollouts import RewardFn, Rollout, collect_rollout
+from rlhf_lessons.alignment.rollouts import RewardFn, Rollout, collect_rollout, forward_by_length
 from rlhf_lessons.course.device import torch_threads
 from rlhf_lessons.course.progress import progress
 from rlhf_lessons.course.seeding import seed_everything
@@ -77,7 +77,12 @@ class PolicyWithValueHead(nn.Module):
         self, batch: Batch, temperature: float = 1.0
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """``(logp, values, entropy)``, each (B, T), aligned: column t is about choosing token t
-        (its log-prob, V of the state it is chosen in, the entropy of that choice)."""
+        (its log-prob, V of the state it is chosen in, the entropy of that choice); zero on
+        padding. Rows run in groups of similar length (:func:`~rlhf_lessons.alignment.rollouts.
+        forward_by_length`): the same numbers as one padded pass, with less compute."""
+        return forward_by_length(lambda b: self._forward(b, temperature), batch)
+
+    def _forward(self, batch: Batch, temperature: float):
         logp, states, entropy = token_logprobs_and_states(self.lm, batch, temperature)
         return logp, self.v_head(states).squeeze(-1), entropy
 
@@ -211,15 +216,17 @@ def train_lm_ppo(
             history.evaluate(eval_fn, policy.lm)
         for _ in progress(range(cfg.iterations), desc="PPO", disable=not show_progress):
             with watch:
-                # 1. Rollout: sample, score, and both models' log-probs at temperature tau.
+                # 1. Rollout: sample, score, the reference's log-probs; then one pass of the
+                # policy for its log-probs and values, all at temperature tau.
                 ro: Rollout = collect_rollout(
                     policy.lm, ref, tokenizer, rng.sample(list(prompts), cfg.batch_size),
                     reward_fn, max_new_tokens=cfg.max_new_tokens, temperature=tau,
-                    missing_eos_penalty=cfg.missing_eos_penalty,
+                    missing_eos_penalty=cfg.missing_eos_penalty, policy_logprobs=False,
                 )  # fmt: skip
                 mask = ro.mask
                 with torch.no_grad():
-                    old_values = policy(ro.batch, tau)[1] * mask
+                    logp, old_values, _ = policy(ro.batch, tau)
+                ro.logp, old_values = logp * mask, old_values * mask
 
                 # 2. Per-token rewards: -beta * kl_t everywhere, plus the score at the last token.
                 beta = kl_ctl.value

@@ -87,7 +87,7 @@ def evaluate_policy(
     max_new_tokens: int = 24,
     temperature: float = 1.0,
     seed: int = 0,
-    batch_size: int = 64,
+    batch_size: int = 256,
     reward_fn: Callable[[Sequence[str], Sequence[str]], torch.Tensor] = reward_of,
     fluency_fn: Callable[[str], bool] | None = is_grammatical,
     threads: int | None = None,
@@ -101,7 +101,7 @@ def evaluate_policy(
         max_new_tokens: longest completion; one that does not reach EOS is cut there.
         temperature: sampling temperature, also used for both models' log-probs.
         seed: seeds the sampling, so two policies can be compared on the same random draws.
-        batch_size: prompts per generation / scoring chunk.
+        batch_size: completions sampled together (more is faster, up to memory).
         reward_fn: ``(prompts, completions) -> (N,)`` true reward; default VADER on
             prompt + completion (:func:`rlhf_lessons.review_world.true_reward.reward_of`).
         fluency_fn: ``text -> bool`` applied to each prompt + completion; default: the review
@@ -140,11 +140,11 @@ def evaluate_policy(
                 temperature=temperature, batch_size=batch_size, seed=seed,
             )  # fmt: skip
             batch = gen.batch
-            logp_pi = logprobs_in_chunks(policy, batch, temperature, batch_size)
+            logp_pi = logprobs_in_chunks(policy, batch, temperature)
             if ref is policy:
                 logp_ref = logp_pi
             else:
-                logp_ref = logprobs_in_chunks(ref, batch, temperature, batch_size)
+                logp_ref = logprobs_in_chunks(ref, batch, temperature)
     finally:
         for m, was_training in modes:
             m.train(was_training)
