@@ -95,8 +95,9 @@ def test_torch_threads_none_leaves_the_setting():
 
 def _configs():
     from rlhf_lessons.alignment.lm_ppo import LMPPOConfig
+    from rlhf_lessons.alignment.rloo_grpo import GroupPGConfig
 
-    return [LMPPOConfig]
+    return [LMPPOConfig, GroupPGConfig]
 
 
 @pytest.mark.parametrize("config_cls", _configs())

@@ -514,6 +514,7 @@ def train_group_pg(
     optimizer = torch.optim.Adam(params, lr=cfg.lr, eps=cfg.adam_eps)
     history = History(cfg.method, asdict(cfg))
     tau, k, watch = cfg.temperature, cfg.k, Stopwatch()
+    one_update = cfg.epochs == 1 and cfg.minibatches == 1
     with torch_threads(cfg.threads):
         if eval_every:
             history.evaluate(eval_fn, policy)
@@ -521,13 +522,19 @@ def train_group_pg(
         for _ in bar:
             with watch:
                 # 1. Rollout: k samples of each prompt, side by side (rows i*k .. i*k + k - 1).
+                # With one update on the whole batch, that update's forward pass gives the
+                # sampling-time log-probs (as TRL does): one pass fewer.
                 group_prompts = rng.sample(pool, cfg.prompts_per_iteration)
                 ro = collect_rollout(
                     policy, ref, tokenizer, [p for p in group_prompts for _ in range(k)],
                     reward_fn, max_new_tokens=cfg.max_new_tokens, temperature=tau,
                     missing_eos_penalty=cfg.missing_eos_penalty, batch_size=cfg.batch_size,
+                    policy_logprobs=not one_update,
                 )  # fmt: skip
                 mask = ro.mask
+                if one_update:
+                    first_pass = logprobs_by_length(policy, ro.batch, tau)
+                    ro.logp = first_pass.detach() * mask
                 seq_kl = sequence_kl(ro.logp, ro.ref_logp, mask)
 
                 # 2. Advantages from the siblings. RLOO puts the KL into the reward first.
@@ -543,7 +550,8 @@ def train_group_pg(
                     for idx in torch.randperm(cfg.batch_size).split(
                         cfg.batch_size // cfg.minibatches
                     ):
-                        new_logp = logprobs_by_length(policy, ro.batch.rows(idx), tau)
+                        new_logp = (first_pass[idx] if one_update else
+                                    logprobs_by_length(policy, ro.batch.rows(idx), tau))  # fmt: skip
                         if cfg.method == "rloo":
                             loss, m = rloo_loss((new_logp * mask[idx]).sum(-1), adv[idx],
                                                 ro.logp[idx].sum(-1), cfg.clip_eps,

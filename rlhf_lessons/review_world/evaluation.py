@@ -35,6 +35,7 @@ from __future__ import annotations
 
 import contextlib
 import math
+import random
 from collections.abc import Callable, Sequence
 
 import matplotlib.pyplot as plt
@@ -200,6 +201,35 @@ def evaluate_policy(
     }
 
 
+def over_seeds_point(method: str, kl, reward, label: str | None = None) -> dict:
+    """A point for :func:`plot_reward_vs_kl` from two intervals over training seeds
+    (:class:`~rlhf_lessons.course.stats.Interval`, e.g. ``mean_ci`` of each seed's KL and
+    reward): the means, with the intervals as error bars."""
+    point = {"method": method, "kl": kl.mean, "kl_ci": (kl.low, kl.high),
+             "reward": reward.mean, "reward_ci": (reward.low, reward.high)}  # fmt: skip
+    if label is not None:
+        point["label"] = label
+    return point
+
+
+def scrambled(completions: Sequence[str], seed: int = 0) -> list[str]:
+    """Each completion with its words (and punctuation) in a random other order: planted broken
+    text, to check that a fluency check such as :func:`~rlhf_lessons.review_world.grammar.
+    is_grammatical` rejects it before trusting it to detect reward hacking. A completion whose
+    words allow no other order is returned as it is."""
+    rng = random.Random(seed)
+    out = []
+    for text in completions:
+        words = text.split()
+        shuffled = words[:]
+        for _ in range(20):
+            rng.shuffle(shuffled)
+            if shuffled != words:
+                break
+        out.append(" ".join(shuffled))
+    return out
+
+
 def to_point(result: dict, method: str, label: str | None = None) -> dict:
     """A point for :func:`plot_reward_vs_kl` from an :func:`evaluate_policy` result."""
     point = {"method": method, "kl": result["kl"], "kl_ci": result["kl_ci"],
@@ -223,6 +253,8 @@ METHOD_STYLES: dict[str, tuple[str, str]] = {
     "grpo": ("tab:olive", "*"),
     "preferred-ft": ("tab:brown", "h"),
     "unlikelihood": ("tab:pink", "<"),
+    "ppo (beta=0)": ("midnightblue", "x"),
+    "grpo (trl)": ("goldenrod", "P"),
 }
 _EXTRA_COLORS = ["#1b9e77", "#d95f02", "#7570b3", "#e7298a", "#66a61e", "#e6ab02", "#a6761d"]
 _EXTRA_MARKERS = ["o", "s", "^", "D", "v", "P", "X", "*", "<", ">", "h"]
