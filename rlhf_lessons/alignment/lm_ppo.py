@@ -172,21 +172,15 @@ def train_lm_ppo(
 ) -> History:
     """Fine-tune ``policy`` (a :class:`PolicyWithValueHead`, changed in place) with PPO.
 
-    Args:
-        policy: the policy and its value head; typically a copy of the SFT model.
-        tokenizer: the policy's tokenizer.
-        prompts: formatted prompts; each iteration draws ``batch_size`` of them at random.
-        config: see :class:`LMPPOConfig` (default: its defaults).
-        ref: the frozen reference (SFT) model, for the KL penalty.
-        reward_fn: ``(prompts, completions) -> (B,)`` scores (a reward model, or the true one).
-        eval_fn: ``policy.lm -> dict`` measured every ``eval_every`` iterations and at the
-            end (e.g. :func:`rlhf_lessons.review_world.evaluation.evaluate_policy`).
-
-    Returns:
-        a :class:`~rlhf_lessons.training.History` with one row per iteration: the rollout's
-        ``score``, sequence ``kl``, ``beta``, shaped ``reward``, ``length`` and ``ended``, the
-        update's mean ``policy_loss``, ``value_loss``, ``approx_kl``, ``clipfrac``,
-        ``entropy``, and ``seconds``; ``info["samples"]`` holds a few of the last samples.
+    ``policy`` is typically a copy of the SFT model with a new head; each iteration draws
+    ``batch_size`` of the formatted ``prompts``; ``ref`` is the frozen reference (SFT) model;
+    ``reward_fn(prompts, completions) -> (B,)`` scores (a reward model, or the true one);
+    ``eval_fn(policy.lm) -> dict`` runs every ``eval_every`` iterations and at the end (e.g.
+    :func:`rlhf_lessons.review_world.evaluation.evaluate_policy`), outside ``seconds``.
+    Returns a :class:`~rlhf_lessons.training.History`, one row per iteration: the rollout's
+    ``score``, sequence ``kl``, ``beta``, shaped ``reward``, ``length`` and ``ended``, the
+    update's mean ``policy_loss``, ``value_loss``, ``approx_kl``, ``clipfrac``, ``entropy``,
+    and ``seconds``; ``info["samples"]`` holds a few of the last samples.
     """
     cfg = config or LMPPOConfig()
     if len(prompts) < cfg.batch_size:
@@ -202,11 +196,8 @@ def train_lm_ppo(
     ref.eval()  # never trained: collect_rollout runs it under no_grad
     policy.eval()  # dropout off for rollouts and updates alike ("N details", no. 8)
     optimizer = torch.optim.Adam(policy.parameters(), lr=cfg.lr, eps=1e-5)
-    kl_ctl = (
-        AdaptiveKLController(cfg.beta, cfg.kl_target, cfg.kl_horizon)
-        if cfg.adaptive_kl
-        else FixedKLController(cfg.beta)
-    )
+    kl_ctl = (AdaptiveKLController(cfg.beta, cfg.kl_target, cfg.kl_horizon) if cfg.adaptive_kl
+              else FixedKLController(cfg.beta))  # fmt: skip
     history = History(
         "ppo", asdict(cfg), info={"trainable_parameters": sum(p.numel() for p in params)}
     )

@@ -26,22 +26,18 @@ The two differ in where the KL to the reference pi_ref goes and how the loss is 
   clipped ratio per token, and subtracts the k3 KL estimate per token in the loss:
   ``J = mean_i (1/|o_i|) sum_t [min(rho A_i, clip(rho, 1 - eps, 1 + eps) A_i) - beta k3]``.
 
-**What the k3 term's gradient is.** Per token, with the context s_t = (x, y_<t) held fixed,
-k3 = r - 1 - log r (r = pi_ref(y_t|s_t) / pi(y_t|s_t)) has expectation KL(pi(.|s_t) ||
-pi_ref(.|s_t)) under y_t ~ pi, but its gradient through log pi, ``(1 - r) grad log pi``, has
-expectation ``grad KL(pi_ref(.|s_t) || pi(.|s_t))``: the *forward* KL of that token's
-distribution. TRL multiplies k3 by the token ratio to get the reverse one (see
-:mod:`rlhf_lessons.alignment.grpo_trl_variants`). Either way the term treats each token's
-context as fixed: it is not the gradient of the *sequence* KL(pi(y|x) || pi_ref(y|x)), which
-also charges each token for the KL of the tokens that follow it. RLOO's k1 penalty in the
-reward does charge that: it is part of the return that multiplies ``grad log pi(y|x)``.
+**What the k3 term's gradient is.** With the context s_t = (x, y_<t) held fixed, k3 = r - 1 -
+log r (r = pi_ref(y_t|s_t) / pi(y_t|s_t)) estimates KL(pi(.|s_t) || pi_ref(.|s_t)) without bias,
+but its gradient through log pi, ``(1 - r) grad log pi``, has expectation ``grad
+KL(pi_ref(.|s_t) || pi(.|s_t))``: the *forward* KL of that token's distribution (TRL's ratio
+correction gives the reverse one, :mod:`rlhf_lessons.alignment.grpo_trl_variants`). Neither is
+the gradient of the *sequence* KL(pi(y|x) || pi_ref(y|x)), which also charges each token for the
+KL of the tokens after it; RLOO's k1 penalty, part of the return, does charge that.
 
 **TRL.** :func:`rloo_loss`, :func:`group_advantages` and :func:`grpo_loss` match TRL 1.x's
 ``RLOOTrainer`` and ``GRPOTrainer`` (``loss_type="grpo"``, ``use_bias_correction_kl=False``) on
-the same log-probs; the tests call TRL's own methods. TRL's other averaging options and its
-ratio-corrected k3 are in :mod:`rlhf_lessons.alignment.grpo_trl_variants`; the trainer uses
-them when the config asks. :mod:`rlhf_lessons.trl_runs.rloo_grpo` runs TRL's trainers at the
-settings of a :class:`GroupPGConfig`.
+the same log-probs (the tests call TRL's own methods); TRL's other options are in
+:mod:`~rlhf_lessons.alignment.grpo_trl_variants`, its runs in :mod:`rlhf_lessons.trl_runs.rloo_grpo`.
 """
 
 from __future__ import annotations
@@ -443,19 +439,38 @@ class GroupPGConfig:
         return replace(cls(method="grpo", beta=0.1), **overrides)
 
 
-def _grpo_step_loss(cfg: GroupPGConfig, new_logp, old_logp, ref_logp, adv, mask, tokens_per_step):
-    """The paper's :func:`grpo_loss`, or TRL's variant when ``cfg`` asks for one."""
-    if cfg.paper_loss:
-        return grpo_loss(new_logp, old_logp, ref_logp, adv, mask, cfg.clip_eps, cfg.beta,
+def _step_loss(cfg: GroupPGConfig, new_logp, ro, adv, idx):
+    """The loss of minibatch ``idx`` of rollout ``ro``: :func:`rloo_loss`, the paper's
+    :func:`grpo_loss`, or TRL's GRPO variant when ``cfg`` asks for one."""
+    mask = ro.mask[idx]
+    if cfg.method == "rloo":
+        return rloo_loss((new_logp * mask).sum(-1), adv[idx], ro.logp[idx].sum(-1), cfg.clip_eps,
                          cfg.clip_eps_high)  # fmt: skip
+    args = (new_logp, ro.logp[idx], ro.ref_logp[idx], adv[idx], mask)
+    if cfg.paper_loss:
+        return grpo_loss(*args, cfg.clip_eps, cfg.beta, cfg.clip_eps_high)
     from rlhf_lessons.alignment.grpo_trl_variants import trl_grpo_loss
 
     return trl_grpo_loss(
-        new_logp, old_logp, ref_logp, adv, mask, clip_eps=cfg.clip_eps, beta=cfg.beta,
-        loss_type=cfg.loss_type, clip_eps_high=cfg.clip_eps_high,
-        kl_ratio_correction=cfg.kl_ratio_correction, num_items_in_batch=tokens_per_step,
+        *args, clip_eps=cfg.clip_eps, beta=cfg.beta, loss_type=cfg.loss_type,
+        clip_eps_high=cfg.clip_eps_high, kl_ratio_correction=cfg.kl_ratio_correction,
+        # "dapo": completion tokens per optimizer step, averaged over the batch (as TRL)
+        num_items_in_batch=ro.mask.sum().item() / cfg.minibatches,
         max_completion_length=cfg.max_new_tokens,
     )  # fmt: skip
+
+
+def _check_inputs(policy, ref, pool: list, cfg: GroupPGConfig) -> None:
+    if policy is ref:
+        raise ValueError(
+            "policy and ref are the same model: the reference must stay frozen; pass "
+            "copy.deepcopy(ref) as the policy"
+        )
+    if len(pool) < cfg.prompts_per_iteration:
+        raise ValueError(
+            f"prompts has {len(pool)} prompts, fewer than prompts_per_iteration "
+            f"{cfg.prompts_per_iteration}: pass more prompts or draw fewer per iteration"
+        )
 
 
 def train_group_pg(
@@ -477,35 +492,17 @@ def train_group_pg(
     advantages, then take ``epochs`` x ``minibatches`` Adam steps on :func:`rloo_loss` or
     :func:`grpo_loss`. ``train_rloo`` and ``train_grpo`` call it with each method's config.
 
-    Args:
-        policy: the causal LM to train, typically ``copy.deepcopy(sft_model)``.
-        tokenizer: its tokenizer.
-        prompts: formatted prompts; each iteration draws from them at random.
-        config: see :class:`GroupPGConfig` (default: ``GroupPGConfig.grpo()``).
-        ref: the frozen reference (SFT) model, for the KL; never updated.
-        reward_fn: ``(prompts, completions) -> (B,)`` scores (a reward model, or the true one).
-        eval_fn: ``policy -> dict`` measured every ``eval_every`` iterations and at the end;
-            its time is not counted in ``seconds``.
-
-    Returns:
-        a :class:`~rlhf_lessons.training.History`, one row per iteration: ``score`` (after the
-        EOS penalty), ``raw_score`` (reward_fn alone), sequence ``kl`` (k1), ``length``,
-        ``ended``, ``zero_std`` (groups whose rewards are all equal), the update's ``loss``
-        (~0 on-policy: not a progress measure), ``clipfrac``, ``approx_kl``, ``grad_norm``,
-        ``seconds``; ``info["samples"]``: a few of the last samples.
+    ``policy`` is typically ``copy.deepcopy(ref)``; ``prompts`` are formatted prompts drawn at
+    random; ``ref`` is the frozen reference (SFT) model; ``reward_fn(prompts, completions) ->
+    (B,)`` scores; ``eval_fn(policy) -> dict`` runs every ``eval_every`` iterations and at the
+    end, outside ``seconds``. Returns a :class:`~rlhf_lessons.training.History`, one row per
+    iteration: ``score`` (after the EOS penalty), ``raw_score`` (reward_fn alone), sequence
+    ``kl`` (k1), ``length``, ``ended``, ``zero_std`` (groups whose rewards are all equal), the
+    update's ``loss`` (~0 on-policy: not a progress measure), ``clipfrac``, ``approx_kl``,
+    ``grad_norm``, ``seconds``; ``info["samples"]``: a few of the last samples.
     """
-    cfg = config or GroupPGConfig.grpo()
-    if policy is ref:
-        raise ValueError(
-            "policy and ref are the same model: the reference must stay frozen; pass "
-            "copy.deepcopy(ref) as the policy"
-        )
-    pool = list(prompts)
-    if len(pool) < cfg.prompts_per_iteration:
-        raise ValueError(
-            f"prompts has {len(pool)} prompts, fewer than prompts_per_iteration "
-            f"{cfg.prompts_per_iteration}: pass more prompts or draw fewer per iteration"
-        )
+    cfg, pool = config or GroupPGConfig.grpo(), list(prompts)
+    _check_inputs(policy, ref, pool, cfg)
     seed_everything(cfg.seed)
     rng = random.Random(cfg.seed)
     ref.eval()  # only run under no_grad; its requires_grad flags stay as they are for deepcopy
@@ -552,14 +549,7 @@ def train_group_pg(
                     ):
                         new_logp = (first_pass[idx] if one_update else
                                     logprobs_by_length(policy, ro.batch.rows(idx), tau))  # fmt: skip
-                        if cfg.method == "rloo":
-                            loss, m = rloo_loss((new_logp * mask[idx]).sum(-1), adv[idx],
-                                                ro.logp[idx].sum(-1), cfg.clip_eps,
-                                                cfg.clip_eps_high)  # fmt: skip
-                        else:
-                            loss, m = _grpo_step_loss(cfg, new_logp, ro.logp[idx],
-                                                      ro.ref_logp[idx], adv[idx], mask[idx],
-                                                      mask.sum().item() / cfg.minibatches)  # fmt: skip
+                        loss, m = _step_loss(cfg, new_logp, ro, adv, idx)
                         optimizer.zero_grad()
                         loss.backward()
                         norm = nn.utils.clip_grad_norm_(params, cfg.max_grad_norm)

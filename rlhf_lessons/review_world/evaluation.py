@@ -253,8 +253,8 @@ METHOD_STYLES: dict[str, tuple[str, str]] = {
     "grpo": ("tab:olive", "*"),
     "preferred-ft": ("tab:brown", "h"),
     "unlikelihood": ("tab:pink", "<"),
-    "ppo (beta=0)": ("midnightblue", "x"),
-    "grpo (trl)": ("goldenrod", "P"),
+    "ppo (beta=0)": ("darkmagenta", "x"),
+    "grpo (trl)": ("crimson", "P"),
 }
 _EXTRA_COLORS = ["#1b9e77", "#d95f02", "#7570b3", "#e7298a", "#66a61e", "#e6ab02", "#a6761d"]
 _EXTRA_MARKERS = ["o", "s", "^", "D", "v", "P", "X", "*", "<", ">", "h"]
@@ -316,7 +316,7 @@ def plot_reward_vs_kl(
         if missing:
             raise ValueError(
                 f"points[{i}] lacks {missing}: each point needs method, kl, kl_ci, reward, "
-                "reward_ci (build it with alignment_eval.to_point)"
+                "reward_ci (build it with review_world.evaluation.to_point)"
             )
     methods = list(dict.fromkeys(str(p["method"]) for p in points))
     for method in methods:

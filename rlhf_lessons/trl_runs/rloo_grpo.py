@@ -103,6 +103,7 @@ def run(
     """
     from datasets import Dataset
     from transformers import PrinterCallback
+    from transformers.utils import logging as hf_logging
     from trl import GRPOTrainer, RLOOTrainer
 
     if algo not in METHODS:
@@ -127,6 +128,7 @@ def run(
     dataset = Dataset.from_dict({"prompt": list(data)})
     rewards = trl_reward_functions(reward_fn, tokenizer.eos_token_id, cfg.missing_eos_penalty)
     trainer_cls = RLOOTrainer if algo == "rloo" else GRPOTrainer
+    bars = hf_logging.is_progress_bar_enabled()
     with (
         tempfile.TemporaryDirectory() as out,
         torch_threads(cfg.threads),
@@ -134,10 +136,16 @@ def run(
     ):
         # transformers 5 renames gradient_checkpointing; TRL still uses the old names
         warnings.simplefilter("ignore", FutureWarning)
-        trainer = trainer_cls(
-            model=policy, reward_funcs=rewards, args=trl_config(cfg, out, show_progress),
-            train_dataset=dataset, processing_class=tokenizer,
-        )  # fmt: skip
+        if not show_progress:  # no "Loading weights" bar when TRL loads its reference model
+            hf_logging.disable_progress_bar()
+        try:
+            trainer = trainer_cls(
+                model=policy, reward_funcs=rewards, args=trl_config(cfg, out, show_progress),
+                train_dataset=dataset, processing_class=tokenizer,
+            )  # fmt: skip
+        finally:
+            if bars:
+                hf_logging.enable_progress_bar()
         trainer.remove_callback(PrinterCallback)  # no dict printed per step
         start = time.perf_counter()
         trainer.train()
