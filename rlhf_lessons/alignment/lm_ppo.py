@@ -260,8 +260,6 @@ def train_lm_ppo(
             )  # fmt: skip
             if history.due(eval_every, cfg.iterations):
                 history.evaluate(eval_fn, policy.lm)
-        history.info["samples"] = list(
-            zip(ro.prompts[:8], ro.completions[:8], ro.raw_scores[:8].tolist(), strict=True)
-        )
+        history.info["samples"] = ro.samples()
         history.evaluate(eval_fn, policy.lm)
     return history

@@ -570,9 +570,7 @@ def train_group_pg(
             bar.set_postfix(score=f"{history.score[-1]:.2f}", kl=f"{history.kl[-1]:.2f}")
             if history.due(eval_every, cfg.iterations):
                 history.evaluate(eval_fn, policy)
-        history.info["samples"] = list(
-            zip(ro.prompts[:8], ro.completions[:8], ro.raw_scores[:8].tolist(), strict=True)
-        )
+        history.info["samples"] = ro.samples()
         history.evaluate(eval_fn, policy)
     return history
 

@@ -67,6 +67,11 @@ class Rollout:
         """(B,) completion lengths in tokens (EOS included)."""
         return self.batch.completion_mask.sum(-1)
 
+    def samples(self, n: int = 8) -> list[tuple[str, str, float]]:
+        """The first ``n`` (prompt, completion, score before the EOS penalty) triples."""
+        return list(zip(self.prompts[:n], self.completions[:n], self.raw_scores[:n].tolist(),
+                        strict=True))  # fmt: skip
+
 
 def _spans(attention_mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """(first real column, number of real tokens) of each row; rows must be contiguous."""
