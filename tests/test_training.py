@@ -94,9 +94,13 @@ def test_torch_threads_none_leaves_the_setting():
 
 
 def _configs():
+    from rlhf_lessons.alignment.alol import ALoLConfig
     from rlhf_lessons.alignment.lm_ppo import LMPPOConfig
+    from rlhf_lessons.alignment.self_rewarding import SelfRewardConfig
+    from rlhf_lessons.alignment.sft import SFTConfig
+    from rlhf_lessons.alignment.spin import SPINConfig
 
-    return [LMPPOConfig]
+    return [LMPPOConfig, ALoLConfig, SFTConfig, SPINConfig, SelfRewardConfig]
 
 
 @pytest.mark.parametrize("config_cls", _configs())
