@@ -43,7 +43,7 @@ data whose advantage is below beta (the tests check this identity). In the repos
 Rewards: A-LoL's code expects R in [0, 1] (its value head ends in a sigmoid); ``wbc``,
 ``r_gold`` and ``r_lol`` refuse negative rewards here, because a negative weight on an NLL is
 unlikelihood training, unbounded below, and not what these objectives are. Rescale a reward
-in [-1, 1] with (R + 1) / 2 (:mod:`rlhf_lessons.alignment.alol` does).
+in [-1, 1] with (R + 1) / 2 (:mod:`rlhf_lessons.alignment.alol_data` does).
 
 Shapes: ``logp``, ``ref_logp`` and ``mask`` are (B, T) per-token log-probs of the data's tokens
 (:func:`rlhf_lessons.lm.token_logprobs`; the policy's with gradient) and the completion mask;
