@@ -95,8 +95,11 @@ def test_torch_threads_none_leaves_the_setting():
 
 def _configs():
     from rlhf_lessons.alignment.lm_ppo import LMPPOConfig
+    from rlhf_lessons.rl.naive_ppo import NaivePPOConfig
+    from rlhf_lessons.rl.ppo import PPOConfig
+    from rlhf_lessons.rl.reinforce import ReinforceConfig
 
-    return [LMPPOConfig]
+    return [LMPPOConfig, PPOConfig, ReinforceConfig, NaivePPOConfig]
 
 
 @pytest.mark.parametrize("config_cls", _configs())
