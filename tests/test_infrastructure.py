@@ -96,9 +96,11 @@ def test_plot_seeds_ci_band_is_the_t_interval_of_the_mean():
     mean = plot_seeds(ax, curves, "x", points=2, band="ci")
     np.testing.assert_allclose(mean, [2.0, 4.0])
     band = ax.collections[0].get_paths()[0].vertices[:, 1]
-    half = t.ppf(0.975, 2) * np.std([0.0, 2.0, 4.0], ddof=1) / np.sqrt(3)
-    assert np.isclose(band.max(), 4.0 + t.ppf(0.975, 2) * np.std([1, 3, 8], ddof=1) / np.sqrt(3))
-    assert np.isclose(band.min(), 2.0 - half)
+    half0 = t.ppf(0.975, 2) * np.std([0.0, 2.0, 4.0], ddof=1) / np.sqrt(3)  # at x = 0
+    half1 = t.ppf(0.975, 2) * np.std([1.0, 3.0, 8.0], ddof=1) / np.sqrt(3)  # at x = 1
+    for edge in (2.0 - half0, 2.0 + half0, 4.0 - half1, 4.0 + half1):
+        assert np.isclose(band, edge).any(), (edge, band)
+    assert np.isclose(band.max(), 4.0 + half1) and np.isclose(band.min(), 4.0 - half1)
     assert "95% interval" in ax.get_lines()[0].get_label()
     plt.close(fig)
 
