@@ -21,9 +21,10 @@ def _cartpole(args: argparse.Namespace) -> int:
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    import numpy as np
 
     from rlhf_lessons.course.plotting import moving_average, plot_seeds, save_figure
-    from rlhf_lessons.rl.cartpole import SOLVED_RETURN
+    from rlhf_lessons.rl.cartpole import SOLVED_RETURN, first_solved
     from rlhf_lessons.rl.ppo import PPOConfig
     from rlhf_lessons.rl.reinforce import ReinforceConfig
     from rlhf_lessons.rl.runs import run_seeds
@@ -31,13 +32,18 @@ def _cartpole(args: argparse.Namespace) -> int:
     seeds = args.seeds if args.seeds else [args.seed]
     if args.algo == "reinforce":
         cfg = ReinforceConfig(**({"episodes": args.episodes} if args.episodes else {}))
+        eval_every = 5  # updates of 4 episodes
     else:
         cfg = PPOConfig(**({"total_timesteps": args.timesteps} if args.timesteps else {}))
-    runs = run_seeds(args.algo, seeds, cfg, use_cache=not args.no_cache)
+        eval_every = 8  # iterations of 256 steps
+    # all seeds train together, as one batched computation
+    runs = run_seeds(args.algo, seeds, cfg, eval_every=eval_every, use_cache=not args.no_cache)
 
-    fig, ax = plt.subplots(figsize=(7, 4))
-    curves = [(r.episode_end_steps, moving_average(r.episode_returns, 100)) for r in runs]
-    plot_seeds(ax, curves, args.algo)
+    fig, ax = plt.subplots(figsize=(8, 4))
+    curves = [
+        (r.info["episode_end_steps"], moving_average(r.info["episode_returns"], 100)) for r in runs
+    ]
+    plot_seeds(ax, curves, args.algo, band="ci" if len(runs) > 1 else "minmax")
     ax.axhline(SOLVED_RETURN, color="gray", ls="--", lw=1, label="solved (475)")
     ax.set(
         xlabel="environment steps",
@@ -48,12 +54,15 @@ def _cartpole(args: argparse.Namespace) -> int:
     out = save_figure(fig, args.out or f"cartpole_{args.algo}.png")
 
     for r in runs:
-        best = max(moving_average(r.episode_returns, 100)[99:], default=float("nan"))
+        returns = r.info["episode_returns"]
+        best = max(moving_average(returns, 100)[99:], default=float("nan"))
+        solved = first_solved(r)
         print(
-            f"seed {r.seed}: {len(r.episode_returns)} episodes, "
-            f"{r.episode_end_steps[-1] if r.episode_end_steps else 0} steps, "
-            f"{r.episode_end_seconds[-1] if r.episode_end_seconds else 0:.1f} s, "
-            f"best 100-episode average {best:.1f}, greedy eval {r.final_eval_mean:.1f}"
+            f"seed {r.config['seed']}: {len(returns)} episodes, {r.env_steps[-1]} steps, "
+            f"{r.seconds[-1]:.1f} s (all seeds together), best 100-episode average {best:.1f}, "
+            f"first greedy evaluation >= {SOLVED_RETURN:g} at "
+            f"{'never' if solved is None else f'{solved[0]} steps'}, "
+            f"final greedy {np.mean(r.info['final_return']):.1f}"
         )
     print(f"plot saved to {out}")
     return 0
