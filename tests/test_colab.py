@@ -144,3 +144,10 @@ def test_badges_placed_in_notebooks_point_to_their_own_notebook():
         text = "\n".join("".join(c["source"]) for c in nb["cells"] if c["cell_type"] == "markdown")
         for url in re.findall(r"https://colab\.research\.google\.com/github/[^)\s]+", text):
             assert url == colab.colab_url(path, ROOT), f"{path.name}: {url}"
+
+
+def test_every_notebook_opens_with_its_colab_badge():
+    for path in NOTEBOOKS:
+        nb = json.loads(path.read_text())
+        first = next(c for c in nb["cells"] if c["cell_type"] == "markdown")
+        assert "".join(first["source"]).startswith(colab.colab_badge(path, ROOT)), path.name
