@@ -36,8 +36,9 @@ LESSON04 = [  # (frozen layers, mode, lr, batch size)
     (5, "kwise", 3e-4, 2), (5, "kwise", 1e-3, 2), (5, "kwise", 3e-3, 2), (5, "kwise", 3e-3, 8),
     (5, "pairs", 3e-4, 8), (5, "pairs", 1e-3, 8), (5, "pairs", 3e-3, 8), (5, "pairs", 3e-3, 27),
 ]  # fmt: skip
-LESSON08 = [  # (frozen layers, lr, epochs, training prompts)
+LESSON08 = [  # (frozen layers or None for a full fine-tune, lr, epochs, training prompts)
     (5, 3e-4, 2, 128), (5, 1e-3, 2, 128), (4, 1e-3, 2, 128), (4, 3e-3, 2, 128), (4, 3e-3, 1, 128),
+    (None, 3e-4, 2, 96), (None, 3e-4, 3, 96), (None, 1e-4, 3, 96),
 ]  # fmt: skip
 
 
@@ -97,7 +98,7 @@ def lesson08(seeds: list[int]) -> dict:
     folder = cache_dir() / "models" / "reward-settings"
     out: dict = {}
     for frozen, lr, epochs, n_prompts in LESSON08:
-        bottom = FrozenBottom(reference.ranker.pretrained_model, frozen)
+        bottom = None if frozen is None else FrozenBottom(reference.ranker.pretrained_model, frozen)
         for seed in seeds:
             data = sample_ranked_completions(sft, tok, train_prompts(n_prompts, seed), k=4,
                                              max_new_tokens=16, seed=seed)  # fmt: skip
@@ -110,7 +111,8 @@ def lesson08(seeds: list[int]) -> dict:
             cmp = compare_all(load_blender(folder, frozen=bottom), cands.prompts, cands.texts)
             acc = pair_eval(cmp, cands.rewards.tolist()).accuracy
             gain = (cands.picked(full_matrix_picks(cmp)) - cands.random_pick).mean().item()
-            key = f"frozen {frozen}, lr {lr:g}, {epochs} epoch(s), {n_prompts} prompts"
+            layers = "every layer trains" if frozen is None else f"frozen {frozen}"
+            key = f"{layers}, lr {lr:g}, {epochs} epoch(s), {n_prompts} prompts"
             out.setdefault(key, []).append(acc)
             print(f"{key}, seed {seed}: validation accuracy {acc:.3f}, best-of-4 gain "
                   f"{gain:+.3f}, training {history.cpu_seconds:.1f} CPU s", flush=True)  # fmt: skip

@@ -327,3 +327,25 @@ def test_as_blender_equals_the_saved_and_loaded_ranker(bundle, blender):
     assert np.allclose(in_memory.compare(x, a, b, **kw), blender.compare(x, a, b, **kw), atol=1e-5)
     ranks = in_memory.rank(x, [[*a], [*b]], return_scores=True, disable_tqdm=True)
     assert np.asarray(ranks).shape == (2, 2)
+
+
+def test_train_pair_ranker_leaves_ln2_and_every_trainable_part_gets_gradient(tiny_backbone):  # noqa: F811
+    """A ranker whose loss cannot leave ln 2 (frozen or detached parameters, a schedule at zero,
+    a head that cannot tell the left answer from the right, a wrong label) fails here: on the
+    same few pairs, repeated, training must fit them."""
+    b = pr.build_pair_ranker(tiny_backbone, source_maxlength=16, candidate_maxlength=16, seed=0)
+    batch = b.collator([pr.ranker_dataset(RECORDS[:1])[0]])
+    b.ranker.train()
+    torch.manual_seed(0)
+    b.ranker(**batch)["loss"].backward()  # step 1: the gradient reaches the head and the encoder
+    grads = {n: p.grad for n, p in b.ranker.named_parameters() if p.requires_grad}
+    for part in ("head_layer.1.weight", "pretrained_model.encoder.layer.1.", "word_embeddings"):
+        norms = [g.norm().item() for n, g in grads.items() if part in n and g is not None]
+        assert norms and max(norms) > 0, f"no gradient reaches {part}"
+    b.ranker.zero_grad(set_to_none=True)
+    cfg = pr.PairRankerConfig(epochs=40, lr=1e-3, batch_size=2, seed=0)
+    h = pr.train_pair_ranker(b.ranker, b.tokenizer, RECORDS, cfg, show_progress=False)
+    last = float(np.mean(h.loss[-6:]))
+    assert last < 0.8 * math.log(2), (
+        f"the loss stayed near ln 2 ({last:.3f}): the ranker did not fit"
+    )
