@@ -36,6 +36,7 @@ from torch import nn
 
 from rlhf_lessons.alignment.dpo import DPOConfig, pair_order, pair_texts
 from rlhf_lessons.course.device import torch_threads
+from rlhf_lessons.trl_runs import in_order
 
 _TRL_LOSS = {"dpo": "sigmoid", "ipo": "ipo", "hinge": "hinge"}
 
@@ -104,18 +105,6 @@ def trl_config(
                         precompute_ref_log_probs=True)  # fmt: skip
 
 
-def _in_order(trainer_cls):
-    """``trainer_cls`` reading its dataset front to back: the rows are already shuffled."""
-    from torch.utils.data import SequentialSampler
-
-    class InOrder(trainer_cls):
-        def _get_train_sampler(self, *args, **kwargs):
-            return SequentialSampler(self.train_dataset)
-
-    InOrder.__name__ = trainer_cls.__name__
-    return InOrder
-
-
 def _longest(tokenizer, pairs, config: DPOConfig) -> int:
     """The longest prompt + response (EOS included) in tokens, after checking that neither
     trainer would truncate: ours cuts prompt and response separately, TRL cuts their sum."""
@@ -161,7 +150,7 @@ def train_with_trl(
     cfg = config or DPOConfig()
     max_length = _longest(tokenizer, pairs, cfg)
     dataset = trl_dataset(tokenizer, pairs, cfg)
-    trainer_cls = _in_order(CPOTrainer if cfg.loss == "simpo" else DPOTrainer)
+    trainer_cls = in_order(CPOTrainer if cfg.loss == "simpo" else DPOTrainer)
     threads = torch_threads(cfg.threads) if cfg.threads else contextlib.nullcontext()
     with tempfile.TemporaryDirectory() as out, threads, warnings.catch_warnings():
         # transformers 5 deprecations inside TRL / peft, and CPOTrainer's "experimental" notice

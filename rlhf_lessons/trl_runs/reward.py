@@ -36,7 +36,7 @@ from rlhf_lessons.rewards.reward_model import (
     reward_batches,
 )
 from rlhf_lessons.training import History
-from rlhf_lessons.trl_runs import TRLRun
+from rlhf_lessons.trl_runs import TRLRun, in_order
 
 
 def trl_pairs_dataset(scorer: HFSequenceScorer, batches):
@@ -69,18 +69,6 @@ def _callback(show: bool, total: int):
             self.bar.close()
 
     return Clock()
-
-
-def _in_order(trainer_cls):
-    """``trainer_cls`` reading its dataset front to back: the rows are already in our order."""
-    from torch.utils.data import SequentialSampler
-
-    class InOrder(trainer_cls):
-        def _get_train_sampler(self, *args, **kwargs):
-            return SequentialSampler(self.train_dataset)
-
-    InOrder.__name__ = trainer_cls.__name__
-    return InOrder
 
 
 def run(
@@ -139,7 +127,7 @@ def run(
         datasets.disable_progress_bars()  # TRL's dataset.map calls
         os.environ["TQDM_DISABLE"] = "1"
         try:
-            trainer = _in_order(RewardTrainer)(
+            trainer = in_order(RewardTrainer)(
                 model=model, args=args, train_dataset=trl_pairs_dataset(scorer, batches),
                 processing_class=scorer.tokenizer,
             )  # fmt: skip
