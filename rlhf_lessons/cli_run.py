@@ -14,7 +14,7 @@ import dataclasses
 import json
 import math
 import warnings
-from dataclasses import asdict, dataclass, replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -415,10 +415,10 @@ def train_reward(config: RewardArgs, run: RunArgs, log: RunLog, items, evals, de
     from rlhf_lessons.rewards.reward_model import (
         CausalLMRewardModel,
         RewardModel,
+        RewardModelConfig,
         evaluate_reward_model,
         train_reward_model,
     )
-    from rlhf_lessons.training import History
 
     name = run.model or "minilm"
     seed_everything(config.seed)  # the head's initialisation: --baseline rebuilds it
@@ -443,11 +443,8 @@ def train_reward(config: RewardArgs, run: RunArgs, log: RunLog, items, evals, de
     log.start(config, run, {"model": name, "lora": lora, "items": len(items)})
     keys = {"mode", "epochs", "lr", "batch_size", "seed", "weight_decay", "max_grad_norm",
             "dropout", "max_steps", "threads"}  # fmt: skip
-    model, trained = train_reward_model(items, model=model, show_progress=True,
-                                        **{k: getattr(config, k) for k in keys})  # fmt: skip
-    history = History("reward", asdict(config))
-    for loss, acc, sec in zip(trained.loss, trained.accuracy, trained.seconds, strict=True):
-        history.log(seconds=sec, loss=loss, accuracy=acc)
+    settings = RewardModelConfig(**{k: getattr(config, k) for k in keys})
+    history = train_reward_model(model, None, items, settings, show_progress=True)
     if evals:
         result = evaluate_reward_model(model, evals)
         history.evaluations.append({"step": history.steps, **result.summary()})

@@ -405,3 +405,8 @@ if __name__ == "__main__":
             parallel.accelerator.distributed_type.value  # fmt: skip
         text = json.dumps({"processes": parallel.num_processes, "engine": engine, "curves": curves})
         Path(sys.argv[1]).write_text(text) if len(sys.argv) > 1 else print(text)
+    if parallel.accelerator is not None and torch.distributed.is_initialized():
+        # every rank leaves together and tears gloo down before exit: a process group left to
+        # the interpreter's shutdown can abort ("terminate called without an active exception")
+        parallel.accelerator.wait_for_everyone()
+        torch.distributed.destroy_process_group()
