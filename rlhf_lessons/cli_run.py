@@ -285,6 +285,11 @@ def convert(kind: str, records, run: RunArgs) -> list:
     return CONVERT[kind](records)
 
 
+# The kinds of training whose trainer splits each minibatch across the launched processes
+# (rlhf_lessons.distributed): under torchrun / accelerate launch they run data-parallel.
+DATA_PARALLEL = {"sft"}
+
+
 def train_run(algo: str, config, run: RunArgs) -> RunLog:
     """Train ``algo`` as the command line asked; returns the run's :class:`RunLog`."""
     from rlhf_lessons.distributed import launched_processes
@@ -292,10 +297,11 @@ def train_run(algo: str, config, run: RunArgs) -> RunLog:
     kind = ALGOS[algo][0]
     if not run.data:
         raise CLIError(f"--data is required: the training data (rlhf-lessons train {algo} --help)")
-    if launched_processes() > 1:
+    if launched_processes() > 1 and kind not in DATA_PARALLEL:
         raise CLIError(
             f"train {algo} runs in one process for now (its trainer does not split batches "
-            "across processes yet); start it without torchrun / accelerate launch"
+            "across processes yet); start it without torchrun / accelerate launch (data-"
+            f"parallel: {', '.join(sorted(DATA_PARALLEL))})"
         )
     items = convert(kind, data_io.read_records(run.data, run.split, run.limit), run)
     evals = None
@@ -314,7 +320,7 @@ def train_run(algo: str, config, run: RunArgs) -> RunLog:
         from rlhf_lessons.alignment.dpo import add_lora
 
         model = add_lora(model, lora["r"], lora["alpha"], lora["target_modules"], seed=config.seed)
-    info = {"model": run.model or "smollm2", "lora": lora}
+    info = {"model": run.model or "smollm2", "lora": lora, "processes": launched_processes()}
     with torch_threads(config.threads):
         setup = {"sft": _sft, "dpo": _dpo, "rl": _rl, "ppo": _rl}[kind]
         trainer, model, items, config, eval_fn, extra = setup(

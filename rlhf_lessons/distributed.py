@@ -34,8 +34,10 @@ split with :meth:`Parallel.shard_range` and put back together with :meth:`Parall
 :meth:`Parallel.save_pretrained` gathers the full weights (also under FSDP / ZeRO-3) and writes
 them from the main process. Launch with ``torchrun --nproc_per_node N`` (CPU or GPU, gloo or
 NCCL) or ``accelerate launch --config_file configs/accelerate/<file>.yaml`` (GPUs). The demo at
-the end (``torchrun --nproc_per_node 2 -m rlhf_lessons.distributed``) is a DPO-style loop whose
-loss curve equals the one-process run's.
+the end (``torchrun --nproc_per_node 2 -m rlhf_lessons.distributed``) are a DPO-style loop and
+the course's own SFT trainer (:func:`rlhf_lessons.alignment.sft.train_sft`, which takes a
+``parallel``, or builds one itself when launched with several processes); the tests check that
+their loss curves equal the one-process runs'.
 
 Pitfalls this module avoids: a learning-rate scheduler passed to ``accelerator.prepare`` steps
 W times per optimizer step (``split_batches=False``), so schedulers are left unprepared; a
@@ -122,6 +124,13 @@ class Parallel:
         if mixed_precision is None and "ACCELERATE_MIXED_PRECISION" not in os.environ:
             mixed_precision = default_mixed_precision() if gpu else "no"
         return cls(Accelerator(mixed_precision=mixed_precision, cpu=cpu))
+
+    @classmethod
+    def for_trainer(cls) -> Parallel:
+        """What a trainer uses when it is not given a :class:`Parallel`: data-parallel when
+        the launcher started several processes, else the plain run (a one-process run is left
+        exactly as it was, also on a GPU: the model stays where the caller put it)."""
+        return cls.create() if launched_processes() > 1 else cls(None)
 
     # --- who and where -------------------------------------------------------------------
 
@@ -391,6 +400,43 @@ def demo_dpo_loop(
     return log
 
 
+def toy_sft_records(n: int, seed: int = 0) -> list[dict]:
+    """``n`` prompt/completion records of random review-world words, of varied lengths (so the
+    processes' shares hold different numbers of completion tokens)."""
+    import random
+
+    from rlhf_lessons.review_world.grammar import SPECIAL_TOKENS, vocabulary
+
+    words = [w for w in vocabulary() if w not in SPECIAL_TOKENS]
+    rng = random.Random(seed)
+    return [{"prompt": " ".join(rng.choices(words, k=rng.randint(1, 5))),
+             "completion": " ".join(rng.choices(words, k=rng.randint(1, 7)))}
+            for _ in range(n)]  # fmt: skip
+
+
+def demo_sft_run(
+    par: Parallel, records: int = 24, batch_size: int = 8, steps: int = 6, lr: float = 1e-2,
+    seed: int = 0,
+) -> list[dict]:  # fmt: skip
+    """:func:`~rlhf_lessons.alignment.sft.train_sft` itself, data-parallel through ``par``, on
+    a tiny review-world model trained from scratch: one dict (``loss``, ``step``) per step."""
+    from rlhf_lessons.alignment.sft import SFTConfig, train_sft
+    from rlhf_lessons.review_world.grammar import build_tokenizer
+    from rlhf_lessons.review_world.tiny_lm import TinyLMConfig, make_model
+
+    tokenizer = build_tokenizer()
+    model = make_model(TinyLMConfig(d_model=16, n_layers=1, n_heads=2, d_ff=32, seed=seed),
+                       tokenizer)  # fmt: skip
+    config = SFTConfig(lr=lr, epochs=4, batch_size=batch_size, max_steps=steps, warmup_steps=0,
+                       chat=False, threads=None, seed=seed)  # fmt: skip
+    history = train_sft(model, tokenizer, toy_sft_records(records, seed), config,
+                        show_progress=False, parallel=par)  # fmt: skip
+    return [{"loss": loss, "step": i + 1} for i, loss in enumerate(history.loss)]
+
+
+DEMOS = {"dpo": demo_dpo_loop, "sft": demo_sft_run}
+
+
 if __name__ == "__main__":
     # torchrun --nproc_per_node 2 -m rlhf_lessons.distributed [out.json ['[{...kwargs}, ...]']]
     import json
@@ -399,7 +445,8 @@ if __name__ == "__main__":
     torch.set_num_threads(1)
     parallel = Parallel.create(cpu=True)
     runs = json.loads(sys.argv[2]) if len(sys.argv) > 2 else [{}]
-    curves = [demo_dpo_loop(parallel, **kwargs) for kwargs in runs]
+    # each run: the demo's keyword arguments, and "demo": "dpo" (default) or "sft"
+    curves = [DEMOS[kw.pop("demo", "dpo")](parallel, **kw) for kw in (dict(r) for r in runs)]
     if parallel.is_main_process:
         engine = "none" if parallel.accelerator is None else \
             parallel.accelerator.distributed_type.value  # fmt: skip

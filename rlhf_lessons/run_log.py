@@ -17,6 +17,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
+import os
 import platform
 import time
 from collections.abc import Callable
@@ -64,13 +65,17 @@ class RunLog:
 
     def __init__(self, folder: str | Path, algo: str) -> None:
         self.folder = Path(folder)
-        self.folder.mkdir(parents=True, exist_ok=True)
+        # in a data-parallel run every process trains the same model; only the first writes
+        self.main = int(os.environ.get("RANK", "0")) == 0
+        if self.main:
+            self.folder.mkdir(parents=True, exist_ok=True)
         self.algo = algo
         self.info: dict = {}
         self.started = time.time()
 
     def _write(self) -> None:
-        (self.folder / RUN_FILE).write_text(json.dumps(_plain(self.info), indent=1))
+        if self.main:
+            (self.folder / RUN_FILE).write_text(json.dumps(_plain(self.info), indent=1))
 
     def start(self, config, run, info: dict) -> None:
         """Record the settings before training (``status: running``)."""
@@ -78,6 +83,8 @@ class RunLog:
                      "run": run, "versions": versions(),
                      "started": time.strftime("%Y-%m-%d %H:%M:%S")}  # fmt: skip
         self._write()
+        if not self.main:
+            return
         print(f"{self.algo}: {info.get('items', '?')} training items from "
               f"{getattr(run, 'data', '')}; writing to {self.folder}")  # fmt: skip
 
@@ -86,6 +93,8 @@ class RunLog:
         folder (``final``) or ``checkpoint-<step>/``. A policy with a value head (PPO) also
         writes the head to ``value_head.safetensors``."""
         folder = self.folder if final else self.folder / f"checkpoint-{step}"
+        if not self.main:
+            return folder
         lm = getattr(model, "lm", model)
         lm.save_pretrained(folder)
         if tokenizer is not None:
@@ -103,6 +112,8 @@ class RunLog:
 
     def finish(self, history, extra: dict | None = None) -> None:
         """Metrics to CSV (and TensorBoard), the result into ``run.json``, a summary printed."""
+        if not self.main:
+            return
         frame = history.to_frame()
         frame.to_csv(self.folder / "metrics.csv")
         evaluations = [e for e in history.evaluations if len(e) > 1]

@@ -402,3 +402,51 @@ def test_shipped_training_configs_parse(path):
     for key, value in yaml.safe_load(path.read_text()).items():
         assert getattr(run if hasattr(run, key) else config, key) == value, key
     assert Path(run.data).is_file() or run.data.startswith("data/")
+
+
+def test_an_algorithm_without_data_parallel_refuses_several_processes(tmp_path, capsys,
+                                                                       monkeypatch):  # fmt: skip
+    monkeypatch.setenv("WORLD_SIZE", "2")  # as torchrun --nproc_per_node 2 sets it
+    data = _jsonl(tmp_path / "p.jsonl", PAIRS)
+    line = _one_line_error(capsys, "train", "dpo", "--data", data)
+    assert "runs in one process for now" in line and "data-parallel: sft" in line
+
+
+@pytest.mark.slow
+def test_sft_under_torchrun_follows_the_one_process_run(tmp_path, capsys, tiny_folder):
+    """`torchrun --nproc_per_node 2 -m rlhf_lessons train sft ...`: two processes split every
+    minibatch; the loss curve in metrics.csv equals the one-process run's, and only the first
+    process writes the run folder."""
+    import os
+    import socket
+    import subprocess
+    import sys
+
+    import pandas as pd
+
+    import rlhf_lessons
+
+    records = [{"prompt": p["prompt"], "completion": p["chosen"]} for p in PAIRS * 3]
+    data = _jsonl(tmp_path / "sft.jsonl", records)
+    flags = ["train", "sft", "--data", data, "--model", tiny_folder, "--batch-size", "5",
+             "--epochs", "2", "--lr", "0.01", "--threads", "1", "--warmup-steps", "0"]  # fmt: skip
+    code, _, err = _run(capsys, *flags, "--output-dir", str(tmp_path / "one"))
+    assert code == 0, err
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    root = str(Path(rlhf_lessons.__file__).resolve().parents[1])
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([root, os.environ.get("PYTHONPATH", "")])}
+    done = subprocess.run(
+        [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--nnodes", "1",
+         "--master_addr", "127.0.0.1", "--master_port", str(port), "-m", "rlhf_lessons", *flags,
+         "--output-dir", str(tmp_path / "two")],
+        env=env, capture_output=True, text=True, timeout=900,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr[-3000:]
+    one = pd.read_csv(tmp_path / "one" / "metrics.csv")["loss"]
+    two = pd.read_csv(tmp_path / "two" / "metrics.csv")["loss"]
+    assert len(one) == len(two) == 6  # 12 records, minibatches of 5 (5 + 5 + 2), 2 epochs
+    assert (one - two).abs().max() < 1e-5
+    info = json.loads((tmp_path / "two" / "run.json").read_text())
+    assert info["status"] == "done" and info["processes"] == 2

@@ -203,3 +203,32 @@ def test_accelerate_configs_are_valid_launch_configs(path):
     assert args.num_processes >= 2
     if path.stem == "fsdp2":
         assert str(args.fsdp_version) == "2" and args.fsdp_state_dict_type == "FULL_STATE_DICT"
+
+
+@pytest.mark.slow
+def test_the_sft_trainer_in_two_processes_equals_one(tmp_path):
+    """train_sft itself under torchrun: 2 processes split every minibatch's rows (an even and an
+    uneven split; the loss is a mean over tokens, which the two shares hold in different
+    numbers) and follow the 1-process loss curve step by step."""
+    from rlhf_lessons.distributed import demo_sft_run
+
+    runs = [{"demo": "sft", "batch_size": 8}, {"demo": "sft", "records": 13, "batch_size": 5,
+            "steps": 4}]  # fmt: skip
+    two = _torchrun(tmp_path / "curves.json", runs)
+    assert two["processes"] == 2 and two["engine"] == "MULTI_CPU"
+    for kwargs, curve in zip(runs, two["curves"], strict=True):
+        one = demo_sft_run(Parallel(), **{k: v for k, v in kwargs.items() if k != "demo"})
+        assert len(one) == len(curve) == kwargs.get("steps", 6)
+        assert one[-1]["loss"] < one[0]["loss"]  # it trains
+        for a, b in zip(one, curve, strict=True):
+            assert a["loss"] == pytest.approx(b["loss"], abs=1e-5), (kwargs, a, b)
+
+
+def test_sft_shares_weigh_tokens_not_rows():
+    """The weights the SFT trainer gives two processes' losses make the token mean of the whole
+    minibatch: shares of 3 and 9 tokens -> scales 2 * 3/12 and 2 * 9/12."""
+    par = Parallel()
+    par.accelerator = type("Two", (), {"num_processes": 2})()  # scale() only reads the count
+    mean_a, mean_b = 2.0, 4.0  # token means of the two shares
+    total = (par.scale(3, 12) * mean_a + par.scale(9, 12) * mean_b) / 2  # DDP averages
+    assert total == pytest.approx((3 * mean_a + 9 * mean_b) / 12)

@@ -19,12 +19,12 @@ from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass
 
 import torch
-from torch import nn
 
 from rlhf_lessons import lm
 from rlhf_lessons.course.device import torch_threads
 from rlhf_lessons.course.progress import progress
 from rlhf_lessons.course.seeding import seed_everything
+from rlhf_lessons.distributed import Parallel
 from rlhf_lessons.training import EvalFn, History, Stopwatch, trainable_parameters, warmup_schedule
 
 
@@ -114,16 +114,24 @@ def train_sft(
     eval_fn: EvalFn | None = None,
     eval_every: int = 0,
     show_progress: bool = True,
+    parallel: Parallel | None = None,
 ) -> History:
     """Fine-tune ``policy`` in place on ``{"prompt", "completion"}`` records (the prompt is a
     user message, formatted with :func:`rlhf_lessons.lm.format_prompt` when ``config.chat``).
+
+    Data-parallel when launched with several processes (``torchrun --nproc_per_node N``,
+    ``accelerate launch``; or pass ``parallel``): every process walks the same minibatches and
+    computes its share of each one's rows (:mod:`rlhf_lessons.distributed`); the loss, a mean
+    over the minibatch's completion tokens, is weighted so that one step equals the
+    one-process step. In one process nothing changes.
 
     Returns a :class:`~rlhf_lessons.training.History` with one row per step (``loss``,
     ``seconds``) and ``info["examples"]``.
     """
     cfg = config or SFTConfig()
     data = check_sft_data(data)
-    params = trainable_parameters(policy)
+    par = parallel if parallel is not None else Parallel.for_trainer()
+    trainable_parameters(policy)  # fails early, naming the fix, if nothing would train
     history = History("sft", asdict(cfg), info={"examples": len(data)})
     with torch_threads(cfg.threads):
         seed_everything(cfg.seed)
@@ -131,9 +139,11 @@ def train_sft(
                    for r in data]  # fmt: skip
         batch = lm.tokenize_pairs(tokenizer, prompts, [r["completion"] for r in data],
                                   cfg.max_prompt_length, cfg.max_completion_length, cfg.add_eos)  # fmt: skip
-        device = next(policy.parameters()).device
-        optimizer = torch.optim.Adam(params, lr=cfg.lr)
-        schedule = warmup_schedule(optimizer, cfg.warmup_steps)
+        optimizer = torch.optim.Adam(trainable_parameters(policy), lr=cfg.lr)
+        schedule = warmup_schedule(optimizer, cfg.warmup_steps)  # built before prepare (see par)
+        model, optimizer = par.prepare(policy, optimizer)  # (policy, optimizer) in one process
+        params = trainable_parameters(model)
+        device = par.device or next(policy.parameters()).device
         generator = torch.Generator().manual_seed(cfg.seed)
         total = math.ceil(len(data) / cfg.batch_size) * cfg.epochs
         total = min(total, cfg.max_steps or total)
@@ -146,13 +156,17 @@ def train_sft(
         bar = progress(total=total, desc="SFT", disable=not show_progress)
         for idx in itertools.islice(minibatches, total):
             with watch:
-                rows = batch.rows(idx).trimmed().to(device)
-                loss, m = sft_loss(lm.token_logprobs(policy, rows), rows.completion_mask)
+                shard = par.shard(idx)  # this process's rows (all of them in one process)
+                rows = batch.rows(shard.index).trimmed().to(device)
+                loss, m = sft_loss(lm.token_logprobs(model, rows), rows.completion_mask)
+                tokens = rows.completion_mask.sum().item() if shard.rows else 0
                 optimizer.zero_grad()
-                loss.backward()
-                nn.utils.clip_grad_norm_(params, cfg.max_grad_norm)
+                # a mean over this process's tokens, weighted to the minibatch's token mean
+                par.backward(loss * par.scale(tokens, batch.completion_mask[idx].sum().item()))
+                par.clip_grad_norm_(params, cfg.max_grad_norm)
                 optimizer.step()
                 schedule.step()
+                m = par.mean(m, tokens)  # the whole minibatch's loss, the same everywhere
             history.log(seconds=watch.seconds, **m)
             bar.update(1)
             bar.set_postfix(loss=f"{m['loss']:.3f}")
