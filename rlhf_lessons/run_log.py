@@ -25,7 +25,6 @@ from pathlib import Path
 from typing import Any
 
 RUN_FILE = "run.json"
-VALUE_HEAD_FILE = "value_head.safetensors"
 
 
 def read_run_info(folder: str | Path) -> dict:
@@ -95,15 +94,9 @@ class RunLog:
         folder = self.folder if final else self.folder / f"checkpoint-{step}"
         if not self.main:
             return folder
-        lm = getattr(model, "lm", model)
-        lm.save_pretrained(folder)
+        model.save_pretrained(folder)  # a PolicyWithValueHead writes its value head too
         if tokenizer is not None:
             tokenizer.save_pretrained(folder)
-        if hasattr(model, "v_head"):
-            from safetensors.torch import save_file
-
-            head = {k: v.detach().cpu().contiguous() for k, v in model.v_head.state_dict().items()}
-            save_file(head, str(folder / VALUE_HEAD_FILE))
         if not final:
             (folder / RUN_FILE).write_text(
                 json.dumps(_plain({**self.info, "step": step}), indent=1)

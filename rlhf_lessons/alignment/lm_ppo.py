@@ -37,6 +37,7 @@ import random
 from collections import defaultdict
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
+from pathlib import Path
 
 import torch
 from torch import nn
@@ -47,14 +48,22 @@ from rlhf_lessons.alignment.kl_control import (
     FixedKLController,
     shape_rewards,
 )
-from rlhf_lessons.alignment.rollouts import RewardFn, Rollout, collect_rollout, forward_by_length
+from rlhf_lessons.alignment.rollouts import (
+    RewardFn,
+    Rollout,
+    collect_rollout,
+    forward_by_length,
+    logprobs_in_chunks,
+)
 from rlhf_lessons.course.device import torch_threads
 from rlhf_lessons.course.progress import progress
 from rlhf_lessons.course.seeding import seed_everything
-from rlhf_lessons.lm import Batch, token_logprobs_and_states
+from rlhf_lessons.lm import Batch, token_logprobs_and_states, tokenize_pairs
 from rlhf_lessons.rl.advantages import gae, masked_mean, masked_whiten
 from rlhf_lessons.rl.ppo import clipped_surrogate_loss, value_loss
 from rlhf_lessons.training import EvalFn, History, Stopwatch, mean, trainable_parameters
+
+VALUE_HEAD_FILE = "value_head.safetensors"  # next to the model's own files
 
 
 class PolicyWithValueHead(nn.Module):
@@ -85,6 +94,38 @@ class PolicyWithValueHead(nn.Module):
     def _forward(self, batch: Batch, temperature: float):
         logp, states, entropy = token_logprobs_and_states(self.lm, batch, temperature)
         return logp, self.v_head(states).squeeze(-1), entropy
+
+    def save_pretrained(self, folder, tokenizer=None) -> Path:
+        """The language model as ``lm.save_pretrained`` writes it (a LoRA adapter alone for a
+        peft model), the value head to ``value_head.safetensors``, and the tokenizer."""
+        from safetensors.torch import save_file
+
+        folder = Path(folder)
+        self.lm.save_pretrained(folder)
+        if tokenizer is not None:
+            tokenizer.save_pretrained(folder)
+        head = {k: v.detach().cpu().contiguous() for k, v in self.v_head.state_dict().items()}
+        save_file(head, str(folder / VALUE_HEAD_FILE))
+        return folder
+
+    @classmethod
+    def from_pretrained(cls, folder, lm=None, **kwargs) -> PolicyWithValueHead:
+        """A policy saved by :meth:`save_pretrained`: ``lm`` if given (e.g. the base model
+        with the saved adapter loaded), else ``AutoModelForCausalLM.from_pretrained(folder,
+        **kwargs)``; the value head from the folder (a folder without one is an error: a
+        fresh head is ``PolicyWithValueHead(lm)``)."""
+        from safetensors.torch import load_file
+        from transformers import AutoModelForCausalLM
+
+        path = Path(folder) / VALUE_HEAD_FILE
+        if not path.is_file():
+            raise FileNotFoundError(f"{path} is missing: {folder} was not saved with its value "
+                                    "head; start a fresh one with PolicyWithValueHead(lm)")  # fmt: skip
+        policy = cls(
+            lm if lm is not None else AutoModelForCausalLM.from_pretrained(folder, **kwargs)
+        )
+        policy.v_head.load_state_dict(load_file(str(path)))
+        return policy.to(next(policy.lm.parameters()).device)
 
 
 @dataclass
@@ -158,6 +199,96 @@ def lm_advantages(
     return masked_whiten(adv.T, mask), returns.T * mask
 
 
+class LMPPO:
+    """PPO's state between updates: the policy, the frozen reference, Adam and the KL
+    controller. :meth:`update` is one PPO update on a rollout; :meth:`step` builds that rollout
+    from completions you sampled and scored yourself (old TRL's ``PPOTrainer.step(queries,
+    responses, scores)``); :func:`train_lm_ppo` is the loop that samples, then updates.
+    """
+
+    def __init__(
+        self, policy: PolicyWithValueHead, tokenizer, config: LMPPOConfig | None = None, *,
+        ref: nn.Module,
+    ) -> None:  # fmt: skip
+        if any(p is q for p in policy.lm.parameters() for q in ref.parameters()):
+            raise ValueError("the policy and ref share weights: pass a copy (copy.deepcopy(ref))")
+        self.policy, self.tokenizer, self.ref = policy, tokenizer, ref
+        self.cfg = cfg = config or LMPPOConfig()
+        self.params = trainable_parameters(policy.lm)
+        ref.eval()  # never trained: its log-probs are taken under no_grad
+        policy.eval()  # dropout off for rollouts and updates alike ("N details", no. 8)
+        self.optimizer = torch.optim.Adam(policy.parameters(), lr=cfg.lr, eps=1e-5)
+        self.kl_ctl = (AdaptiveKLController(cfg.beta, cfg.kl_target, cfg.kl_horizon)
+                       if cfg.adaptive_kl else FixedKLController(cfg.beta))  # fmt: skip
+
+    def update(self, ro: Rollout) -> dict[str, float]:
+        """One PPO update on the rollout ``ro`` (its ``ref_logp`` and ``scores`` filled in);
+        returns the rollout's and the update's metrics (see :func:`train_lm_ppo`)."""
+        cfg, policy, tau, mask = self.cfg, self.policy, self.cfg.temperature, ro.mask
+        # 1. The policy's log-probs and values of the sampled tokens, at temperature tau.
+        with torch.no_grad():
+            logp, old_values, _ = policy(ro.batch, tau)
+        ro.logp, old_values = logp * mask, old_values * mask
+
+        # 2. Per-token rewards: -beta * kl_t everywhere, plus the score at the last token.
+        beta = self.kl_ctl.value
+        rewards, shaped = shape_rewards(ro.scores, ro.logp, ro.ref_logp, mask, beta,
+                                        cfg.kl_estimator)  # fmt: skip
+        if cfg.whiten_rewards:
+            rewards = masked_whiten(rewards, mask, shift_mean=False)
+        advantages, returns = lm_advantages(rewards, old_values, mask, cfg.gamma, cfg.gae_lambda)
+
+        # 3. PPO epochs over shuffled minibatches of the batch.
+        stats = defaultdict(list)
+        for _ in range(cfg.epochs):
+            for idx in torch.randperm(len(ro)).split(cfg.minibatch_size):
+                new_logp, new_values, entropy = policy(ro.batch.rows(idx), tau)
+                pg_loss, pg = clipped_surrogate_loss(
+                    new_logp, ro.logp[idx], advantages[idx], cfg.clip_eps, mask[idx]
+                )
+                vf_loss, vf = value_loss(
+                    new_values, old_values[idx], returns[idx], cfg.clip_value, mask[idx]
+                )
+                loss = pg_loss + cfg.vf_coef * vf_loss
+                self.optimizer.zero_grad()
+                loss.backward()
+                nn.utils.clip_grad_norm_(policy.parameters(), cfg.max_grad_norm)
+                self.optimizer.step()
+                for k, v in (*pg.items(), *vf.items()):
+                    stats[k].append(v)
+                stats["entropy"].append(masked_mean(entropy.detach(), mask[idx]).item())
+
+        # 4. The adaptive controller moves beta towards the KL target.
+        self.kl_ctl.update(shaped["kl"], len(ro))
+        return {"score": shaped["score"], "kl": shaped["kl"], "beta": beta,
+                "reward": shaped["reward"], "length": ro.lengths().float().mean().item(),
+                "ended": ro.ended.float().mean().item(),
+                **{k: mean(v) for k, v in stats.items()}}  # fmt: skip
+
+    def step(
+        self, prompts: Sequence[str], completions: Sequence[str], scores, add_eos: bool = True
+    ) -> dict[str, float]:
+        """One PPO update on completions sampled and scored elsewhere.
+
+        ``prompts``: formatted prompts (B); ``completions``: the policy's completions of them,
+        as text (B); ``scores``: (B,) their rewards (a reward model's, a judge's, a person's).
+        ``add_eos``: the completions ended (an EOS token is appended, as the policy emitted
+        it); False for completions cut off by a length limit. Returns :meth:`update`'s metrics.
+        """
+        scores = torch.as_tensor(scores, dtype=torch.float32).flatten()
+        if not len(prompts) == len(completions) == len(scores):
+            raise ValueError(f"got {len(prompts)} prompts, {len(completions)} completions and "
+                             f"{len(scores)} scores: pass one of each per sample")  # fmt: skip
+        if len(prompts) < self.cfg.minibatch_size:
+            raise ValueError(f"a step needs at least minibatch_size ({self.cfg.minibatch_size}) "
+                             f"samples, got {len(prompts)}")  # fmt: skip
+        batch = tokenize_pairs(self.tokenizer, prompts, completions, add_eos=add_eos)
+        ref_logp = logprobs_in_chunks(self.ref, batch, self.cfg.temperature) * batch.completion_mask
+        ended = torch.full((len(batch),), add_eos and self.tokenizer.eos_token_id is not None)
+        return self.update(Rollout(list(prompts), list(completions), batch, None, ref_logp,
+                                   scores, scores, ended))  # fmt: skip
+
+
 def train_lm_ppo(
     policy: PolicyWithValueHead,
     tokenizer,
@@ -188,76 +319,27 @@ def train_lm_ppo(
             f"prompts has {len(prompts)} prompts, fewer than batch_size {cfg.batch_size}: pass "
             "more prompts or a smaller batch"
         )
-    if any(p is q for p in policy.lm.parameters() for q in ref.parameters()):
-        raise ValueError("the policy and ref share weights: pass a copy (copy.deepcopy(ref))")
-    params = trainable_parameters(policy.lm)
+    ppo = LMPPO(policy, tokenizer, cfg, ref=ref)  # Adam, the KL controller, the checks
     seed_everything(cfg.seed)
     rng = random.Random(cfg.seed)
-    ref.eval()  # never trained: collect_rollout runs it under no_grad
-    policy.eval()  # dropout off for rollouts and updates alike ("N details", no. 8)
-    optimizer = torch.optim.Adam(policy.parameters(), lr=cfg.lr, eps=1e-5)
-    kl_ctl = (AdaptiveKLController(cfg.beta, cfg.kl_target, cfg.kl_horizon) if cfg.adaptive_kl
-              else FixedKLController(cfg.beta))  # fmt: skip
     history = History(
-        "ppo", asdict(cfg), info={"trainable_parameters": sum(p.numel() for p in params)}
+        "ppo", asdict(cfg), info={"trainable_parameters": sum(p.numel() for p in ppo.params)}
     )
-    watch, tau = Stopwatch(), cfg.temperature
+    watch = Stopwatch()
     with torch_threads(cfg.threads):
         if eval_every:
             history.evaluate(eval_fn, policy.lm)
         for _ in progress(range(cfg.iterations), desc="PPO", disable=not show_progress):
             with watch:
-                # 1. Rollout: sample, score, the reference's log-probs; then one pass of the
-                # policy for its log-probs and values, all at temperature tau.
-                ro: Rollout = collect_rollout(
+                # Rollout: sample, score, the reference's log-probs (the policy's come with its
+                # values in the update's first pass); then the PPO update (LMPPO.update).
+                ro = collect_rollout(
                     policy.lm, ref, tokenizer, rng.sample(list(prompts), cfg.batch_size),
-                    reward_fn, max_new_tokens=cfg.max_new_tokens, temperature=tau,
+                    reward_fn, max_new_tokens=cfg.max_new_tokens, temperature=cfg.temperature,
                     missing_eos_penalty=cfg.missing_eos_penalty, policy_logprobs=False,
                 )  # fmt: skip
-                mask = ro.mask
-                with torch.no_grad():
-                    logp, old_values, _ = policy(ro.batch, tau)
-                ro.logp, old_values = logp * mask, old_values * mask
-
-                # 2. Per-token rewards: -beta * kl_t everywhere, plus the score at the last token.
-                beta = kl_ctl.value
-                rewards, shaped = shape_rewards(
-                    ro.scores, ro.logp, ro.ref_logp, mask, beta, cfg.kl_estimator
-                )
-                if cfg.whiten_rewards:
-                    rewards = masked_whiten(rewards, mask, shift_mean=False)
-                advantages, returns = lm_advantages(
-                    rewards, old_values, mask, cfg.gamma, cfg.gae_lambda
-                )
-
-                # 3. PPO epochs over shuffled minibatches of the batch.
-                stats = defaultdict(list)
-                for _ in range(cfg.epochs):
-                    for idx in torch.randperm(cfg.batch_size).split(cfg.minibatch_size):
-                        new_logp, new_values, entropy = policy(ro.batch.rows(idx), tau)
-                        pg_loss, pg = clipped_surrogate_loss(
-                            new_logp, ro.logp[idx], advantages[idx], cfg.clip_eps, mask[idx]
-                        )
-                        vf_loss, vf = value_loss(
-                            new_values, old_values[idx], returns[idx], cfg.clip_value, mask[idx]
-                        )
-                        loss = pg_loss + cfg.vf_coef * vf_loss
-                        optimizer.zero_grad()
-                        loss.backward()
-                        nn.utils.clip_grad_norm_(policy.parameters(), cfg.max_grad_norm)
-                        optimizer.step()
-                        for k, v in (*pg.items(), *vf.items()):
-                            stats[k].append(v)
-                        stats["entropy"].append(masked_mean(entropy.detach(), mask[idx]).item())
-
-                # 4. The adaptive controller moves beta towards the KL target.
-                kl_ctl.update(shaped["kl"], cfg.batch_size)
-            history.log(
-                seconds=watch.seconds, score=shaped["score"], kl=shaped["kl"], beta=beta,
-                reward=shaped["reward"], length=ro.lengths().float().mean().item(),
-                ended=ro.ended.float().mean().item(),
-                **{k: mean(v) for k, v in stats.items()},
-            )  # fmt: skip
+                metrics = ppo.update(ro)
+            history.log(seconds=watch.seconds, **metrics)
             if history.due(eval_every, cfg.iterations):
                 history.evaluate(eval_fn, policy.lm)
         history.info["samples"] = ro.samples()
