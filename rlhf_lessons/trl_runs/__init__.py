@@ -16,7 +16,10 @@ DPO, IPO, hinge and SimPO; :mod:`~rlhf_lessons.trl_runs.rloo_grpo` for RLOO and 
 
 from __future__ import annotations
 
+import contextlib
 import importlib
+import os
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -46,6 +49,30 @@ class TRLRun:
         if name.startswith("__") or "history" not in self.__dict__:
             raise AttributeError(name)
         return getattr(self.__dict__["history"], name)
+
+
+@contextlib.contextmanager
+def quiet_bars(quiet: bool = True) -> Iterator[None]:
+    """No progress bars while a TRL trainer is built (it maps its datasets, a bar each, and may
+    load a reference model): ``datasets``' switch and tqdm's ``TQDM_DISABLE``, restored after.
+    ``quiet=False`` leaves both as they are."""
+    import datasets
+
+    if not quiet:
+        yield
+        return
+    bars, tqdm_off = datasets.is_progress_bar_enabled(), os.environ.get("TQDM_DISABLE")
+    datasets.disable_progress_bars()
+    os.environ["TQDM_DISABLE"] = "1"
+    try:
+        yield
+    finally:
+        if bars:
+            datasets.enable_progress_bars()
+        if tqdm_off is None:
+            os.environ.pop("TQDM_DISABLE", None)
+        else:
+            os.environ["TQDM_DISABLE"] = tqdm_off
 
 
 def train_with_trl(

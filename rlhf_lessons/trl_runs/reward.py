@@ -21,7 +21,6 @@ history holds ``loss``, ``accuracy``, ``margin`` and ``seconds``, named as in ou
 
 from __future__ import annotations
 
-import os
 import tempfile
 import time
 import warnings
@@ -36,7 +35,7 @@ from rlhf_lessons.rewards.reward_model import (
     reward_batches,
 )
 from rlhf_lessons.training import History
-from rlhf_lessons.trl_runs import TRLRun, in_order
+from rlhf_lessons.trl_runs import TRLRun, in_order, quiet_bars
 
 
 def trl_pairs_dataset(scorer: HFSequenceScorer, batches):
@@ -84,7 +83,6 @@ def run(
     """Train ``policy`` (in place) on the pairs of the ranked records ``data`` with TRL's
     ``RewardTrainer`` at the settings of ``config`` (``mode="pairs"``; see the module
     docstring). ``reward_fn`` must be None: the reward model is what is trained."""
-    import datasets
     from transformers import PrinterCallback, ProgressCallback
     from transformers.utils.notebook import NotebookProgressCallback
     from trl import RewardConfig, RewardTrainer
@@ -123,21 +121,11 @@ def run(
             save_strategy="no", logging_steps=1, disable_tqdm=True, max_length=None,
             dataloader_num_workers=0,
         )  # fmt: skip
-        bars, tqdm_off = datasets.is_progress_bar_enabled(), os.environ.get("TQDM_DISABLE")
-        datasets.disable_progress_bars()  # TRL's dataset.map calls
-        os.environ["TQDM_DISABLE"] = "1"
-        try:
+        with quiet_bars():  # TRL's dataset.map calls
             trainer = in_order(RewardTrainer)(
                 model=model, args=args, train_dataset=trl_pairs_dataset(scorer, batches),
                 processing_class=scorer.tokenizer,
             )  # fmt: skip
-        finally:
-            if bars:
-                datasets.enable_progress_bars()
-            if tqdm_off is None:
-                os.environ.pop("TQDM_DISABLE", None)
-            else:
-                os.environ["TQDM_DISABLE"] = tqdm_off
         for callback in (PrinterCallback, ProgressCallback, NotebookProgressCallback):
             trainer.remove_callback(callback)
         clock = _callback(show_progress, len(batches))
