@@ -303,6 +303,11 @@ def train_run(algo: str, config, run: RunArgs) -> RunLog:
             "across processes yet); start it without torchrun / accelerate launch (data-"
             f"parallel: {', '.join(sorted(DATA_PARALLEL))})"
         )
+    if run.engine not in ("ours", "trl"):
+        raise CLIError(f"--engine must be 'ours' or 'trl', got {run.engine!r}")
+    if run.engine == "trl" and (algo == "cdpo" or run.ref_model):
+        raise CLIError("--engine trl runs dpo, ipo, hinge, simpo, grpo and rloo with the model "
+                       "before training as the reference: drop --ref-model, or use --engine ours")  # fmt: skip
     items = convert(kind, data_io.read_records(run.data, run.split, run.limit), run)
     evals = None
     if run.eval_data:
@@ -329,14 +334,32 @@ def train_run(algo: str, config, run: RunArgs) -> RunLog:
         info["items"] = len(items)
         total = _steps(kind, config, len(items))
         callback = StepCallback(log, tokenizer, total, run.save_every, run.eval_every, eval_fn)
-        log.start(config, run, info)
-        history = trainer(model, tokenizer, items, config, eval_fn=callback if callback.every
-                          else None, eval_every=callback.every, show_progress=True, **extra)  # fmt: skip
+        log.start(config, run, {**info, "engine": run.engine})
+        if run.engine == "trl":  # TRL's trainer on the same data and config; evaluated at the end
+            history, model = _with_trl(kind, config, model, tokenizer, items, extra)
+            callback = StepCallback(log, tokenizer, total, 0, 0, eval_fn)
+        else:
+            history = trainer(model, tokenizer, items, config, eval_fn=callback if callback.every
+                              else None, eval_every=callback.every, show_progress=True, **extra)  # fmt: skip
         if eval_fn is not None and not callback.every:
             history.evaluate(eval_fn, getattr(model, "lm", model))
     log.save_model(model, tokenizer, final=True)
     log.finish(history)
     return log
+
+
+def _with_trl(kind: str, config, model, tokenizer, items, extra):
+    """``--engine trl``: TRL's DPOTrainer / CPOTrainer (SimPO) / GRPOTrainer / RLOOTrainer at
+    the settings of our config (:mod:`rlhf_lessons.trl_runs`); its history in our columns."""
+    from rlhf_lessons.trl_runs import train_with_trl
+
+    algo = config.loss if kind == "dpo" else config.method
+    try:
+        done = train_with_trl(algo, model, tokenizer, items, config,
+                              reward_fn=extra.get("reward_fn"), show_progress=True)  # fmt: skip
+    except ValueError as err:  # TRL's limits (e.g. truncation it does differently), named
+        raise CLIError(f"--engine trl: {err}") from None
+    return done.history, done.policy
 
 
 def _check_reward_model(algo: str, run: RunArgs) -> None:

@@ -89,14 +89,15 @@ class RunArgs:
     reward_model: str = ""  # grpo, rloo, ppo: a saved reward model folder (required)
     max_truncated_share: float = 0.1  # refuse when token limits would cut more of the data
     device: str = "auto"  # cpu, cuda, cuda:N or auto
+    engine: str = "ours"  # ours (the course's trainer) or trl (TRL's trainer, same data and config)
     config: str = ""  # a YAML file of flag values (the command line wins)
 
 
 #: The RunArgs fields each kind of algorithm uses (the others are not flags for it).
 RUN_FIELDS = {
     "sft": {"chat", "ranked_pairs"},
-    "dpo": {"chat", "ranked_pairs", "ref_model"},
-    "rl": {"chat", "reward_model"},
+    "dpo": {"chat", "ranked_pairs", "ref_model", "engine"},
+    "rl": {"chat", "reward_model", "engine"},
     "ppo": {"chat", "reward_model"},
     "reward": {"ranked_pairs"},
 }
