@@ -458,7 +458,9 @@ def test_engine_trl_runs_trls_dpo_trainer_on_the_same_data_and_config(tmp_path, 
     same order; its loss curve equals ours (the TRL parity the lesson tests, here end to end)."""
     import pandas as pd
 
-    data = _jsonl(tmp_path / "p.jsonl", PAIRS)
+    # TRL tokenises prompt + completion as one text: with this word tokenizer the prompt must
+    # end in a space, or its last word and the completion's first would merge
+    data = _jsonl(tmp_path / "p.jsonl", [{**p, "prompt": p["prompt"] + " "} for p in PAIRS])
     flags = ["train", "dpo", "--data", data, "--model", tiny_folder, "--batch-size", "2",
              "--epochs", "1", "--lr", "0.01", "--beta", "0.5", "--threads", "1", "--eval-data",
              data]  # fmt: skip
