@@ -6,6 +6,16 @@ import pytest
 os.environ.setdefault("RLHF_LESSONS_PROGRESS", "0")
 
 
+def pytest_configure(config):
+    """Under pytest-xdist (``make test``: one worker per core) every test process computes on
+    one torch thread: two workers of two threads each oversubscribe a 2-core machine, and the
+    tests' small models gain nothing from a second thread (it spin-waits instead)."""
+    if os.environ.get("PYTEST_XDIST_WORKER"):
+        import torch
+
+        torch.set_num_threads(1)
+
+
 @pytest.fixture
 def tmp_cache(tmp_path, monkeypatch):
     monkeypatch.setenv("RLHF_LESSONS_CACHE", str(tmp_path / "cache"))
