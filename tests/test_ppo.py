@@ -163,3 +163,56 @@ def test_ppo_learns_cartpole():
     assert solved is not None, history.evaluations
     assert solved[0] <= 60_000  # rl-zoo settings solve CartPole in well under 100k steps
     assert history.final_return >= SOLVED_RETURN
+
+
+def test_one_update_equals_stable_baselines3(monkeypatch):
+    # Same weights, same rollout, rl-zoo settings: our GAE must give SB3's advantages, and our
+    # 20 epochs (advantage normalisation, clipped surrogate, value loss, joint grad-norm clip,
+    # Adam eps 1e-5) must move every parameter where SB3's PPO.train() moves it. So a gap in
+    # env steps to solve cannot come from the update rule.
+    sb3 = pytest.importorskip("stable_baselines3")
+    from stable_baselines3.common.env_util import make_vec_env
+
+    from rlhf_lessons.rl import ppo
+    from rlhf_lessons.rl.advantages import gae
+
+    cfg = PPOConfig.rl_zoo(total_timesteps=256)  # one iteration: lr 1e-3 and clip 0.2 unannealed
+    model = sb3.PPO(
+        "MlpPolicy", make_vec_env("CartPole-v1", n_envs=8, seed=0), n_steps=32, batch_size=256,
+        n_epochs=20, gamma=0.98, gae_lambda=0.8, ent_coef=0.0, learning_rate=1e-3,
+        clip_range=0.2, seed=0, device="cpu",
+    )  # fmt: skip
+    pol = model.policy
+    layers = {
+        "actor.0": pol.mlp_extractor.policy_net[0], "actor.2": pol.mlp_extractor.policy_net[2],
+        "actor.4": pol.action_net, "critic.0": pol.mlp_extractor.value_net[0],
+        "critic.2": pol.mlp_extractor.value_net[2], "critic.4": pol.value_net,
+    }  # fmt: skip
+    ours = ActorCritic()
+    with torch.no_grad():
+        for name, theirs in layers.items():
+            ours.get_submodule(name).weight.copy_(theirs.weight)
+            ours.get_submodule(name).bias.copy_(theirs.bias)
+    _, callback = model._setup_learn(cfg.total_timesteps, None)
+    model.collect_rollouts(model.env, callback, model.rollout_buffer, n_rollout_steps=32)
+    buf = model.rollout_buffer
+    # SB3 stores "episode started before step t"; ours "episode ended after step t"
+    ends = torch.as_tensor(buf.episode_starts[1:].tolist() + [model._last_episode_starts.tolist()])
+    assert ends.sum() > 0  # some episodes end inside the rollout: the cut is exercised
+    t = lambda x: torch.as_tensor(x)[None]  # noqa: E731  (T, N) -> (S=1, T, N)
+    rollout = ppo.Rollout(
+        obs=t(buf.observations), actions=t(buf.actions[..., 0]).long(), logp=t(buf.log_probs),
+        values=t(buf.values), rewards=t(buf.rewards), dones=ends.float()[None],
+        next_obs=t(model._last_obs),
+    )  # fmt: skip
+    with torch.no_grad():
+        adv, _ = gae(rollout.rewards[0], rollout.values[0], rollout.dones[0],
+                     ours.value(rollout.next_obs[0]), cfg.gamma, cfg.gae_lambda)  # fmt: skip
+    torch.testing.assert_close(adv, torch.as_tensor(buf.advantages))
+
+    model.train()
+    monkeypatch.setattr(ppo, "collect_rollout", lambda *args: rollout)
+    train_ppo(ours, config=cfg, show_progress=False)
+    for name, theirs in layers.items():
+        torch.testing.assert_close(ours.get_submodule(name).weight, theirs.weight)
+        torch.testing.assert_close(ours.get_submodule(name).bias, theirs.bias)
