@@ -18,7 +18,7 @@ from rlhf_lessons.alignment.dpo import (
     tokenize_preferences,
     train_dpo,
 )
-from rlhf_lessons.alignment.dpo_losses import simpo_loss
+from rlhf_lessons.alignment.simpo import simpo_loss
 from rlhf_lessons.lm import sequence_logprobs, token_logprobs
 from rlhf_lessons.rewards.preference_data import PreferenceDataError
 
@@ -133,7 +133,8 @@ def test_rows_per_pass_keeps_the_logits_within_the_budget(tiny_lm):
 
     model, tok = tiny_lm
     batch = tokenize_preferences(tok, PAIRS)
-    width, vocab = int(batch.attention_mask.sum(-1).max()), model.config.vocab_size
+    # the logits are computed at the completion tokens only (lm.completion_logprobs)
+    width, vocab = int(batch.completion_mask.sum(-1).max()), model.config.vocab_size
     assert rows_per_pass(model, batch, limit=10**9) == LOGITS_BUDGET // (width * vocab)
     assert rows_per_pass(model, batch) == 64  # a tiny vocabulary: the limit binds
 
@@ -278,7 +279,8 @@ def test_training_raises_the_chosen_vs_rejected_margin(tiny_lm, loss):
     assert sum(h.loss[-3:]) / 3 < h.loss[0]
     if loss != "simpo":
         assert before == {"accuracy": 0.5, "ties": 1.0, "margin": 0.0, "rewards_chosen": 0.0,
-                          "rewards_rejected": 0.0, "n_pairs": len(PAIRS)}  # fmt: skip
+                          "rewards_rejected": 0.0, "n_pairs": len(PAIRS),
+                          "correct": [0.5] * len(PAIRS)}  # fmt: skip
 
 
 def test_eval_fn_runs_at_the_start_every_k_steps_and_at_the_end(tiny_lm):
