@@ -94,9 +94,10 @@ def test_torch_threads_none_leaves_the_setting():
 
 
 def _configs():
+    from rlhf_lessons.alignment.dpo import DPOConfig
     from rlhf_lessons.alignment.lm_ppo import LMPPOConfig
 
-    return [LMPPOConfig]
+    return [LMPPOConfig, DPOConfig]
 
 
 @pytest.mark.parametrize("config_cls", _configs())

@@ -319,6 +319,22 @@ def train_dpo(
 
 
 @torch.no_grad()
+def response_logps(
+    model, tokenizer, pairs: Sequence[Mapping], config: DPOConfig | None = None,
+    disable_adapter: bool = False, chunk_size: int | None = None,
+) -> tuple[torch.Tensor, torch.Tensor]:  # fmt: skip
+    """(N,) ``log pi(y_w | x)`` and (N,) ``log pi(y_l | x)`` of N pairs under ``model``: sums of
+    the responses' token log-probs (per-token means when ``config`` averages, as SimPO),
+    tokenised with ``config``'s lengths, on its threads (default :class:`DPOConfig`).
+    ``disable_adapter``: the peft model's base instead (pi_ref of a LoRA policy)."""
+    cfg = config or DPOConfig()
+    batch = tokenize_preferences(tokenizer, pairs, cfg.max_prompt_length,
+                                 cfg.max_completion_length, cfg.add_eos)  # fmt: skip
+    logps = precompute_reference_logps(model, batch, chunk_size, disable_adapter=disable_adapter,
+                                       threads=cfg.threads)  # fmt: skip
+    return logps.select(cfg.average_logps).chunk(2)
+
+
 def implicit_rewards(
     policy,
     tokenizer,
@@ -333,28 +349,22 @@ def implicit_rewards(
     sums or means, the lengths and the threads; ``reference`` is as in
     :func:`implicit_reward_accuracy`."""
     cfg = config or DPOConfig()
-    batch = tokenize_preferences(tokenizer, pairs, cfg.max_prompt_length,
-                                 cfg.max_completion_length, cfg.add_eos)  # fmt: skip
-    logps = precompute_reference_logps(policy, batch, chunk_size, threads=cfg.threads)
-    rewards = logps.select(cfg.average_logps)
+    chosen, rejected = response_logps(policy, tokenizer, pairs, cfg, chunk_size=chunk_size)
     if reference is not None and cfg.needs_reference:
         if isinstance(reference, ReferenceLogps):
-            if len(reference) != len(batch):
+            if len(reference) != 2 * len(chosen):
                 raise ValueError(
                     f"reference holds log-probs of {len(reference)} rows but these pairs make "
-                    f"{len(batch)} (2 per pair): precompute it on tokenize_preferences of the "
-                    "same pairs"
+                    f"{2 * len(chosen)} (2 per pair): precompute it on tokenize_preferences of "
+                    "the same pairs"
                 )
-            ref = reference
-        elif reference is policy and is_peft_model(policy):
-            ref = precompute_reference_logps(policy, batch, chunk_size, disable_adapter=True,
-                                             threads=cfg.threads)  # fmt: skip
+            ref_chosen, ref_rejected = reference.select(cfg.average_logps).chunk(2)
         else:
-            ref = precompute_reference_logps(reference, batch, chunk_size, threads=cfg.threads)
-        rewards = rewards - ref.select(cfg.average_logps)
-    rewards = cfg.beta * rewards
-    n = len(batch) // 2
-    return rewards[:n], rewards[n:]
+            own = reference is policy and is_peft_model(policy)  # a LoRA policy's base
+            ref_chosen, ref_rejected = response_logps(reference, tokenizer, pairs, cfg, own,
+                                                      chunk_size)  # fmt: skip
+        chosen, rejected = chosen - ref_chosen, rejected - ref_rejected
+    return cfg.beta * chosen, cfg.beta * rejected
 
 
 def implicit_reward_accuracy(

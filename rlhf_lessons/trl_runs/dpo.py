@@ -44,12 +44,15 @@ _TRL_LOSS = {"dpo": "sigmoid", "ipo": "ipo", "hinge": "hinge"}
 
 def trl_dataset(tokenizer, pairs: Sequence[Mapping], config: DPOConfig):
     """``pairs`` as the ``datasets.Dataset`` TRL reads: standard-format strings (prompt already
-    rendered with the chat template, as :func:`~rlhf_lessons.alignment.dpo.pair_texts` gives it to our
-    trainer), rows in the order our trainer visits them (all epochs, one after another)."""
+    rendered with the chat template, as :func:`~rlhf_lessons.alignment.dpo.pair_texts` gives our
+    trainer), rows in the order our trainer visits them (all epochs, one after another; with
+    ``config.max_steps``, only the pairs of those steps, so TRL's reference pass covers no more)."""
     from datasets import Dataset
 
     prompts, chosen, rejected = pair_texts(tokenizer, pairs)
     order = torch.cat(pair_order(len(prompts), config)).tolist()
+    if config.max_steps is not None:
+        order = order[: config.max_steps * config.batch_size]
     return Dataset.from_dict({"prompt": [prompts[i] for i in order],
                               "chosen": [chosen[i] for i in order],
                               "rejected": [rejected[i] for i in order]})  # fmt: skip
