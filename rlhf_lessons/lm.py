@@ -234,8 +234,7 @@ def completion_logprobs(
     - with ``share_prompts``, rows with the same prompt tokens (a DPO pair's chosen and rejected
       responses, a GRPO group's samples) run their prompt through the model once
       (:func:`shared_prompt_states`): its keys and values are reused, with gradients, by every
-      completion that follows it. On chat data, where the prompt is half of each row, that is a
-      quarter of a DPO step.
+      completion that follows it: a DPO pair pays for its prompt once instead of twice.
 
     Rows may be left- or right-padded; each row's completion must follow its prompt directly.
     """
