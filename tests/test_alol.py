@@ -9,6 +9,11 @@ import torch
 from rlhf_lessons.alignment.alol import (
     ALoLConfig,
     BatchSampler,
+    resolve_sampling,
+    sampling_weights,
+    train_alol,
+)
+from rlhf_lessons.alignment.alol_data import (
     OfflineDataset,
     OfflineRLData,
     PromptValueHead,
@@ -17,8 +22,6 @@ from rlhf_lessons.alignment.alol import (
     fit_value_head,
     prepare_offline_data,
     prompt_state_mask,
-    sampling_weights,
-    train_alol,
     unit_rewards,
 )
 from rlhf_lessons.lm import Batch, tokenize_pairs
@@ -148,17 +151,22 @@ def _data(rewards, advantages):
 
 def test_good_priority_weights():
     data = _data([0.2, 0.9, 0.5], [-0.3, 0.4, 0.1])
-    torch.testing.assert_close(sampling_weights("a_lol", "good_priority", data),
-                               torch.tensor([0.0, 0.4, 0.1]))  # fmt: skip
-    torch.testing.assert_close(sampling_weights("wbc", "good_priority", data),
-                               torch.tensor([0.2, 0.9, 0.5]))  # fmt: skip
-    assert sampling_weights("a_lol", "uniform", data) is None
+    assert resolve_sampling("a_lol", "good_priority") == "advantage"
+    assert resolve_sampling("wbc", "good_priority") == "reward"
+    assert resolve_sampling("wbc", "advantage") == "advantage"  # the control of lesson 11
+    assert resolve_sampling("nll", "auto") == "uniform"
+    assert resolve_sampling("a_lol", "auto") == "advantage"
+    torch.testing.assert_close(sampling_weights("advantage", data), torch.tensor([0.0, 0.4, 0.1]))
+    torch.testing.assert_close(sampling_weights("reward", data), torch.tensor([0.2, 0.9, 0.5]))
+    assert sampling_weights("uniform", data) is None
     with pytest.raises(ValueError, match="use sampling='uniform'"):
-        sampling_weights("nll", "good_priority", data)
+        resolve_sampling("nll", "good_priority")
+    with pytest.raises(ValueError, match="sampling must be one of"):
+        resolve_sampling("a_lol", "priority")
     with pytest.raises(ValueError, match="needs advantages"):
-        sampling_weights("a_lol_seq", "good_priority", _data([0.5], None))
-    with pytest.raises(ValueError, match="every a_lol sampling weight is 0"):
-        sampling_weights("a_lol", "good_priority", _data([0.5], [-0.1]))
+        sampling_weights("advantage", _data([0.5], None))
+    with pytest.raises(ValueError, match="every advantage sampling weight is 0"):
+        sampling_weights("advantage", _data([0.5], [-0.1]))
 
 
 def test_priority_sampler_draws_in_proportion_and_never_zero_weights():
@@ -178,10 +186,13 @@ def test_uniform_sampler_visits_every_response_once_per_pass():
 
 def test_config_sampling_and_step_scaling():
     assert ALoLConfig(method="nll").sampling == "uniform"
-    assert ALoLConfig(method="wbc").sampling == "good_priority"
-    assert ALoLConfig(method="a_lol", steps=100).total_steps(0.37) == 37
-    assert ALoLConfig(method="a_lol", steps=100, sampling="uniform").total_steps(0.37) == 100
-    assert ALoLConfig(method="r_lol", steps=100).total_steps(0.37) == 100
+    assert ALoLConfig(method="wbc").sampling == "reward"
+    assert ALoLConfig(method="a_lol", max_steps=100).total_steps(0.37) == 37
+    assert ALoLConfig(method="a_lol", max_steps=100, sampling="uniform").total_steps(0.37) == 100
+    assert ALoLConfig(method="r_lol", max_steps=100).total_steps(0.37) == 100
+    # sampling by advantage sees only the positive part, whatever the weight
+    assert ALoLConfig(method="wbc", max_steps=100, sampling="advantage").total_steps(0.37) == 37
+    assert ALoLConfig(method="a_lol", max_steps=100, scale_steps=False).total_steps(0.37) == 100
     with pytest.raises(ValueError, match="nll clones the data"):
         ALoLConfig(method="nll", sampling="good_priority")
     with pytest.raises(ValueError, match="method must be one of"):
@@ -202,37 +213,62 @@ def toy_prepared(tiny_lm):
 @pytest.mark.parametrize("method", ["nll", "wbc", "r_gold", "r_lol", "a_lol", "a_lol_ref_free",
                                     "a_lol_seq", "a_lol_kl"])  # fmt: skip
 def test_train_alol_runs_every_method_and_repeats(tiny_lm, toy_prepared, method):
-    model, _ = tiny_lm
-    config = ALoLConfig(method=method, steps=6, batch_size=4, lr=1e-2)
+    model, tok = tiny_lm
+    config = ALoLConfig(method=method, max_steps=6, batch_size=4, lr=1e-2)
     runs = []
     for _ in range(2):
         policy = copy.deepcopy(model)
-        history = train_alol(policy, toy_prepared, config, eval_fn=lambda p: {"x": 1.0},
+        history = train_alol(policy, tok, toy_prepared, config, eval_fn=lambda p: {"x": 1.0},
                              eval_every=2, show_progress=False)  # fmt: skip
         runs.append((history, policy))
     h = runs[0][0]
     assert h.steps == config.total_steps(toy_prepared.positive_fraction)
     assert h.loss == runs[1][0].loss  # seeded: the same run twice
-    assert [e["step"] for e in h.evaluations][-1] == h.steps
+    steps = [e["step"] for e in h.evaluations]  # before training, every 2 steps, at the end
+    assert steps == [0, *range(2, h.steps, 2), h.steps]
+    assert len(h.seconds) == h.steps and h.info["examples"] == len(toy_prepared)
     changed = any(not torch.equal(a, b) for a, b in zip(model.parameters(),
                   runs[0][1].parameters(), strict=True))  # fmt: skip
     assert changed
     if method in ("r_lol", "a_lol", "a_lol_seq"):
+        # the clip is an identity of the trainer's every step, not a lesson's claim
         assert min(h.weight_min) >= 0.1 - 1e-6 and max(h.weight_max) <= 1.9 + 1e-6
 
 
-def test_good_priority_trains_only_on_positive_advantages(tiny_lm, toy_prepared):
-    model, _ = tiny_lm
-    h = train_alol(copy.deepcopy(model), toy_prepared, ALoLConfig(method="a_lol", steps=10,
-                   batch_size=8), show_progress=False)  # fmt: skip
-    assert all(a > 0 for a in h.advantage)  # every drawn response had A > 0
+def test_trained_importance_weights_stay_in_the_clip_range_as_the_policy_drifts(tiny_lm,
+                                                                                 toy_prepared):  # fmt: skip
+    model, tok = tiny_lm
+    for method in ("r_lol", "a_lol", "a_lol_seq"):
+        h = train_alol(copy.deepcopy(model), tok, toy_prepared,
+                       ALoLConfig(method=method, max_steps=40, batch_size=4, lr=5e-2,
+                                  scale_steps=False), show_progress=False)  # fmt: skip
+        assert max(h.clipfrac) > 0, method  # the policy drifted far enough to be clipped
+        assert min(h.weight_min) >= 0.1 - 1e-6 and max(h.weight_max) <= 1.9 + 1e-6, method
+
+
+@pytest.mark.parametrize("method", ["a_lol", "wbc"])
+def test_sampling_by_advantage_trains_only_on_positive_advantages(tiny_lm, toy_prepared, method):
+    model, tok = tiny_lm
+    h = train_alol(copy.deepcopy(model), tok, toy_prepared,
+                   ALoLConfig(method=method, max_steps=10, batch_size=8, sampling="advantage"),
+                   show_progress=False)  # fmt: skip
+    assert h.info["sampling"] == "advantage"
+    assert all(a > 0 for a in h.batch_advantage)  # every drawn response had A > 0
+
+
+def test_uniform_sampling_draws_negative_advantages_too(tiny_lm, toy_prepared):
+    model, tok = tiny_lm
+    h = train_alol(copy.deepcopy(model), tok, toy_prepared,
+                   ALoLConfig(method="a_lol", max_steps=10, batch_size=2, sampling="uniform"),
+                   show_progress=False)  # fmt: skip
+    assert h.steps == 10 and min(h.batch_advantage) < 0
 
 
 def test_train_alol_refuses_advantage_methods_without_a_value(tiny_lm):
     model, tok = tiny_lm
     data = prepare_offline_data(model, tok, toy_dataset())
     with pytest.raises(ValueError, match="needs advantages"):
-        train_alol(copy.deepcopy(model), data, ALoLConfig(method="a_lol_ref_free"),
+        train_alol(copy.deepcopy(model), tok, data, ALoLConfig(method="a_lol_ref_free"),
                    show_progress=False)  # fmt: skip
 
 
@@ -241,7 +277,7 @@ def test_train_alol_refuses_advantage_methods_without_a_value(tiny_lm):
 
 @pytest.mark.slow
 def test_a_lol_beats_nll_on_the_true_reward_in_the_review_world():
-    from rlhf_lessons.alignment.alol import fit_reference_value
+    from rlhf_lessons.alignment.alol_data import fit_reference_value
     from rlhf_lessons.review_world.evaluation import evaluate_policy
     from rlhf_lessons.review_world.grammar import prompts
     from rlhf_lessons.review_world.tiny_lm import load_sft_model
@@ -254,7 +290,8 @@ def test_a_lol_beats_nll_on_the_true_reward_in_the_review_world():
     rewards = {}
     for method in ("nll", "a_lol"):
         policy = copy.deepcopy(sft)
-        train_alol(policy, prepared, ALoLConfig(method=method, steps=40), show_progress=False)
+        train_alol(policy, tok, prepared, ALoLConfig(method=method, max_steps=40),
+                   show_progress=False)  # fmt: skip
         rewards[method] = evaluate_policy(policy, sft, tok, prompts(32, seed=1), n_samples=4,
                                           max_new_tokens=16, seed=0)["reward"]  # fmt: skip
     print(rewards)

@@ -135,3 +135,10 @@ def test_readme_agrees_with_the_committed_results():
     root = Path(__file__).resolve().parents[1]
     diff = report.check(root)
     assert not diff, "README.md differs from docs/results (run `rlhf-lessons report`):\n" + diff
+
+
+def test_a_lesson_without_claims_says_so():
+    from rlhf_lessons.course.report import claims_table
+
+    table = claims_table({"lesson": "08", "claims": [], "seeds": [0, 1]})
+    assert table.startswith("No claim is asserted") and "docs/results/08.json" in table

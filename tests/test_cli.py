@@ -23,3 +23,19 @@ def test_module_entry_point_help():
         check=True,
     )
     assert "--algo" in done.stdout
+
+
+def test_course_commands_parse():
+    from rlhf_lessons.cli import build_parser
+
+    args = build_parser().parse_args(["lessons", "--only", "05", "--workers", "2", "--no-prepare"])
+    assert args.workers == 2 and args.no_prepare and args.only == ["05"]
+    assert build_parser().parse_args(["docs"]).out == "build/docs"
+    assert build_parser().parse_args(["colab", "--check"]).check
+
+
+def test_colab_command_checks_and_prints_a_badge(capsys):
+    assert main(["colab", "--check"]) == 0  # every notebook's setup cell is up to date
+    assert main(["colab", "--badge", "notebooks/06_dpo.ipynb"]) == 0
+    badge = capsys.readouterr().out.strip().splitlines()[-1]
+    assert badge.startswith("[![Open In Colab](") and badge.endswith("notebooks/06_dpo.ipynb)")

@@ -15,7 +15,6 @@ from rlhf_lessons.course import (
 )
 from rlhf_lessons.course.plotting import moving_average, on_grid, plot_seeds, save_figure  # noqa: E402
 from rlhf_lessons.course.progress import progress  # noqa: E402
-from rlhf_lessons.rl.cartpole import evaluate, first_solved  # noqa: E402
 
 
 def test_seed_everything_repeats_all_generators():
@@ -84,6 +83,25 @@ def test_plot_seeds_and_save(tmp_path):
     assert path.stat().st_size > 1000
     with pytest.raises(ValueError, match="empty"):
         plot_seeds(ax, [], "x")
+    with pytest.raises(ValueError, match="band"):
+        plot_seeds(ax, [([0, 1], [0, 1])], "x", band="sd")
+    plt.close(fig)
+
+
+def test_plot_seeds_ci_band_is_the_t_interval_of_the_mean():
+    from scipy.stats import t
+
+    fig, ax = plt.subplots()
+    curves = [([0, 1], [0.0, 1.0]), ([0, 1], [2.0, 3.0]), ([0, 1], [4.0, 8.0])]
+    mean = plot_seeds(ax, curves, "x", points=2, band="ci")
+    np.testing.assert_allclose(mean, [2.0, 4.0])
+    band = ax.collections[0].get_paths()[0].vertices[:, 1]
+    half0 = t.ppf(0.975, 2) * np.std([0.0, 2.0, 4.0], ddof=1) / np.sqrt(3)  # at x = 0
+    half1 = t.ppf(0.975, 2) * np.std([1.0, 3.0, 8.0], ddof=1) / np.sqrt(3)  # at x = 1
+    for edge in (2.0 - half0, 2.0 + half0, 4.0 - half1, 4.0 + half1):
+        assert np.isclose(band, edge).any(), (edge, band)
+    assert np.isclose(band.max(), 4.0 + half1) and np.isclose(band.min(), 4.0 - half1)
+    assert "95% interval" in ax.get_lines()[0].get_label()
     plt.close(fig)
 
 
@@ -92,13 +110,6 @@ def test_progress_can_be_disabled(monkeypatch):
     assert progress(range(3)).disable
     monkeypatch.setenv("RLHF_LESSONS_PROGRESS", "1")
     assert list(progress(range(3), file=open("/dev/null", "w"))) == [0, 1, 2]
-
-
-def test_evaluate_and_first_solved():
-    always_left = evaluate(lambda obs: np.zeros(len(obs), dtype=int), episodes=3)
-    assert always_left.shape == (3,) and (always_left < 20).all()
-    assert first_solved([(10, 1.0, 100.0), (20, 2.0, 480.0), (30, 3.0, 500.0)]) == (20, 2.0)
-    assert first_solved([(10, 1.0, 100.0)]) is None
 
 
 def test_lm_threads_is_one_in_a_parallel_test_worker_and_can_be_overridden(monkeypatch):
@@ -114,3 +125,48 @@ def test_lm_threads_is_one_in_a_parallel_test_worker_and_can_be_overridden(monke
     monkeypatch.setenv("RLHF_LESSONS_THREADS", "two")
     with pytest.raises(ValueError, match="RLHF_LESSONS_THREADS"):
         lm_threads()
+
+
+def test_cache_dir_is_the_checkouts_whoever_imports_it(monkeypatch, tmp_path):
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    from rlhf_lessons.course import cache
+
+    root = Path(cache.__file__).resolve().parents[2]
+    monkeypatch.delenv("RLHF_LESSONS_CACHE", raising=False)
+    assert cache.checkout_root() == root
+    assert cache.cache_dir() == root / ".cache"
+    monkeypatch.setenv("RLHF_LESSONS_CACHE", str(tmp_path))
+    assert cache.cache_dir() == tmp_path  # the variable still wins
+    # a kernel started by hand in another folder (e.g. Jupyter's notebooks/) finds the same one
+    env = {k: v for k, v in __import__("os").environ.items() if k != "RLHF_LESSONS_CACHE"}
+    env["PYTHONPATH"] = str(root)
+    out = subprocess.run(
+        [sys.executable, "-c", "from rlhf_lessons.course.cache import cache_dir; print(cache_dir())"],
+        cwd=tmp_path, env=env, capture_output=True, text=True, check=True,
+    ).stdout.strip()  # fmt: skip
+    assert out == str(root / ".cache")
+
+
+def test_cache_dir_of_an_installed_wheel_is_in_home(monkeypatch, tmp_path):
+    from rlhf_lessons.course import cache
+
+    monkeypatch.delenv("RLHF_LESSONS_CACHE", raising=False)
+    monkeypatch.setattr(cache, "checkout_root", lambda: None)
+    monkeypatch.setenv("HOME", str(tmp_path))
+    assert cache.cache_dir() == tmp_path / ".cache" / "rlhf_lessons"
+
+
+def test_lm_threads_is_one_in_make_lessons_kernels(monkeypatch, tmp_path):
+    from rlhf_lessons.course.device import lm_threads
+    from rlhf_lessons.course.lesson_runner import kernel_env
+
+    monkeypatch.delenv("RLHF_LESSONS_THREADS", raising=False)
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    env = kernel_env(2, tmp_path)
+    assert env["OMP_NUM_THREADS"] == "1" and env["RLHF_LESSONS_BUILD"] == str(tmp_path.resolve())
+    monkeypatch.setenv("RLHF_LESSONS_THREADS", env["RLHF_LESSONS_THREADS"])
+    assert lm_threads() == 1
+    assert "OMP_NUM_THREADS" not in kernel_env(1, tmp_path)  # one at a time: the defaults

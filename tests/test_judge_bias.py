@@ -2,11 +2,14 @@ import numpy as np
 import pytest
 
 from rlhf_lessons.course.data import load_preferences
+from rlhf_lessons.judges.attacks import attack_pairs, repetitive_list, sentences
 from rlhf_lessons.judges.judge_bias import (
+    METRICS,
     PAPER_GPT4,
     JudgedPair,
-    LengthJudge,
+    Outcomes,
     SwapRun,
+    attack_metrics,
     best_worst_pairs,
     bias_table,
     few_shot_examples,
@@ -14,13 +17,15 @@ from rlhf_lessons.judges.judge_bias import (
     judge_both_orders,
     position_metrics,
     reference_pairs,
-    repetitive_list,
     select_records,
-    sentences,
-    verbosity_metrics,
-    verbosity_pairs,
 )
 from rlhf_lessons.judges.llm_judge import PairwiseConfig, PairwiseResult
+from rlhf_lessons.judges.planted import LengthJudge
+
+
+def verbosity_pairs(records):
+    return attack_pairs(records, "longer list (MT-Bench)")
+
 
 RECORDS = [
     {"id": "x-2", "category": "factuality", "prompt": "p2", "ranked_outputs": ["a b", "c"]},
@@ -83,8 +88,8 @@ def test_an_always_a_judge_is_fully_position_biased():
     assert m["first-position rate"] == 1.0 and m["biased to first"] == 1.0
     assert m["consistency"] == 0.0 and m["agreement"] == 0.5
     assert m["swap-and-agree agreement"] == 0.0 and m["swap-and-agree ties"] == 1.0
-    v = verbosity_metrics(judge_both_orders(AlwaysA(), verbosity_pairs(RECORDS), mode="text"))
-    assert v["verbosity attack success"] == 0.5 and v["attack success, swap-and-agree"] == 0.0
+    v = attack_metrics(judge_both_orders(AlwaysA(), verbosity_pairs(RECORDS), mode="text"))
+    assert v["attack success"] == 0.5 and v["attack success, swap-and-agree"] == 0.0
 
 
 def test_length_judge_is_consistent_and_falls_for_padding():
@@ -95,8 +100,8 @@ def test_length_judge_is_consistent_and_falls_for_padding():
     m = position_metrics(run)
     assert m["consistency"] == 1.0 and m["biased to first"] == 0.0
     assert m["agreement"] == pytest.approx(2 / 3)
-    v = verbosity_metrics(judge_both_orders(LengthJudge(), verbosity_pairs(RECORDS)))
-    assert v["verbosity attack success"] == 1.0 and v["attack success, swap-and-agree"] == 1.0
+    v = attack_metrics(judge_both_orders(LengthJudge(), verbosity_pairs(RECORDS)))
+    assert v["attack success"] == 1.0 and v["attack success, swap-and-agree"] == 1.0
 
 
 def test_pairs_from_records():
@@ -158,3 +163,21 @@ def test_bias_table_has_the_paper_row():
     assert table.loc["GPT-4, MT-Bench paper", "consistency"] == PAPER_GPT4["consistency"]
     assert table.loc["GPT-4, MT-Bench paper, few-shot", "consistency"] == 0.775
     assert np.isnan(table.loc["GPT-4, MT-Bench paper", "agreement"])
+
+
+def test_outcomes_and_position_pull_by_hand():
+    # pair 0: better both times; 1: "A" both times; 2: "B" both times; 3: unparsable, then tie
+    run = fake_run(["A", "A", "B", None], ["B", "A", "B", "tie"])
+    o = Outcomes.of(run)
+    assert o.shape == (1, 4, 2)
+    assert o.better[0].tolist() == [[True, True], [True, False], [False, True], [False, False]]
+    assert o.tie[0, 3].tolist() == [False, True] and o.parsed[0, 3].tolist() == [False, True]
+    m = position_metrics(run)
+    assert m["position pull"] == 2 * 3 / 6 - 1 == 0  # 3 of the 6 decisive verdicts pick A
+    pulled = Outcomes.of(fake_run(["A", "A", "B", "A"], ["A", "A", "B", "B"]))
+    assert METRICS["position pull"](pulled) == 2 * 5 / 8 - 1 == METRICS["|position pull|"](pulled)
+    # two seeds of one judge: metrics are over both (here: the mean of the two runs')
+    other = fake_run(["A", "A", "A", "A"], ["A", "A", "A", "A"])
+    both = position_metrics([run, other])
+    assert both["agreement"] == (position_metrics(run)["agreement"] + 0.5) / 2
+    assert both["biased to first"] == (1 / 4 + 1) / 2

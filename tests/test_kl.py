@@ -4,12 +4,14 @@ import pytest
 import torch
 
 from rlhf_lessons.rl.kl import (
+    estimator_samples,
     estimator_stats,
     fit_gaussian,
     gaussian_kl,
     kl_divergence,
     kl_estimates,
     per_token_kl,
+    temperature_kl_terms,
 )
 
 
@@ -89,3 +91,34 @@ def test_per_token_kl_matches_discrete_kl_and_masks():
     torch.testing.assert_close(
         kl, torch.tensor([[expected, expected, 0.0], [0.0, expected, expected]])
     )
+
+
+def test_k2_bias_for_unit_gaussians_is_mu_squared_over_four():
+    # log r = mu x - mu^2/2 with x ~ N(0, 1): E[k2] = (mu^2 + mu^4/4) / 2 = KL (1 + mu^2 / 4)
+    for mu in (0.5, 1.0):
+        s = estimator_stats(mu, n=400_000, seed=2)
+        assert s["k2"]["bias/true"] == pytest.approx(mu**2 / 4, abs=0.01)
+
+
+def test_estimator_samples_are_the_stats_samples():
+    samples = estimator_samples(0.3, n=1000, seed=4)
+    stats = estimator_stats(0.3, n=1000, seed=4)
+    for name, k in samples.items():
+        assert k.shape == (1000,) and k.mean().item() == pytest.approx(stats[name]["mean"])
+
+
+def test_temperature_kl_terms_match_the_full_logits(tiny_lm):
+    from rlhf_lessons.lm import next_token_logits, tokenize_pairs
+
+    model, tok = tiny_lm
+    batch = tokenize_pairs(tok, ["the movie", "a film was"], ["was great and", "bad"])
+    exact, log_r = temperature_kl_terms(model, batch, temperature=0.7, rows_per_pass=1)
+    with torch.no_grad():
+        logits = next_token_logits(model, batch)
+    mask = batch.completion_mask.float()
+    torch.testing.assert_close(exact, per_token_kl(logits / 0.7, logits, mask))
+    ids = batch.input_ids.unsqueeze(-1)
+    lp = torch.log_softmax(logits, -1).gather(-1, ids).squeeze(-1)
+    lq = torch.log_softmax(logits / 0.7, -1).gather(-1, ids).squeeze(-1)
+    torch.testing.assert_close(log_r, (lp - lq) * mask)
+    assert (exact >= -1e-6).all() and (exact[mask == 0] == 0).all()

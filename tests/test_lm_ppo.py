@@ -179,27 +179,21 @@ def test_ppo_pushes_a_tiny_model_toward_the_reward(tiny_lm):
 
 @pytest.mark.slow
 def test_ppo_raises_the_true_reward_of_the_review_model():
-    """Lesson 05's claim in small: PPO on the true (VADER) reward, beta = 0.1."""
+    """Lesson 05's claim in small: PPO on the true (VADER) reward at lesson 05's settings."""
     from rlhf_lessons.course.device import torch_threads
     from rlhf_lessons.review_world.evaluation import evaluate_policy
-    from rlhf_lessons.review_world.grammar import prompts
+    from rlhf_lessons.review_world.splits import train_prompts, validation_prompts
     from rlhf_lessons.review_world.tiny_lm import load_sft_model
     from rlhf_lessons.review_world.true_reward import reward_of
 
     with torch_threads(1):
         ref, tok = load_sft_model(show_progress=False)
-        ev = prompts(32, seed=1)
+        ev = validation_prompts()[:32]
         sft = evaluate_policy(ref, ref, tok, ev, n_samples=4, max_new_tokens=16)
         policy = PolicyWithValueHead(copy.deepcopy(ref))
-        train_lm_ppo(
-            policy,
-            tok,
-            prompts(256, seed=0),
-            LMPPOConfig(iterations=20),
-            ref=ref,
-            reward_fn=reward_of,
-            show_progress=False,
-        )
+        config = LMPPOConfig(iterations=30, batch_size=32, minibatch_size=16, epochs=2, beta=0.1)
+        train_lm_ppo(policy, tok, train_prompts(256, seed=0), config, ref=ref,
+                     reward_fn=reward_of, show_progress=False)  # fmt: skip
         after = evaluate_policy(policy.lm, ref, tok, ev, n_samples=4, max_new_tokens=16)
-    assert after["reward"] > sft["reward"] + 0.25, (sft["reward"], after["reward"])
+    assert after["reward"] > sft["reward"] + 0.2, (sft["reward"], after["reward"])
     assert after["kl"] < 10.0

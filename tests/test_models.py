@@ -14,6 +14,14 @@ def test_resolve_passes_other_names_through():
     assert models.resolve("/some/local/folder") == "/some/local/folder"
 
 
+def test_none_is_the_shipped_model(monkeypatch):
+    # MODEL = None in the notebooks: the offline SmolLM2 (and MiniLM for encoders)
+    monkeypatch.setattr(models, "smollm2_path", lambda: "/cache/smollm2")
+    monkeypatch.setattr(models, "minilm_path", lambda: "/site/minilm")
+    assert models.resolve(None) == "/cache/smollm2" == models.resolve("smollm2")
+    assert models.resolve(None, default=models.MINILM) == "/site/minilm"
+
+
 def test_minilm_encoder_offline():
     path = models.minilm_path()
     assert (path / "config.json").exists()

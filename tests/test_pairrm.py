@@ -1,6 +1,7 @@
 """PairRanker (lesson 08): the loss against hand values and llm-blender's own code, the
 aggregation facts, training plumbing, forward-pass counts and Blender's API on a tiny BERT."""
 
+import copy
 import math
 import random
 from types import SimpleNamespace
@@ -11,6 +12,8 @@ import torch
 from test_blender_compat import tiny_backbone  # noqa: F401  (the shared tiny-BERT fixture)
 
 from rlhf_lessons.rewards import pairrm as pr
+from rlhf_lessons.rewards import pairrm_eval as pe
+from rlhf_lessons.rewards.frozen_bottom import FrozenBottom
 from rlhf_lessons.rewards.preference_data import PreferenceDataError
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -186,34 +189,66 @@ def test_same_k_batches_by_length_groups_similar_lengths():
 
 
 def test_train_pair_ranker_uses_all_pairs_and_repeats(tiny_backbone):  # noqa: F811
+    cfg = pr.PairRankerConfig(epochs=2, lr=1e-3, batch_size=2, seed=0)
+
     def run():
         b = pr.build_pair_ranker(tiny_backbone, source_maxlength=16, candidate_maxlength=16)
-        return b, pr.train_pair_ranker(b, RECORDS, epochs=2, lr=1e-3, batch_size=2, seed=0,
-                                       show_progress=False)  # fmt: skip
+        return b, pr.train_pair_ranker(b.ranker, b.tokenizer, RECORDS, cfg, show_progress=False)
 
     b1, h1 = run()
     _, h2 = run()
     pairs = sum(math.comb(len(r["ranked_outputs"]), 2) for r in RECORDS)  # 3 + 1 + 6 + 1
     assert h1.pairs_seen == 2 * pairs and h1.sequences == 2 * pairs  # one sequence per pair
+    assert sum(h1.pairs) == 2 * pairs
     assert h1.steps == 2 * 3  # per epoch: the K=2 pair of prompts, one K=3, one K=4
     assert all(math.isfinite(v) for v in h1.loss)
     assert h1.loss == h2.loss  # seeded: the same run twice
     assert not b1.ranker.training
-    h3 = pr.train_pair_ranker(b1, RECORDS, epochs=2, lr=1e-3, batch_size=2, max_steps=4,
-                              show_progress=False)  # fmt: skip
+    short = pr.PairRankerConfig(epochs=2, lr=1e-3, batch_size=2, max_steps=4)
+    h3 = pr.train_pair_ranker(b1.ranker, b1.tokenizer, RECORDS, short, show_progress=False)
     assert h3.steps == 4 and not h3.config["by_length"]  # max_steps stops early
     with pytest.raises(ValueError, match="lr"):
-        pr.train_pair_ranker(b1, RECORDS, lr=0.0)
+        pr.PairRankerConfig(lr=0.0)
+    with pytest.raises(ValueError, match="requires_grad"):
+        frozen = b1.ranker.requires_grad_(False)
+        pr.train_pair_ranker(frozen, b1.tokenizer, RECORDS, cfg, show_progress=False)
+    b1.ranker.requires_grad_(True)
+
+
+def test_frozen_bottom_ranker_trains_top_only_and_loads_back(tiny_backbone, tmp_path):  # noqa: F811
+    ref = pr.build_pair_ranker(tiny_backbone, source_maxlength=16, candidate_maxlength=16)
+    bottom = FrozenBottom(ref.ranker.pretrained_model, 1)
+    b = pr.build_pair_ranker(tiny_backbone, source_maxlength=16, candidate_maxlength=16, seed=3,
+                             frozen=bottom)  # fmt: skip
+    emb = b.ranker.pretrained_model.embeddings.word_embeddings.weight
+    assert torch.equal(emb, ref.ranker.pretrained_model.embeddings.word_embeddings.weight)
+    before = copy.deepcopy(b.ranker.state_dict())
+    cfg = pr.PairRankerConfig(epochs=2, lr=1e-2, batch_size=2, seed=0)
+    h = pr.train_pair_ranker(b.ranker, b.tokenizer, RECORDS, cfg, show_progress=False)
+    after = b.ranker.state_dict()
+    changed = {k for k in after if not torch.equal(after[k], before[k])}
+    assert changed and all(k.startswith(("pretrained_model.encoder.layer.1.", "head_layer."))
+                           for k in changed)  # fmt: skip
+    assert bottom.computed <= h.sequences and bottom.looked_up > 0  # the memo was used
+    folder = pr.save_pair_ranker(b, tmp_path / "ckpt")
+    x, a, c = ["say hi"], ["hi!"], ["go away."]
+    kw = dict(return_logits=True, disable_tqdm=True, mode="[A,B]")
+    memo = pr.load_blender(folder, backbone=tiny_backbone, frozen=bottom)
+    plain = pr.load_blender(folder, backbone=tiny_backbone)
+    assert np.allclose(memo.compare(x, a, c, **kw), plain.compare(x, a, c, **kw), atol=1e-5)
 
 
 # --- Blender's API: held-out pairs, full vs bubble -------------------------------------------
 
 
-def test_evaluate_pairs_counts_two_passes_per_pair(blender):
-    ev = pr.evaluate_pairs(blender, RECORDS)
+def test_evaluate_pairs_compares_every_pair_both_ways(blender):
     n = sum(math.comb(len(r["ranked_outputs"]), 2) for r in RECORDS)
-    assert ev.n_pairs == n and ev.sequences == 2 * n
-    assert 0.0 <= ev.accuracy <= 1.0
+    cmp = pe.compare_all(blender, [r["prompt"] for r in RECORDS],
+                         [r["ranked_outputs"] for r in RECORDS])  # fmt: skip
+    assert cmp.sequences == 2 * n  # N(N-1) ordered comparisons per prompt
+    assert all(np.isnan(np.diag(m)).all() for m in cmp.logits)
+    ev = pe.evaluate_pairs(blender, RECORDS)
+    assert ev.n_pairs == n and 0.0 <= ev.accuracy <= 1.0
     assert ev.accuracy_one_order == pytest.approx(
         (ev.accuracy_better_left + ev.accuracy_better_right) / 2
     )
@@ -221,37 +256,96 @@ def test_evaluate_pairs_counts_two_passes_per_pair(blender):
     x = [RECORDS[0]["prompt"]]
     a, b = [RECORDS[0]["ranked_outputs"][0]], [RECORDS[0]["ranked_outputs"][1]]
     default = blender.compare(x, a, b, return_logits=True, disable_tqdm=True)
-    assert abs(float(default[0]) - ev.both[0]) < 1e-5
+    assert abs(float(default[0]) - ev.both[0]) < 1e-5  # [A,B]+[B,A] is ab - ba
 
 
-def test_pairwise_accuracy_of_scores_follows_pair_order():
-    scores = [[3, 1, 2], [0, 1], [4, 3, 2, 1], [1, 0]]
-    right = pr.pairwise_accuracy_of_scores(RECORDS, scores)
-    assert right.tolist() == [True, True, False, False, *[True] * 6, True]
+def test_pair_eval_recovers_a_planted_position_bias():
+    # A ranker that knows the truth (skill 1) plus a left-slot bias: the instrument must report
+    # the bias it was given, and count flips exactly where the bias outweighs the quality gap.
+    texts = [[f"p{p}c{i}" for i in range(4)] for p in range(30)]
+    rng = np.random.default_rng(0)
+    qualities = rng.normal(size=(30, 4))
+    quality = {t: q for row, qs in zip(texts, qualities, strict=True)
+               for t, q in zip(row, qs, strict=True)}  # fmt: skip
+    prompts = [f"prompt {p}" for p in range(30)]
+    for bias in (0.0, 0.8):
+        ranker = pe.PlantedRanker(quality, skill=1.0, left_bias=bias)
+        ev = pe.pair_eval(pe.compare_all(ranker, prompts, texts), qualities.tolist())
+        gaps = np.array([abs(quality[texts[p][b]] - quality[texts[p][w]])
+                         for p, b, w in pe.quality_pairs(qualities.tolist())])  # fmt: skip
+        assert ev.left_bias == pytest.approx(bias)
+        assert ev.accuracy == 1.0  # both orders cancel the bias
+        assert ev.inconsistent == pytest.approx(np.mean(gaps < bias))
+        assert ev.accuracy_one_order == pytest.approx(1 - np.mean(gaps < bias) / 2)
+    stuck = pe.PlantedRanker(quality, skill=0.0, left_bias=1.0)  # always "left wins"
+    ev = pe.pair_eval(pe.compare_all(stuck, prompts, texts), qualities.tolist())
+    assert ev.inconsistent == 1.0 and ev.accuracy_one_order == 0.5 and ev.accuracy == 0.0
+
+
+def test_pairwise_correct_follows_pair_order():
+    qualities = [[3, 1, 2], [0, 0], [4, 3, 2, 1]]
+    scores = [[3, 1, 2], [5, 1], [1, 2, 3, 4]]
+    right = pe.pairwise_correct(scores, qualities)
+    # prompt 0: (0,1) (0,2) (2,1); prompt 1: a tie, no pair; prompt 2: all six reversed
+    assert right.tolist() == [True, True, True, *[False] * 6]
 
 
 def test_full_matrix_and_bubble_forward_pass_counts(blender):
     prompts = ["say hi", "name a colour"]
     cands = [["hi!", "go away.", "hello.", "bye."], ["red.", "seven.", "blue.", "a chair."]]
-    full = pr.top_by_full_matrix(blender, prompts, cands)
-    bubble = pr.top_by_bubble(blender, prompts, cands, seed=0)
+    full = pe.top_by_full_matrix(blender, prompts, cands)
+    bubble = pe.top_by_bubble(blender, prompts, cands, seed=0)
     n = 4
     assert full.sequences == len(prompts) * n * (n - 1)  # N(N-1) ordered comparisons
     assert bubble.sequences == len(prompts) * 2 * (n - 1)  # 2(N-1): neighbours, both orders
     assert full.picks.shape == bubble.picks.shape == (2,)
     assert all(0 <= p < n for p in [*full.picks, *bubble.picks])
-    again = pr.top_by_bubble(blender, prompts, cands, seed=0)
+    again = pe.top_by_bubble(blender, prompts, cands, seed=0)
     assert again.picks.tolist() == bubble.picks.tolist()
+    # Blender.rank's pick is the max_logits pick of compare_all's matrix
+    cmp = pe.compare_all(blender, prompts, cands)
+    assert pe.full_matrix_picks(cmp).tolist() == full.picks.tolist()
+    assert cmp.sequences == full.sequences
 
 
-def test_best_of_n_bookkeeping(blender, tiny_lm):
+def test_sample_candidates_bookkeeping(tiny_lm):
     policy, tok = tiny_lm
     rewards = lambda p, c: torch.tensor([float(len(x)) for x in c])  # noqa: E731
-    res = pr.best_of_n(blender, policy, tok, ["the movie", "the plot"], n=3, max_new_tokens=4,
-                       seed=0, reward_fn=rewards)  # fmt: skip
-    assert res.rewards.shape == (2, 3)
-    assert torch.all(res.oracle >= res.picked(res.full.picks))
+    res = pe.sample_candidates(policy, tok, ["the movie", "the plot"], n=3, max_new_tokens=4,
+                               seed=0, reward_fn=rewards)  # fmt: skip
+    assert res.rewards.shape == (2, 3) and len(res.texts) == 2
+    assert torch.all(res.oracle >= res.picked([0, 1]))
     assert torch.allclose(res.random_pick, res.rewards.mean(-1))
-    assert 0.0 <= res.agreement <= 1.0
     with pytest.raises(ValueError, match="n must be >= 2"):
-        pr.best_of_n(blender, policy, tok, ["the movie"], n=1)
+        pe.sample_candidates(policy, tok, ["the movie"], n=1)
+
+
+def test_as_blender_equals_the_saved_and_loaded_ranker(bundle, blender):
+    in_memory = pr.as_blender(bundle)
+    x, a, b = ["say hi", "name a colour"], ["hi!", "red."], ["go away.", "seven."]
+    kw = dict(return_logits=True, disable_tqdm=True)
+    assert np.allclose(in_memory.compare(x, a, b, **kw), blender.compare(x, a, b, **kw), atol=1e-5)
+    ranks = in_memory.rank(x, [[*a], [*b]], return_scores=True, disable_tqdm=True)
+    assert np.asarray(ranks).shape == (2, 2)
+
+
+def test_train_pair_ranker_leaves_ln2_and_every_trainable_part_gets_gradient(tiny_backbone):  # noqa: F811
+    """A ranker whose loss cannot leave ln 2 (frozen or detached parameters, a schedule at zero,
+    a head that cannot tell the left answer from the right, a wrong label) fails here: on the
+    same few pairs, repeated, training must fit them."""
+    b = pr.build_pair_ranker(tiny_backbone, source_maxlength=16, candidate_maxlength=16, seed=0)
+    batch = b.collator([pr.ranker_dataset(RECORDS[:1])[0]])
+    b.ranker.train()
+    torch.manual_seed(0)
+    b.ranker(**batch)["loss"].backward()  # step 1: the gradient reaches the head and the encoder
+    grads = {n: p.grad for n, p in b.ranker.named_parameters() if p.requires_grad}
+    for part in ("head_layer.1.weight", "pretrained_model.encoder.layer.1.", "word_embeddings"):
+        norms = [g.norm().item() for n, g in grads.items() if part in n and g is not None]
+        assert norms and max(norms) > 0, f"no gradient reaches {part}"
+    b.ranker.zero_grad(set_to_none=True)
+    cfg = pr.PairRankerConfig(epochs=40, lr=1e-3, batch_size=2, seed=0)
+    h = pr.train_pair_ranker(b.ranker, b.tokenizer, RECORDS, cfg, show_progress=False)
+    last = float(np.mean(h.loss[-6:]))
+    assert last < 0.8 * math.log(2), (
+        f"the loss stayed near ln 2 ({last:.3f}): the ranker did not fit"
+    )

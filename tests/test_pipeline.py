@@ -68,7 +68,8 @@ def test_run_saves_a_checkpoint_per_stage_and_resumes(tiny_lm, tmp_path):
         saved = json.loads((r.folder / pl.STAGE_FILE).read_text())
         assert saved["kind"] == r.kind and saved["evaluation"] == r.evaluation
         assert (r.folder / "model.safetensors").exists()
-    assert run.records[1].metrics["dpo_reference"] == "policy before training"
+    assert run.records[1].history.reference == "policy before training"
+    assert run.records[0].history.algo == "sft" and run.records[1].history.algo == "dpo"
     assert pl.load_stage_data(run.records[1])["pairs"]
     final = _logits(run.model, tok)
 
@@ -77,6 +78,8 @@ def test_run_saves_a_checkpoint_per_stage_and_resumes(tiny_lm, tmp_path):
                             show_progress=False)  # fmt: skip
     assert all(r.resumed for r in again.records) and len(calls) == 4
     assert [r.metrics for r in again.records] == [r.metrics for r in run.records]
+    assert [r.history.loss for r in again.records] == [r.history.loss for r in run.records]
+    assert again.records[1].history.reference == "policy before training"
     assert again.evaluations() == run.evaluations()
     torch.testing.assert_close(_logits(again.model, tok), final)
 
@@ -119,7 +122,7 @@ def test_lora_run_saves_adapters_and_resumes_by_merging_them(tiny_lm, tmp_path):
         assert (r.folder / "adapter_config.json").exists()
         assert not (r.folder / "model.safetensors").exists()
     # each DPO stage's reference is the model so far: its fresh adapter switched off
-    assert run.records[1].metrics["dpo_reference"] == "policy with its adapter disabled"
+    assert run.records[1].history.reference == "policy with its adapter disabled"
     # only adapters trained: the merged model differs from the start, the input base does not
     assert not torch.allclose(_logits(run.model, tok), _logits(base, tok))
     again = pl.run_pipeline(copy.deepcopy(model), tok, stages(), tmp_path, lora=LORA,
@@ -147,6 +150,30 @@ def test_self_reward_stage_writes_prompts_judges_and_trains(tiny_lm, tmp_path, m
     assert m["judge_parse_rate"] == 1.0 and "pair_accuracy" in m["judge"]
     data = pl.load_stage_data(run.records[0])
     assert data["prompts"][:2] == PROMPTS[:2] and len(data["scores"][0][0]) == 3
-    assert m["dpo_steps"] == (2 * ((m["pairs"] + 1) // 2) if m["pairs"] else 0)
+    history = run.records[0].history
+    assert (history.steps if history else 0) == (2 * ((m["pairs"] + 1) // 2) if m["pairs"] else 0)
     with pytest.raises(ValueError, match="n_new_prompts"):
         pl.SelfRewardStage().run(model, tok, False)
+
+
+def test_the_stage_seed_decides_prompts_and_candidates(tiny_lm, tmp_path, monkeypatch):
+    """A self-rewarding round and an external-reward round with the same seed, from the same
+    model, see the same prompts and the same candidates: only the judge differs."""
+    model, tok = tiny_lm
+    monkeypatch.setattr(
+        sr.Judge, "reply", lambda self, prompts, *a, **k: ["Score: 3"] * len(prompts)
+    )
+    writer = sr.PromptWriterConfig(n_shots=2, chat=False, max_new_tokens=4)
+    common = {"n_new_prompts": 3, "few_shot_prompts": PROMPTS, "prompt_writer": writer}
+    runs = []
+    for i, stage in enumerate([
+        pl.SelfRewardStage(PROMPTS[:1], SAMPLE, DPO, seed=11, **common),
+        pl.ExternalRewardDPOStage(PROMPTS[:1], length_reward, SAMPLE, DPO, seed=11, **common),
+        pl.ExternalRewardDPOStage(PROMPTS[:1], length_reward, SAMPLE, DPO, seed=12, **common),
+    ]):  # fmt: skip
+        run = pl.run_pipeline(copy.deepcopy(model), tok, [stage], tmp_path / str(i),
+                              show_progress=False)  # fmt: skip
+        runs.append(pl.load_stage_data(run.records[0]))
+    assert runs[0]["prompts"] == runs[1]["prompts"]
+    assert runs[0]["candidates"] == runs[1]["candidates"]
+    assert runs[2]["candidates"] != runs[1]["candidates"]

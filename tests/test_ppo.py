@@ -1,29 +1,42 @@
-import numpy as np
 import pytest
 import torch
 
 from rlhf_lessons.rl.cartpole import SOLVED_RETURN, first_solved
-from rlhf_lessons.rl.ppo import PPOConfig, clipped_surrogate_loss, train_ppo, value_loss
+from rlhf_lessons.rl.ppo import (
+    ActorCritic,
+    PPOConfig,
+    clipped_surrogate_loss,
+    train_ppo,
+    train_ppo_seeds,
+    value_loss,
+)
+
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def test_cleanrl_preset_batch_sizes_and_iterations():
     # Fact sheet, checkable fact 7: batch 512, minibatch 128, 976 iterations.
     cfg = PPOConfig.cleanrl()
-    assert (cfg.batch_size, cfg.minibatch_size, cfg.num_iterations) == (512, 128, 976)
+    assert (cfg.batch_size, cfg.minibatch_size, cfg.iterations) == (512, 128, 976)
+    assert (cfg.epochs, cfg.clip_value, cfg.ent_coef, cfg.vf_coef) == (4, 0.2, 0.01, 0.5)
 
 
 def test_rl_zoo_preset_matches_hyperparams_file():
     cfg = PPOConfig.rl_zoo()
-    assert (cfg.num_envs, cfg.num_steps, cfg.batch_size, cfg.update_epochs) == (8, 32, 256, 20)
-    assert (cfg.gamma, cfg.gae_lambda, cfg.ent_coef, cfg.lr, cfg.clip_coef) == (
+    assert (cfg.num_envs, cfg.num_steps, cfg.batch_size, cfg.epochs) == (8, 32, 256, 20)
+    assert cfg.minibatch_size == 256  # SB3's batch_size: one minibatch per epoch
+    assert (cfg.gamma, cfg.gae_lambda, cfg.ent_coef, cfg.lr, cfg.clip_eps) == (
         0.98, 0.8, 0.0, 1e-3, 0.2,
     )  # fmt: skip
     assert cfg.anneal_lr and cfg.anneal_clip and cfg.total_timesteps == 100_000
+    assert cfg.clip_value is None and cfg.max_grad_norm == 0.5
 
 
 def test_config_rejects_indivisible_minibatches():
-    with pytest.raises(ValueError, match="divisible"):
-        PPOConfig(num_envs=3, num_steps=5, num_minibatches=2)
+    with pytest.raises(ValueError, match="multiple of"):
+        PPOConfig(num_envs=3, num_steps=5, minibatch_size=2)
+    with pytest.raises(ValueError, match="epochs"):
+        PPOConfig(epochs=0)
 
 
 def test_clipped_and_unclipped_coincide_at_ratio_one():
@@ -31,7 +44,7 @@ def test_clipped_and_unclipped_coincide_at_ratio_one():
     torch.manual_seed(0)
     logp = torch.randn(16, requires_grad=True)
     adv = torch.randn(16)
-    loss, stats = clipped_surrogate_loss(logp, logp.detach(), adv, clip_coef=0.2)
+    loss, stats = clipped_surrogate_loss(logp, logp.detach(), adv, clip_eps=0.2)
     (grad_clip,) = torch.autograd.grad(loss, logp)
     logp2 = logp.detach().clone().requires_grad_(True)
     unclipped = -(torch.exp(logp2 - logp.detach()) * adv).mean()
@@ -63,27 +76,67 @@ def test_value_loss_plain_and_clipped():
     loss, _ = value_loss(new, old, ret)
     assert loss.item() == pytest.approx(0.5 * (1.0 + 1.0) / 2)
     # clipped: v_clip = old + clip(new-old, +-0.2) = [1.2, 0.0]; max((2-1)^2, 0.2^2)=1, 1
-    loss_c, _ = value_loss(new, old, ret, clip_coef=0.2)
+    loss_c, _ = value_loss(new, old, ret, clip_eps=0.2)
     assert loss_c.item() == pytest.approx(0.5)
     with pytest.raises(ValueError, match="share one shape"):
         value_loss(new, old, torch.zeros(3))
+    assert value_loss(new, old, ret, metrics=False)[1] == {}
+    with pytest.raises(ValueError, match="mask"):
+        clipped_surrogate_loss(new, old, ret, 0.2, mask=torch.ones(3))
 
 
-def test_same_seed_same_run():
-    cfg = PPOConfig(total_timesteps=1024, eval_every=512, eval_episodes=2)
-    a = train_ppo(cfg, seed=3, show_progress=False)
-    b = train_ppo(cfg, seed=3, show_progress=False)
-    assert a.episode_returns == b.episode_returns
-    assert [e[2] for e in a.evals] == [e[2] for e in b.evals]
-    c = train_ppo(cfg, seed=4, show_progress=False)
-    assert a.episode_returns != c.episode_returns
+def test_metrics_false_gives_the_same_loss_without_diagnostics():
+    torch.manual_seed(1)
+    new, old, adv = torch.randn(8), torch.randn(8), torch.randn(8)
+    loss, metrics = clipped_surrogate_loss(new, old, adv, 0.2)
+    quiet, none = clipped_surrogate_loss(new, old, adv, 0.2, metrics=False)
+    assert torch.equal(loss, quiet) and none == {} and set(metrics) == {
+        "policy_loss", "approx_kl", "clipfrac",
+    }  # fmt: skip
+
+
+def test_same_seed_same_run_and_the_contract():
+    cfg = PPOConfig(total_timesteps=1024, eval_episodes=2, seed=3)
+    a = train_ppo(config=cfg, eval_every=2, show_progress=False)
+    b = train_ppo(config=cfg, eval_every=2, show_progress=False)
+    assert a.info["episode_returns"] == b.info["episode_returns"]
+    assert [e["greedy_return"] for e in a.evaluations] == [
+        e["greedy_return"] for e in b.evaluations
+    ]
+    c = train_ppo(config=PPOConfig(total_timesteps=1024, seed=4), show_progress=False)
+    assert a.info["episode_returns"] != c.info["episode_returns"]
+    # the contract: History rows per iteration, evaluations before, every 2 and at the end
+    assert len(a) == cfg.iterations == 4 and isinstance(a.policy, ActorCritic)
+    assert [e["step"] for e in a.evaluations] == [0, 2, 4]
+    assert a.env_steps == [256, 512, 768, 1024] and a.config["seed"] == 3
+    assert {"approx_kl", "clipfrac", "entropy", "lr", "clip"} <= set(a.to_frame())
+    assert a.info["final_return"] == a.evaluations[-1]["greedy_return"]
+    assert len(c.evaluations) == 1  # eval_every=0: only the final evaluation
+    assert a.seconds[-1] > 0 and a.evaluations[0]["seconds"] == 0.0
+
+
+def test_a_given_policy_is_trained_in_place_and_eval_fn_sees_each_seed():
+    agent = ActorCritic()
+    before = [p.detach().clone() for p in agent.parameters()]
+    seen = []
+    h = train_ppo(
+        agent,
+        config=PPOConfig(total_timesteps=512),
+        eval_fn=lambda policy: seen.append(policy) or {"n": len(seen)},
+        show_progress=False,
+    )
+    assert h.policy is agent and seen == [agent]
+    assert any(not torch.equal(p, q) for p, q in zip(agent.parameters(), before, strict=True))
+    assert h.evaluations[-1]["n"] == 1
+    with pytest.raises(ValueError, match="one seed"):
+        train_ppo_seeds([0, 1], PPOConfig(total_timesteps=512), policy=ActorCritic())
+    with pytest.raises(ValueError, match="tokenizer=None"):
+        train_ppo(tokenizer="gpt2")
 
 
 def test_truncated_episodes_are_bootstrapped(monkeypatch):
     # A 10-step time limit: every episode that reaches it must be bootstrapped with V(final obs).
-    import gymnasium as gym
-
-    from rlhf_lessons.rl import ppo
+    from rlhf_lessons.rl import cartpole, ppo
 
     seen = {}
     real_gae = ppo.gae
@@ -93,23 +146,20 @@ def test_truncated_episodes_are_bootstrapped(monkeypatch):
         return real_gae(rewards, *args, **kwargs)
 
     monkeypatch.setattr(ppo, "gae", spy)
-    monkeypatch.setattr(
-        ppo, "make_vec_env",
-        lambda n: gym.vector.SyncVectorEnv(
-            [lambda: gym.make("CartPole-v1", max_episode_steps=10) for _ in range(n)],
-            autoreset_mode=gym.vector.AutoresetMode.SAME_STEP,
-        ),
-    )  # fmt: skip
-    train_ppo(PPOConfig(total_timesteps=512, eval_every=0), seed=0, show_progress=False)
+    monkeypatch.setattr(cartpole, "MAX_STEPS", 10)
+    train_ppo(config=PPOConfig(total_timesteps=512), show_progress=False)
     # rewards are 1 except at truncations, where gamma * V(s) is added (V != 0 after init)
     assert any(abs(m - 1.0) > 1e-6 for m in seen["max_reward"])
+    seen.clear()
+    train_ppo(config=PPOConfig(total_timesteps=512, bootstrap_truncated=False), show_progress=False)
+    assert all(m == 1.0 for m in seen["max_reward"])
 
 
 @pytest.mark.slow
 def test_ppo_learns_cartpole():
     cfg = PPOConfig(stop_when_solved=True)
-    result = train_ppo(cfg, seed=0, show_progress=False)
-    solved = first_solved(result.evals)
-    assert solved is not None, result.evals
+    history = train_ppo(config=cfg, eval_every=8, show_progress=False)
+    solved = first_solved(history)
+    assert solved is not None, history.evaluations
     assert solved[0] <= 60_000  # rl-zoo settings solve CartPole in well under 100k steps
-    assert np.mean(result.final_eval) >= SOLVED_RETURN
+    assert history.final_return >= SOLVED_RETURN

@@ -45,3 +45,19 @@ def test_normalized_reward_has_mean_zero_and_unit_std_on_its_samples(tiny_lm):
     assert z.std().item() == pytest.approx(1.0, abs=1e-5)
     raw = rm.score(prompts, completions)
     torch.testing.assert_close(z, (raw - fn.mean) / fn.std)
+
+
+def test_standardized_reward_puts_any_reward_on_the_scale_of_reference_samples():
+    from rlhf_lessons.review_world.preferences import StandardizedReward
+
+    def length(prompts, completions):
+        return torch.tensor([float(len(c)) for c in completions])
+
+    prompts, completions = ["a"] * 4, ["x", "xx", "xxx", "xxxxxx"]
+    fn = StandardizedReward.fit(length, prompts, completions)
+    z = fn(prompts, completions)
+    assert z.mean().item() == pytest.approx(0.0, abs=1e-6)
+    assert z.std().item() == pytest.approx(1.0, abs=1e-6)
+    assert fn(["a"], ["xxxx"]).item() == pytest.approx((4 - fn.mean) / fn.std)
+    with pytest.raises(ValueError, match="same score"):
+        StandardizedReward.fit(length, ["a", "b"], ["x", "y"])

@@ -347,3 +347,28 @@ def test_named_prompt_splits_are_fixed_distinct_and_disjoint(monkeypatch):
         assert len(train) == 500 and not set(train) & (set(test) | set(val))
     with pytest.raises(ValueError, match="split must be"):
         splits.split_prompts("dev")
+
+
+def test_scrambled_reviews_are_planted_broken_text():
+    from rlhf_lessons.review_world.evaluation import scrambled
+
+    texts = ["the plot was superb .", "great !", "."]
+    out = scrambled(texts, seed=0)
+    assert [sorted(t.split()) for t in out] == [sorted(t.split()) for t in texts]
+    assert out[0] != texts[0] and out[1] == "! great" and out[2] == "."
+    assert scrambled(texts, seed=0) == out  # deterministic in the seed
+    assert rc.is_grammatical("the plot was superb .")
+    assert not rc.is_grammatical(out[0])
+
+
+def test_over_seeds_point_draws_intervals_as_error_bars():
+    from rlhf_lessons.course.stats import mean_ci
+    from rlhf_lessons.review_world.evaluation import over_seeds_point
+
+    kl, reward = mean_ci([1.0, 2.0, 3.0]), mean_ci([0.5, 0.6, 0.7])
+    p = over_seeds_point("grpo", kl, reward, label="30 it")
+    assert p["kl"] == pytest.approx(2.0) and p["reward"] == pytest.approx(0.6)
+    assert p["kl_ci"] == (kl.low, kl.high) and p["reward_ci"] == (reward.low, reward.high)
+    fig, ax = plt.subplots()
+    plot_reward_vs_kl(ax, [p])
+    plt.close(fig)

@@ -7,11 +7,13 @@ from torch import nn
 
 from rlhf_lessons.course.data import load_preferences
 from rlhf_lessons.lm import Batch, tokenize_pairs
+from rlhf_lessons.rewards.frozen_bottom import FrozenBottom
 from rlhf_lessons.rewards.preference_data import PreferenceDataError
 from rlhf_lessons.rewards.reward_losses import kwise_loss
 from rlhf_lessons.rewards.reward_model import (
     CausalLMRewardModel,
     RewardModel,
+    RewardModelConfig,
     evaluate_reward_model,
     kwise_batches,
     pair_batches,
@@ -123,21 +125,24 @@ def test_bad_arguments(tiny_bert):
     with pytest.raises(ValueError, match="lists of strings"):
         rm.score("a", "b")
     with pytest.raises(ValueError, match="mode"):
-        train_reward_model(RECORDS, mode="listwise", model=CountingModel())
-    with pytest.raises(PreferenceDataError, match=r"train_records\[0\]"):
-        train_reward_model([{"prompt": "x", "ranked_outputs": ["only one"]}], model=CountingModel())
+        RewardModelConfig(mode="listwise")
+    with pytest.raises(PreferenceDataError, match=r"data\[0\]"):
+        train_reward_model(CountingModel(), None, [{"prompt": "x", "ranked_outputs": ["only one"]}])
+    with pytest.raises(ValueError, match="requires_grad"):
+        train_reward_model(CountingModel().requires_grad_(False), None, RECORDS)
+    with pytest.raises(ValueError, match="tokenizer"):
+        train_reward_model(rm, object(), RECORDS)
 
 
 def test_same_seed_same_model_and_same_training(tiny_bert):
     def run(seed):
         torch.manual_seed(123)  # the head's init must come from `seed`, not the global state
         model, tok = tiny_bert
-        rm = RewardModel((copy.deepcopy(model), tok), max_length=64)
-        return train_reward_model(RECORDS, mode="kwise", batch_size=2, epochs=1, seed=seed,
-                                  model=rm, show_progress=False)  # fmt: skip
+        rm = RewardModel((copy.deepcopy(model), tok), max_length=64, seed=seed)
+        cfg = RewardModelConfig(mode="kwise", batch_size=2, seed=seed)
+        return rm, train_reward_model(rm, tok, RECORDS, cfg, show_progress=False)
 
-    # train_reward_model seeds before anything random (shuffle, dropout); a model built by
-    # train_reward_model itself (model=None) is seeded too, see the MiniLM test below
+    # train_reward_model seeds before anything random (shuffle, dropout)
     m1, h1 = run(0)
     m2, h2 = run(0)
     m3, h3 = run(1)
@@ -163,9 +168,9 @@ def test_a_few_steps_on_six_records_lower_the_loss(tiny_bert):
     torch.manual_seed(0)
     rm = tiny_reward_model(tiny_bert)
     before = loss_on(rm)
-    rm, history = train_reward_model(RECORDS, mode="kwise", batch_size=6, epochs=8, lr=1e-3,
-                                     model=rm, dropout=False, show_progress=False)  # fmt: skip
-    assert history.steps == 8 and history.epochs == 8
+    cfg = RewardModelConfig(mode="kwise", batch_size=6, epochs=8, lr=1e-3, dropout=False)
+    history = train_reward_model(rm, rm.tokenizer, RECORDS, cfg, show_progress=False)
+    assert history.steps == 8
     assert loss_on(rm) < before - 0.05, (before, loss_on(rm), history.loss)
     assert history.loss[-1] < history.loss[0]
     assert not rm.training  # returned in eval mode
@@ -190,18 +195,34 @@ def test_kwise_and_pairs_batching_counts():
         ("pairs", 4, 2 * N_PAIRS, 4),  # 2 per pair, C(K, 2) pairs per prompt
     ):
         model = CountingModel()
-        _, h = train_reward_model(RECORDS, mode=mode, batch_size=batch, epochs=2, model=model,
-                                  show_progress=False)  # fmt: skip
-        assert h.forward_passes == model.sequences == 2 * passes, mode
+        cfg = RewardModelConfig(mode=mode, batch_size=batch, epochs=2)
+        h = train_reward_model(model, None, RECORDS, cfg, show_progress=False)
+        assert h.forward_passes == model.sequences == sum(h.sequences) == 2 * passes, mode
         assert h.pairs_seen == 2 * N_PAIRS, mode  # the same comparisons either way
         assert h.steps == 2 * steps and len(h.seconds) == h.steps, mode
-        assert h.seconds == sorted(h.seconds) and h.train_seconds == h.seconds[-1]
+        assert h.seconds == sorted(h.seconds) and h.cpu_seconds > 0
 
 
-def test_max_steps_stops_early():
-    _, h = train_reward_model(RECORDS, mode="pairs", batch_size=2, epochs=3, max_steps=5,
-                              model=CountingModel(), show_progress=False)  # fmt: skip
-    assert h.steps == 5 and h.epochs == 1
+def test_max_steps_stops_early_and_the_schedule_ends_there():
+    model = CountingModel()
+    cfg = RewardModelConfig(mode="pairs", batch_size=2, epochs=3, max_steps=5)
+    h = train_reward_model(model, None, RECORDS, cfg, show_progress=False)
+    assert h.steps == 5 and model.sequences == 5 * 2 * 2
+
+
+def test_evaluation_during_training_and_dropout_mode(tiny_bert):
+    rm = tiny_reward_model(tiny_bert)
+    modes = []
+
+    def eval_fn(model):
+        modes.append(model.training)
+        return {"acc": evaluate_reward_model(model, RECORDS).accuracy}
+
+    cfg = RewardModelConfig(mode="kwise", batch_size=2, lr=1e-3)  # 3 steps
+    h = train_reward_model(rm, rm.tokenizer, RECORDS, cfg, eval_fn=eval_fn, eval_every=2,
+                           show_progress=False)  # fmt: skip
+    assert [e["step"] for e in h.evaluations] == [0, 2, 3]
+    assert modes == [False, False, False] and not rm.training
 
 
 def test_pairs_batches_spread_a_prompts_pairs():
@@ -285,8 +306,8 @@ def test_causal_lm_reward_model_trains(tiny_lm):
     torch.manual_seed(0)
     rm = CausalLMRewardModel(copy.deepcopy(model), tok)
     before = evaluate_reward_model(rm, records)
-    rm, h = train_reward_model(records, mode="kwise", model=rm, batch_size=3, epochs=30, lr=1e-2,
-                               show_progress=False)  # fmt: skip
+    cfg = RewardModelConfig(mode="kwise", batch_size=3, epochs=30, lr=1e-2)
+    h = train_reward_model(rm, tok, records, cfg, show_progress=False)
     after = evaluate_reward_model(rm, records)
     assert h.loss[-1] < h.loss[0] and after.accuracy == 1.0 > before.accuracy
     # the shared fixture was copied, not trained
@@ -298,16 +319,17 @@ def test_causal_lm_reward_model_trains(tiny_lm):
 
 @pytest.mark.slow
 def test_minilm_reward_model_learns_heldout_preferences():
-    # Half the training prompts (every other one, so all categories), one K-wise epoch: ~35 s on
-    # one core. Measured held-out pairwise accuracy 0.776, 0.785, 0.761 for seeds 0, 1, 2
-    # (chance 0.5); the threshold leaves room for platform differences.
+    # Lesson 04's model at its defaults (MiniLM, top layer and head trained), one K-wise epoch
+    # on every other training prompt (all categories) to keep the test short.
+    from rlhf_lessons.models import load_encoder
+
     train, heldout = load_preferences("train"), load_preferences("heldout")
-    model, history = train_reward_model(
-        train[::2], mode="kwise", epochs=1, lr=2e-4, batch_size=4, seed=0, show_progress=False
-    )
-    assert isinstance(model, RewardModel) and model.pooling == "mean"
+    encoder, tok = load_encoder("minilm")
+    rm = RewardModel((encoder, tok), frozen=FrozenBottom(encoder, 5), seed=0)
+    cfg = RewardModelConfig(mode="kwise", lr=1e-3, batch_size=2, seed=0)
+    history = train_reward_model(rm, tok, train[::2], cfg, show_progress=False)
     assert history.forward_passes == sum(len(r["ranked_outputs"]) for r in train[::2])
-    result = evaluate_reward_model(model, heldout)
+    result = evaluate_reward_model(rm, heldout)
     assert result.n_pairs == 205 and result.n_prompts == 64
-    assert result.accuracy >= 0.70, (result.summary(), history.train_seconds)
-    assert result.kendall_tau > 0.3
+    assert result.accuracy >= 0.65, result.summary()  # chance is 0.5
+    assert result.kendall_tau > 0.2

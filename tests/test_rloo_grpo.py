@@ -8,6 +8,7 @@ import warnings
 import pytest
 import torch
 
+from rlhf_lessons.alignment.grpo_trl_variants import trl_grpo_loss
 from rlhf_lessons.alignment.rloo_grpo import (
     GroupPGConfig,
     group_advantages,
@@ -83,9 +84,13 @@ def test_grpo_loss_types_by_hand(beta):
         "dr_grpo": (sum(row0) + sum(row1)) / (2 * 4),  # B * max_completion_length
     }
     for loss_type, value in expected.items():
-        loss, m = grpo_loss(NEW, NEW, REF, ADV, MASK, beta=beta, loss_type=loss_type,
-                            max_completion_length=4)  # fmt: skip
+        loss, m = trl_grpo_loss(NEW, NEW, REF, ADV, MASK, beta=beta, loss_type=loss_type,
+                                max_completion_length=4)  # fmt: skip
         assert loss.item() == pytest.approx(value, rel=1e-6), loss_type
+    # the paper's loss is the "grpo" average (with or without the ratio factor: rho = 1 here)
+    assert grpo_loss(NEW, NEW, REF, ADV, MASK, beta=beta)[0].item() == pytest.approx(
+        expected["grpo"], rel=1e-6
+    )
     # a number worked out on paper: beta 0.1, "grpo"
     if beta == 0.1:
         assert grpo_loss(NEW, NEW, REF, ADV, MASK, beta=0.1)[0].item() == pytest.approx(
@@ -95,8 +100,9 @@ def test_grpo_loss_types_by_hand(beta):
 
 
 def test_dapo_divides_by_num_items_in_batch():
-    full = grpo_loss(NEW, NEW, None, ADV, MASK, beta=0.0, loss_type="dapo")[0]
-    half = grpo_loss(NEW, NEW, None, ADV, MASK, beta=0.0, loss_type="dapo", num_items_in_batch=6)
+    full = trl_grpo_loss(NEW, NEW, None, ADV, MASK, beta=0.0, loss_type="dapo")[0]
+    half = trl_grpo_loss(NEW, NEW, None, ADV, MASK, beta=0.0, loss_type="dapo",
+                         num_items_in_batch=6)  # fmt: skip
     assert half[0].item() == pytest.approx(full.item() * 3 / 6)
 
 
@@ -117,7 +123,10 @@ def test_grpo_at_ratio_one_is_the_policy_gradient(loss_type):
     mask = torch.tensor([[1.0, 1.0, 1.0, 0.0], [1.0, 0.0, 0.0, 0.0], [1.0, 1.0, 0.0, 0.0]])
     logp = (-torch.rand(3, 4)).requires_grad_(True)
     adv = torch.tensor([0.7, -1.3, 0.4])
-    loss, m = grpo_loss(logp, logp.detach(), None, adv, mask, beta=0.0, loss_type=loss_type)
+    loss, m = trl_grpo_loss(logp, logp.detach(), None, adv, mask, beta=0.0, loss_type=loss_type)
+    if loss_type == "grpo":
+        paper, _ = grpo_loss(logp, logp.detach(), None, adv, mask, beta=0.0)
+        assert paper.item() == pytest.approx(loss.item())
     assert m["clipfrac"] == 0.0 and m["approx_kl"] == pytest.approx(0.0, abs=1e-7)
     assert loss.item() == pytest.approx(
         -((adv[:, None] * mask).sum(-1) / mask.sum(-1)).mean().item()
@@ -140,8 +149,8 @@ def test_kl_ratio_correction_gives_the_reverse_kl_gradient():
         (True, logp.detach() - ref),
         (False, 1 - (ref - logp.detach()).exp()),
     ):
-        loss, _ = grpo_loss(logp, logp.detach(), ref, zero_adv, mask, beta=1.0, loss_type="bnpo",
-                            kl_ratio_correction=correction)  # fmt: skip
+        loss, _ = trl_grpo_loss(logp, logp.detach(), ref, zero_adv, mask, beta=1.0,
+                                loss_type="bnpo", kl_ratio_correction=correction)  # fmt: skip
         (grad,) = torch.autograd.grad(loss, logp)
         torch.testing.assert_close(grad, expected / 3)
 
@@ -169,11 +178,11 @@ def test_grpo_loss_rejects_bad_input():
     with pytest.raises(ValueError, match="advantages must be"):
         grpo_loss(NEW, NEW, REF, torch.zeros(3), MASK)
     with pytest.raises(ValueError, match="loss_type"):
-        grpo_loss(NEW, NEW, REF, ADV, MASK, loss_type="ppo")
+        trl_grpo_loss(NEW, NEW, REF, ADV, MASK, loss_type="ppo")
     with pytest.raises(ValueError, match="needs ref_logp"):
         grpo_loss(NEW, NEW, None, ADV, MASK, beta=0.1)
     with pytest.raises(ValueError, match="max_completion_length"):
-        grpo_loss(NEW, NEW, REF, ADV, MASK, loss_type="dr_grpo")
+        trl_grpo_loss(NEW, NEW, REF, ADV, MASK, loss_type="dr_grpo")
     with pytest.raises(ValueError, match="advantages contains NaN"):
         grpo_loss(NEW, NEW, REF, torch.tensor([1.0, float("nan")]), MASK)
     with pytest.raises(ValueError, match="new_logp contains NaN or inf on completion tokens"):
@@ -422,9 +431,14 @@ def test_grpo_loss_matches_trl(saved_tiny, tmp_path, loss_type, correction):
         mask, advantages=adv, old_per_token_logps=old, ref_per_token_logps=ref,
         num_items_in_batch=n_items))  # fmt: skip
     ours_logp = new.clone().requires_grad_(True)
-    ours, _ = grpo_loss(ours_logp, old, ref, adv, mask, clip_eps=0.2, beta=0.04,
-                        loss_type=loss_type, clip_eps_high=0.28, kl_ratio_correction=correction,
-                        num_items_in_batch=n_items.item(), max_completion_length=4)  # fmt: skip
+    if loss_type == "grpo" and not correction:  # the paper's loss
+        ours, _ = grpo_loss(ours_logp, old, ref, adv, mask, clip_eps=0.2, beta=0.04,
+                            clip_eps_high=0.28)  # fmt: skip
+    else:
+        ours, _ = trl_grpo_loss(ours_logp, old, ref, adv, mask, clip_eps=0.2, beta=0.04,
+                                loss_type=loss_type, clip_eps_high=0.28,
+                                kl_ratio_correction=correction, num_items_in_batch=n_items.item(),
+                                max_completion_length=4)  # fmt: skip
     assert ours.item() == pytest.approx(theirs.item(), abs=1e-6)
     (g_theirs,) = torch.autograd.grad(theirs, theirs_logp)
     (g_ours,) = torch.autograd.grad(ours, ours_logp)
@@ -513,52 +527,152 @@ def test_our_logprobs_match_trls(saved_tiny, tmp_path, tiny_lm):
 def review_world():
     from rlhf_lessons.course.device import torch_threads
     from rlhf_lessons.review_world.evaluation import evaluate_policy
-    from rlhf_lessons.review_world.grammar import prompts
+    from rlhf_lessons.review_world.splits import train_prompts, validation_prompts
     from rlhf_lessons.review_world.tiny_lm import load_sft_model
 
     ref, tok = load_sft_model(show_progress=False)
-    held_out = prompts(64, seed=1)
 
     def evaluate(policy):
         with torch_threads(1):
-            return evaluate_policy(policy, ref, tok, held_out, n_samples=4, max_new_tokens=16,
-                                   seed=0)  # fmt: skip
+            return evaluate_policy(policy, ref, tok, validation_prompts(), n_samples=4,
+                                   max_new_tokens=16, seed=0)  # fmt: skip
 
-    return ref, tok, prompts(1000, seed=0), evaluate, evaluate(ref)
+    return ref, tok, train_prompts(1000, seed=0), evaluate, evaluate(ref)
 
 
 @pytest.mark.slow
 @pytest.mark.parametrize("method", ["rloo", "grpo"])
 def test_group_pg_raises_the_true_reward_of_the_review_model(review_world, method):
-    """Lesson 05's claim in small: 40 iterations (~10 s) on the true (VADER) reward.
-
-    The SFT model scores 0.03-0.11 (+-0.1) on these prompts over sampling seeds; 40 iterations
-    of either method reached 0.32-0.44 over training seeds 0-2, at a KL below 1 nat."""
+    """Lesson 05's claim in small: 20 iterations at lesson 05's learning rate on the true
+    (VADER) reward lift the reward clearly above the SFT model's at a moderate KL."""
     from rlhf_lessons.review_world.true_reward import reward_of
 
     ref, tok, pool, evaluate, sft = review_world
-    cfg = getattr(GroupPGConfig, method)(iterations=40, seed=0)
+    cfg = getattr(GroupPGConfig, method)(iterations=20, lr=1e-3, seed=0)
     policy = copy.deepcopy(ref)
     h = train_group_pg(policy, tok, pool, cfg, ref=ref, reward_fn=reward_of, show_progress=False)
     after = evaluate(policy)
-    assert after["reward"] > sft["reward"] + 0.2, (sft["reward"], after["reward"])
+    assert after["reward"] > sft["reward"] + 0.15, (sft["reward"], after["reward"])
     assert after["reward"] - after["reward_ci"] > sft["reward"] + sft["reward_ci"]
-    assert 0.05 < after["kl"] < 3.0, after["kl"]
-    assert sum(h.raw_score[-10:]) / 10 > sum(h.raw_score[:10]) / 10 + 0.1
+    assert 0.05 < after["kl"] < 10.0, after["kl"]
+    assert sum(h.raw_score[-5:]) / 5 > sum(h.raw_score[:5]) / 5 + 0.1
 
 
 @pytest.mark.slow
 @pytest.mark.parametrize("method", ["rloo", "grpo"])
 def test_trl_trains_the_review_model_offline(review_world, method):
     """trl.RLOOTrainer / GRPOTrainer run offline on review-gpt with VADER and learn."""
-    from rlhf_lessons.alignment.rloo_grpo import train_with_trl
     from rlhf_lessons.review_world.true_reward import reward_of
+    from rlhf_lessons.trl_runs import train_with_trl
 
     ref, tok, pool, evaluate, sft = review_world
-    cfg = getattr(GroupPGConfig, method)(iterations=30, seed=0)
-    run = train_with_trl(method, copy.deepcopy(ref), tok, pool, reward_of, cfg)
-    assert len(run.reward) == len(run.raw_reward) == len(run.step_seconds) == 30
-    assert all(math.isfinite(x) for x in run.reward + run.kl)
+    cfg = getattr(GroupPGConfig, method)(iterations=20, lr=1e-3, seed=0)
+    run = train_with_trl(method, copy.deepcopy(ref), tok, pool, cfg, reward_fn=reward_of)
+    assert run.trainer == ("RLOOTrainer" if method == "rloo" else "GRPOTrainer")
+    h = run.history
+    assert len(h.score) == len(h.raw_score) == len(h.seconds) == 20
+    assert all(math.isfinite(x) for x in h.score + h.kl_per_token)
+    assert h.seconds == sorted(h.seconds)
     assert "forward" not in run.policy.__dict__  # TRL's fused-head patch is undone
     after = evaluate(run.policy)
     assert after["reward"] > sft["reward"] + 0.15, (sft["reward"], after["reward"])
+
+
+# --- what the k3 term's gradient is: exact enumeration on a two-token toy policy --------------
+
+
+def _toy_policy(seed=0, vocab=3):
+    """pi(y1) and pi(y2 | y1) from free logits (with gradient); a fixed random reference."""
+    g = torch.Generator().manual_seed(seed)
+    theta1 = torch.randn(vocab, generator=g).requires_grad_(True)
+    theta2 = torch.randn(vocab, vocab, generator=g).requires_grad_(True)
+    ref1 = torch.randn(vocab, generator=g).log_softmax(-1)
+    ref2 = torch.randn(vocab, vocab, generator=g).log_softmax(-1)
+    return (theta1, theta2), ref1, ref2
+
+
+def _sequences(params, ref1, ref2):
+    """Every completion (y1, y2): its token log-probs (1, 2) under pi and pi_ref."""
+    logp1, logp2 = params[0].log_softmax(-1), params[1].log_softmax(-1)
+    vocab = len(ref1)
+    for y1 in range(vocab):
+        for y2 in range(vocab):
+            new = torch.stack([logp1[y1], logp2[y1, y2]]).unsqueeze(0)
+            yield new, torch.stack([ref1[y1], ref2[y1, y2]]).unsqueeze(0)
+
+
+def _expected_grad(params, ref1, ref2, loss_of):
+    """E_{y ~ pi}[grad loss(y)], exactly: sum over completions of pi(y) * grad loss(y)."""
+    total = [torch.zeros_like(p) for p in params]
+    for new, ref in _sequences(params, ref1, ref2):
+        weight = new.sum().exp().detach()
+        grads = torch.autograd.grad(loss_of(new, ref), params, retain_graph=True)
+        total = [t + weight * g for t, g in zip(total, grads, strict=True)]
+    return total
+
+
+def _per_token_kl_grad(params, ref1, ref2, forward):
+    """grad of sum_t E_{s_t}[KL_t] with the context distribution held fixed (detached)."""
+    logp1, logp2 = params[0].log_softmax(-1), params[1].log_softmax(-1)
+
+    def kl(logp, logq):  # KL(p || q) of categorical distributions, over the last axis
+        return (logp.exp() * (logp - logq)).sum(-1)
+
+    if forward:  # KL(pi_ref || pi) per token
+        first, second = kl(ref1, logp1), kl(ref2, logp2)
+    else:  # KL(pi || pi_ref) per token
+        first, second = kl(logp1, ref1), kl(logp2, ref2)
+    objective = first + (logp1.exp().detach() * second).sum()
+    return torch.autograd.grad(objective, params)
+
+
+def _sequence_kl_grad(params, ref1, ref2):
+    total = sum(new.sum().exp() * (new - ref).sum() for new, ref in _sequences(params, ref1, ref2))
+    return torch.autograd.grad(total, params)
+
+
+def _k3_loss(correction):
+    """beta = 1, advantage 0: the loss is the summed per-token (rho-weighted) k3 of one
+    completion (dr_grpo with max_completion_length 1 divides by 1)."""
+
+    def loss_of(new, ref):
+        return trl_grpo_loss(new, new.detach(), ref, torch.zeros(1), torch.ones(1, 2), beta=1.0,
+                             loss_type="dr_grpo", max_completion_length=1,
+                             kl_ratio_correction=correction)[0]  # fmt: skip
+
+    return loss_of
+
+
+def test_ratio_corrected_k3_is_the_per_token_reverse_kl_gradient_not_the_sequence_kl():
+    params, ref1, ref2 = _toy_policy()
+    expected = _expected_grad(params, ref1, ref2, _k3_loss(correction=True))
+    per_token = _per_token_kl_grad(params, ref1, ref2, forward=False)
+    for a, b in zip(expected, per_token, strict=True):
+        torch.testing.assert_close(a, b, atol=1e-6, rtol=1e-5)
+    sequence = _sequence_kl_grad(params, ref1, ref2)
+    gap = max((a - b).abs().max().item() for a, b in zip(expected, sequence, strict=True))
+    assert gap > 1e-2  # the sequence KL also charges y1 for the KL of y2
+
+
+def test_plain_k3_is_the_per_token_forward_kl_gradient():
+    params, ref1, ref2 = _toy_policy(seed=1)
+    expected = _expected_grad(params, ref1, ref2, _k3_loss(correction=False))
+    forward = _per_token_kl_grad(params, ref1, ref2, forward=True)
+    for a, b in zip(expected, forward, strict=True):
+        torch.testing.assert_close(a, b, atol=1e-6, rtol=1e-5)
+    # the paper's grpo_loss: the same k3 term, averaged over the completion's 2 tokens
+    paper = _expected_grad(params, ref1, ref2, lambda new, ref: grpo_loss(
+        new, new.detach(), ref, torch.zeros(1), torch.ones(1, 2), beta=1.0)[0])  # fmt: skip
+    for a, b in zip(paper, forward, strict=True):
+        torch.testing.assert_close(2 * a, b, atol=1e-6, rtol=1e-5)
+
+
+def test_one_update_per_batch_starts_exactly_on_policy(tiny_lm):
+    """epochs = minibatches = 1: the update's own forward pass gives log pi_old, so the ratio
+    is exactly 1 (nothing clipped, approx_kl 0), as in TRL."""
+    model, tok = tiny_lm
+    cfg = GroupPGConfig.grpo(iterations=3, prompts_per_iteration=4, k=2, max_new_tokens=4,
+                             missing_eos_penalty=None)  # fmt: skip
+    h = train_group_pg(copy.deepcopy(model), tok, ["a film", "the movie was", "a", "the plot"],
+                       cfg, ref=model, reward_fn=_positive_words, show_progress=False)  # fmt: skip
+    assert h.clipfrac == [0.0] * 3 and h.approx_kl == [0.0] * 3

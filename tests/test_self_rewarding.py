@@ -1,7 +1,6 @@
 """Self-rewarding LMs (lesson 10): the pair rule (checkable fact 11), the judge's scores parsed
-with reasons on good and bad replies, prompt writing, and the review world's judge vocabulary."""
+with reasons on good and bad replies, prompt writing (the review world's judge: test_self_judge)."""
 
-import copy
 import math
 
 import numpy as np
@@ -189,53 +188,3 @@ def test_generate_prompts_rejects_copies_and_counts_reasons(tiny_lm, monkeypatch
     assert rejected["copy of a seed"] >= 1 and rejected["duplicate"] >= 1 and rejected["empty"] >= 1
     with pytest.raises(ValueError, match="n_shots"):
         sr.generate_prompts(model, tok, seeds[:1], 2, cfg)
-
-
-# --- the review world ---------------------------------------------------------------------------
-
-
-def test_reward_to_grade_bins():
-    cases = {-1.0: 0, -0.81: 0, -0.8: 1, -0.01: 2, 0.0: 3, 0.79: 4, 0.8: 5, 1.0: 5}
-    assert {r: sr.reward_to_grade(r) for r in cases} == cases
-    with pytest.raises(ValueError, match="reward"):
-        sr.reward_to_grade(1.5)
-
-
-def test_review_judge_prompt_and_pattern():
-    text = sr.REVIEW_JUDGE.format("the plot was ", "great .")
-    assert text == "judge : the plot was great . grade :"
-    assert sr.parse_score(" 4", sr.REVIEW_JUDGE).value == 4.0
-    assert sr.parse_score(" great", sr.REVIEW_JUDGE).reason == "not a number"
-    assert sr.parse_score(" 7", sr.REVIEW_JUDGE).reason == "out of range"
-
-
-def test_add_judge_vocabulary_keeps_old_ids_and_logits(tiny_lm):
-    model, tok = tiny_lm
-    new_model, new_tok = sr.add_judge_vocabulary(model, tok, words=("grade", ":", "4"))
-    assert len(new_tok) == len(tok) + 3
-    assert {w: new_tok.get_vocab()[w] for w in tok.get_vocab()} == tok.get_vocab()
-    ids = new_tok("the movie was grade : 4", add_special_tokens=False)["input_ids"]
-    assert ids[-3:] == [len(tok), len(tok) + 1, len(tok) + 2]
-    x = torch.tensor([tok("the movie was great", add_special_tokens=False)["input_ids"]])
-    with torch.no_grad():
-        old, new = model(x).logits, new_model(x).logits
-    assert new.shape[-1] == len(new_tok)
-    torch.testing.assert_close(new[..., : len(tok)], old)  # the old vocabulary's logits
-    assert model.get_input_embeddings().weight.shape[0] == len(tok)  # the input is untouched
-
-
-def test_review_seed_data_builds_the_three_tasks(tiny_lm):
-    model, tok = tiny_lm
-    model = copy.deepcopy(model)
-    prompts = ["the movie was ", "the plot is ", "a film ", "the acting was ", "the film is "]
-    data = sr.review_seed_data(model, tok, prompts, lambda p, c: torch.linspace(-1, 1, len(c)),
-                               fluency_fn=lambda text: True, k=2, max_new_tokens=4,
-                               min_reward=-1.0)  # fmt: skip
-    assert all(r["completion"].strip() for r in data["ift"])
-    for r in data["eft"]:
-        assert r["prompt"] == sr.REVIEW_JUDGE.format(r["review_prompt"], r["review_completion"])
-        assert r["completion"] == str(r["grade"]) and 0 <= r["grade"] <= 5
-    assert len(data["writing"]) == 2
-    w = data["writing"][0]
-    assert w["prompt"].startswith("prompts : ") and w["prompt"].endswith(" ;")
-    assert w["prompt"].count(" ; ") == 3 and w["completion"] in {p.strip() for p in prompts}

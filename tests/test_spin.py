@@ -35,6 +35,13 @@ def test_spin_loss_is_dpo_with_data_as_chosen():
     hand = (math.log1p(math.exp(-0.2)) + math.log(2)) / 2
     assert loss.item() == pytest.approx(hand, abs=1e-6)
     torch.testing.assert_close(expected, -F.logsigmoid(0.1 * torch.tensor([2.0, 0.0])).mean())
+    # the module's spin_loss is the paper's formula, and DPO's loss with data as chosen
+    ours, m = spin.spin_loss(lp_real, lp_gen, lp_real_ref, lp_gen_ref, lam=0.1)
+    torch.testing.assert_close(ours, expected)
+    torch.testing.assert_close(ours, loss)
+    assert m["accuracy"] == 0.5  # u = 0.2 > 0 wins, u = 0 does not
+    with pytest.raises(ValueError, match="same shape"):
+        spin.spin_loss(lp_real, lp_gen[:1], lp_real_ref, lp_gen_ref)
 
 
 def test_spin_pairs_take_the_data_answer_and_the_models_sample(tiny_lm):
@@ -104,15 +111,14 @@ def test_bad_sft_data_is_rejected_with_the_field_named():
 def test_spin_raises_the_true_reward_in_the_review_world():
     """From review-gpt fine-tuned on a few positive answers, two SPIN iterations on the others
     raise the true reward of its completions of held-out prompts."""
-    from rlhf_lessons.alignment.self_rewarding import review_seed_data
     from rlhf_lessons.alignment.sft import SFTConfig, train_sft
     from rlhf_lessons.review_world.evaluation import evaluate_policy
     from rlhf_lessons.review_world.grammar import is_grammatical, prompts
+    from rlhf_lessons.review_world.self_judge import lexicon_grades, review_seed_data
     from rlhf_lessons.review_world.tiny_lm import load_sft_model
-    from rlhf_lessons.review_world.true_reward import reward_of
 
     base, tok = load_sft_model()
-    ift = review_seed_data(base, tok, prompts(600, seed=10), reward_of, is_grammatical)["ift"]
+    ift = review_seed_data(base, tok, prompts(600, seed=10), lexicon_grades, is_grammatical)["ift"]
     model = copy.deepcopy(base)
     train_sft(model, tok, ift[:100], SFTConfig(lr=1e-3, batch_size=32), show_progress=False)
 

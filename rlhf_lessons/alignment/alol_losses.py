@@ -43,7 +43,7 @@ data whose advantage is below beta (the tests check this identity). In the repos
 Rewards: A-LoL's code expects R in [0, 1] (its value head ends in a sigmoid); ``wbc``,
 ``r_gold`` and ``r_lol`` refuse negative rewards here, because a negative weight on an NLL is
 unlikelihood training, unbounded below, and not what these objectives are. Rescale a reward
-in [-1, 1] with (R + 1) / 2 (:mod:`rlhf_lessons.alignment.alol` does).
+in [-1, 1] with (R + 1) / 2 (:mod:`rlhf_lessons.alignment.alol_data` does).
 
 Shapes: ``logp``, ``ref_logp`` and ``mask`` are (B, T) per-token log-probs of the data's tokens
 (:func:`rlhf_lessons.lm.token_logprobs`; the policy's with gradient) and the completion mask;
@@ -68,36 +68,81 @@ DEFAULT_MIN_PROB = 0.1  # GOLD's lower bound u on the token probability (the rep
 DEFAULT_KL_BETA = 0.1  # our choice; the repository's default kl_beta is 0 (A-LoL KL off)
 
 
-# --- Input checks ------------------------------------------------------------------------------
+# --- Input checks (one call at the top of every objective) -----------------------------------
+
+_UNSET = object()
 
 
-def _check_tokens(name: str, x: torch.Tensor, shape: torch.Size | None = None) -> None:
-    if not isinstance(x, torch.Tensor) or x.ndim != 2:
+def check_inputs(
+    logp: torch.Tensor,
+    mask: torch.Tensor,
+    *,
+    ref_logp: torch.Tensor | None = None,
+    rewards: torch.Tensor | None = None,
+    advantages: torch.Tensor | None = None,
+    clip_eps=_UNSET,
+    kl_beta=_UNSET,
+    min_prob=_UNSET,
+) -> torch.Tensor:
+    """Every check of an objective's inputs, in one call; returns ``mask`` in ``logp``'s dtype.
+
+    ``logp``, ``mask`` (and ``ref_logp``) must be (B, T) with a completion token in every row
+    and finite values on those tokens; ``rewards`` (>= 0: A-LoL's rewards lie in [0, 1]) and
+    ``advantages`` must be (B,) and finite; the settings an objective has (``clip_eps`` in
+    (0, 1] or None, ``kl_beta`` >= 0, ``min_prob`` in (0, 1]) must be in range. Each error
+    names the field and the fix."""
+    for name, x in (("logp", logp), ("mask", mask), ("ref_logp", ref_logp)):
+        if x is None:
+            continue
+        if not isinstance(x, torch.Tensor) or x.ndim != 2:
+            got = tuple(x.shape) if isinstance(x, torch.Tensor) else type(x).__name__
+            raise ValueError(
+                f"{name} must be a (B, T) tensor of per-token values (lm.token_logprobs), got {got}"
+            )
+        if name != "logp" and x.shape != logp.shape:
+            raise ValueError(
+                f"{name} must have the shape of logp {tuple(logp.shape)}, got {tuple(x.shape)}"
+            )
+        if x.shape[0] == 0:
+            raise ValueError(f"{name} is empty (B = 0): there is no response to compute a loss on")
+    if (mask.sum(-1) == 0).any():
+        i = int((mask.sum(-1) == 0).nonzero()[0, 0])
+        raise ValueError(f"mask row {i} has no completion token: every response needs one")
+    m = mask.bool()
+    for name, x in (("logp", logp), ("ref_logp", ref_logp)):
+        if x is not None and not torch.isfinite(x.detach()[m]).all():
+            raise ValueError(f"{name} is NaN or inf on a completion token")
+    batch = logp.shape[0]
+    for name, x in (("rewards", rewards), ("advantages", advantages)):
+        if x is None:
+            continue
+        if not isinstance(x, torch.Tensor) or x.shape != (batch,):
+            got = tuple(x.shape) if isinstance(x, torch.Tensor) else type(x).__name__
+            raise ValueError(
+                f"{name} must be a ({batch},) tensor, one value per response, got {got}"
+            )
+        if not torch.isfinite(x).all():
+            raise ValueError(
+                f"{name} contains NaN or inf: check the reward / value that produced it"
+            )
+    if rewards is not None and (rewards < 0).any():
         raise ValueError(
-            f"{name} must be a (B, T) tensor of per-token values (lm.token_logprobs), got "
-            f"{tuple(x.shape) if isinstance(x, torch.Tensor) else type(x).__name__}"
+            f"rewards must be >= 0 (A-LoL's rewards lie in [0, 1]); got {rewards.min().item():.4g}. "
+            "Rescale the reward, e.g. (r + 1) / 2 for a reward in [-1, 1]"
         )
-    if shape is not None and x.shape != shape:
-        raise ValueError(f"{name} must have the shape of logp {tuple(shape)}, got {tuple(x.shape)}")
-    if x.shape[0] == 0:
-        raise ValueError(f"{name} is empty (B = 0): there is no response to compute a loss on")
+    if clip_eps is not _UNSET:
+        check_clip_eps(clip_eps)
+    if kl_beta is not _UNSET and not (
+        isinstance(kl_beta, int | float) and math.isfinite(kl_beta) and kl_beta >= 0
+    ):
+        raise ValueError(f"kl_beta must be a number >= 0, got {kl_beta!r}")
+    if min_prob is not _UNSET and not (isinstance(min_prob, int | float) and 0 < min_prob <= 1):
+        raise ValueError(f"min_prob (GOLD's lower bound u) must be in (0, 1], got {min_prob}")
+    return mask.to(logp.dtype)
 
 
-def _check_per_sequence(name: str, x: torch.Tensor, batch: int, nonnegative: bool = False):
-    if not isinstance(x, torch.Tensor) or x.shape != (batch,):
-        got = tuple(x.shape) if isinstance(x, torch.Tensor) else type(x).__name__
-        raise ValueError(f"{name} must be a ({batch},) tensor, one value per response, got {got}")
-    if not torch.isfinite(x).all():
-        raise ValueError(f"{name} contains NaN or inf: check the reward / value that produced it")
-    if nonnegative and (x < 0).any():
-        bad = x.min().item()
-        raise ValueError(
-            f"{name} must be >= 0 (A-LoL's rewards lie in [0, 1]); got {bad:.4g}. Rescale the "
-            "reward, e.g. (r + 1) / 2 for a reward in [-1, 1]"
-        )
-
-
-def _check_eps(clip_eps) -> float | None:
+def check_clip_eps(clip_eps) -> float | None:
+    """``clip_eps`` in (0, 1] (weights clipped to [1 - eps, 1 + eps]) or None (no clip)."""
     if clip_eps is None:
         return None
     if not isinstance(clip_eps, int | float) or not 0 < clip_eps <= 1:
@@ -106,22 +151,6 @@ def _check_eps(clip_eps) -> float | None:
             f"an unclipped ratio, got {clip_eps!r}"
         )
     return float(clip_eps)
-
-
-def _check(logp, mask, ref_logp=None):
-    _check_tokens("logp", logp)
-    _check_tokens("mask", mask, logp.shape)
-    if ref_logp is not None:
-        _check_tokens("ref_logp", ref_logp, logp.shape)
-    if (mask.sum(-1) == 0).any():
-        i = int((mask.sum(-1) == 0).nonzero()[0, 0])
-        raise ValueError(f"mask row {i} has no completion token: every response needs one")
-    m = mask.bool()
-    if not torch.isfinite(logp.detach()[m]).all():
-        raise ValueError("logp is NaN or inf on a completion token")
-    if ref_logp is not None and not torch.isfinite(ref_logp[m]).all():
-        raise ValueError("ref_logp is NaN or inf on a completion token")
-    return mask.to(logp.dtype)
 
 
 # --- Building blocks ---------------------------------------------------------------------------
@@ -168,7 +197,7 @@ def _metrics(loss, nll, weight, iw=None, changed=None, extra=None) -> dict[str, 
 
 def nll_loss(logp: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, dict[str, float]]:
     """Behaviour cloning: ``L = mean_b NLL(y_b)``. logp (B, T) with grad, mask (B, T)."""
-    mask = _check(logp, mask)
+    mask = check_inputs(logp, mask)
     nll = sequence_nll(logp, mask)
     loss = nll.mean()
     return loss, _metrics(loss, nll, torch.ones_like(nll))
@@ -180,8 +209,7 @@ def wbc_loss(
     """Reward-weighted behaviour cloning: ``L = mean_b R_b * NLL(y_b)``.
 
     logp (B, T) with grad, mask (B, T), rewards (B,) >= 0. With R = 1 it is :func:`nll_loss`."""
-    mask = _check(logp, mask)
-    _check_per_sequence("rewards", rewards, logp.shape[0], nonnegative=True)
+    mask = check_inputs(logp, mask, rewards=rewards)
     nll = sequence_nll(logp, mask)
     r = rewards.detach().to(nll.dtype)
     loss = (r * nll).mean()
@@ -200,10 +228,7 @@ def r_gold_loss(
     pi_theta / pi_behaviour with a uniform behaviour policy), bounded below by ``min_prob`` = u
     so that unlikely tokens still get some gradient. logp (B, T) with grad, mask (B, T),
     rewards (B,) >= 0. With ``min_prob`` = 1 every weight is 1 and it is :func:`wbc_loss`."""
-    mask = _check(logp, mask)
-    _check_per_sequence("rewards", rewards, logp.shape[0], nonnegative=True)
-    if not 0 < min_prob <= 1:
-        raise ValueError(f"min_prob (GOLD's lower bound u) must be in (0, 1], got {min_prob}")
+    mask = check_inputs(logp, mask, rewards=rewards, min_prob=min_prob)
     with torch.no_grad():
         token_w = logp.detach().exp().clamp(min=min_prob)
     r = rewards.detach().to(logp.dtype)
@@ -236,10 +261,9 @@ def r_lol_loss(
 
     The sequence ratio exp(sum_t log pi_theta(y_t) - log pi_ref(y_t)) is detached. logp (B, T)
     with grad, ref_logp (B, T), mask (B, T), rewards (B,) >= 0."""
-    mask = _check(logp, mask, ref_logp)
-    _check_per_sequence("rewards", rewards, logp.shape[0], nonnegative=True)
-    eps = _check_eps(clip_eps)
-    return _sequence_is_loss(logp, ref_logp.detach(), mask, rewards.detach().to(logp.dtype), eps)
+    mask = check_inputs(logp, mask, ref_logp=ref_logp, rewards=rewards, clip_eps=clip_eps)
+    return _sequence_is_loss(logp, ref_logp.detach(), mask, rewards.detach().to(logp.dtype),
+                             clip_eps)  # fmt: skip
 
 
 def a_lol_loss(
@@ -251,11 +275,9 @@ def a_lol_loss(
 
     logp (B, T) with grad, ref_logp (B, T), mask (B, T), advantages (B,) (any sign: the
     function takes the positive part)."""
-    mask = _check(logp, mask, ref_logp)
-    _check_per_sequence("advantages", advantages, logp.shape[0])
-    eps = _check_eps(clip_eps)
+    mask = check_inputs(logp, mask, ref_logp=ref_logp, advantages=advantages, clip_eps=clip_eps)
     a = positive_part(advantages).to(logp.dtype)
-    loss, m = _sequence_is_loss(logp, ref_logp.detach(), mask, a, eps)
+    loss, m = _sequence_is_loss(logp, ref_logp.detach(), mask, a, clip_eps)
     m["advantage"] = a.mean().item()
     return loss, m
 
@@ -266,8 +288,7 @@ def a_lol_ref_free_loss(
     """A-LoL ref-free: ``L = mean_b A+_b * NLL(y_b)``: no importance weight, so no pi_ref.
 
     logp (B, T) with grad, mask (B, T), advantages (B,). With A+ = 1 it is :func:`nll_loss`."""
-    mask = _check(logp, mask)
-    _check_per_sequence("advantages", advantages, logp.shape[0])
+    mask = check_inputs(logp, mask, advantages=advantages)
     nll = sequence_nll(logp, mask)
     a = positive_part(advantages).to(nll.dtype)
     loss = (a * nll).mean()
@@ -283,11 +304,9 @@ def a_lol_seq_loss(
     (-log pi_theta(y_t))``, every ratio detached.
 
     logp (B, T) with grad, ref_logp (B, T), mask (B, T), advantages (B,)."""
-    mask = _check(logp, mask, ref_logp)
-    _check_per_sequence("advantages", advantages, logp.shape[0])
-    eps = _check_eps(clip_eps)
+    mask = check_inputs(logp, mask, ref_logp=ref_logp, advantages=advantages, clip_eps=clip_eps)
     a = positive_part(advantages).to(logp.dtype)
-    iw, changed = clipped_ratio(logp.detach() - ref_logp.detach(), eps)
+    iw, changed = clipped_ratio(logp.detach() - ref_logp.detach(), clip_eps)
     per_seq = -(iw * logp * mask).sum(-1)
     loss = (a * per_seq).mean()
     nll = sequence_nll(logp, mask)
@@ -305,10 +324,7 @@ def a_lol_kl_loss(
     y ~ pi_theta; on data it has the gradient beta * grad log pi_theta(y), so the objective's
     gradient is that of ``(A+ - beta) * NLL(y)`` (see the module docstring). logp (B, T) with
     grad, ref_logp (B, T), mask (B, T), advantages (B,), ``kl_beta`` >= 0."""
-    mask = _check(logp, mask, ref_logp)
-    _check_per_sequence("advantages", advantages, logp.shape[0])
-    if not (isinstance(kl_beta, int | float) and math.isfinite(kl_beta) and kl_beta >= 0):
-        raise ValueError(f"kl_beta must be a number >= 0, got {kl_beta!r}")
+    mask = check_inputs(logp, mask, ref_logp=ref_logp, advantages=advantages, kl_beta=kl_beta)
     nll = sequence_nll(logp, mask)
     a = positive_part(advantages).to(nll.dtype)
     log_ratio = ((logp - ref_logp.detach()) * mask).sum(-1)  # = -NLL(y) - log pi_ref(y)

@@ -47,7 +47,7 @@ from rlhf_lessons.alignment.kl_control import (
     FixedKLController,
     shape_rewards,
 )
-from rlhf_lessons.alignment.rollouts import RewardFn, Rollout, collect_rollout
+from rlhf_lessons.alignment.rollouts import RewardFn, Rollout, collect_rollout, forward_by_length
 from rlhf_lessons.course.device import torch_threads
 from rlhf_lessons.course.progress import progress
 from rlhf_lessons.course.seeding import seed_everything
@@ -77,7 +77,12 @@ class PolicyWithValueHead(nn.Module):
         self, batch: Batch, temperature: float = 1.0
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """``(logp, values, entropy)``, each (B, T), aligned: column t is about choosing token t
-        (its log-prob, V of the state it is chosen in, the entropy of that choice)."""
+        (its log-prob, V of the state it is chosen in, the entropy of that choice); zero on
+        padding. Rows run in groups of similar length (:func:`~rlhf_lessons.alignment.rollouts.
+        forward_by_length`): the same numbers as one padded pass, with less compute."""
+        return forward_by_length(lambda b: self._forward(b, temperature), batch)
+
+    def _forward(self, batch: Batch, temperature: float):
         logp, states, entropy = token_logprobs_and_states(self.lm, batch, temperature)
         return logp, self.v_head(states).squeeze(-1), entropy
 
@@ -167,21 +172,15 @@ def train_lm_ppo(
 ) -> History:
     """Fine-tune ``policy`` (a :class:`PolicyWithValueHead`, changed in place) with PPO.
 
-    Args:
-        policy: the policy and its value head; typically a copy of the SFT model.
-        tokenizer: the policy's tokenizer.
-        prompts: formatted prompts; each iteration draws ``batch_size`` of them at random.
-        config: see :class:`LMPPOConfig` (default: its defaults).
-        ref: the frozen reference (SFT) model, for the KL penalty.
-        reward_fn: ``(prompts, completions) -> (B,)`` scores (a reward model, or the true one).
-        eval_fn: ``policy.lm -> dict`` measured every ``eval_every`` iterations and at the
-            end (e.g. :func:`rlhf_lessons.review_world.evaluation.evaluate_policy`).
-
-    Returns:
-        a :class:`~rlhf_lessons.training.History` with one row per iteration: the rollout's
-        ``score``, sequence ``kl``, ``beta``, shaped ``reward``, ``length`` and ``ended``, the
-        update's mean ``policy_loss``, ``value_loss``, ``approx_kl``, ``clipfrac``,
-        ``entropy``, and ``seconds``; ``info["samples"]`` holds a few of the last samples.
+    ``policy`` is typically a copy of the SFT model with a new head; each iteration draws
+    ``batch_size`` of the formatted ``prompts``; ``ref`` is the frozen reference (SFT) model;
+    ``reward_fn(prompts, completions) -> (B,)`` scores (a reward model, or the true one);
+    ``eval_fn(policy.lm) -> dict`` runs every ``eval_every`` iterations and at the end (e.g.
+    :func:`rlhf_lessons.review_world.evaluation.evaluate_policy`), outside ``seconds``.
+    Returns a :class:`~rlhf_lessons.training.History`, one row per iteration: the rollout's
+    ``score``, sequence ``kl``, ``beta``, shaped ``reward``, ``length`` and ``ended``, the
+    update's mean ``policy_loss``, ``value_loss``, ``approx_kl``, ``clipfrac``, ``entropy``,
+    and ``seconds``; ``info["samples"]`` holds a few of the last samples.
     """
     cfg = config or LMPPOConfig()
     if len(prompts) < cfg.batch_size:
@@ -197,11 +196,8 @@ def train_lm_ppo(
     ref.eval()  # never trained: collect_rollout runs it under no_grad
     policy.eval()  # dropout off for rollouts and updates alike ("N details", no. 8)
     optimizer = torch.optim.Adam(policy.parameters(), lr=cfg.lr, eps=1e-5)
-    kl_ctl = (
-        AdaptiveKLController(cfg.beta, cfg.kl_target, cfg.kl_horizon)
-        if cfg.adaptive_kl
-        else FixedKLController(cfg.beta)
-    )
+    kl_ctl = (AdaptiveKLController(cfg.beta, cfg.kl_target, cfg.kl_horizon) if cfg.adaptive_kl
+              else FixedKLController(cfg.beta))  # fmt: skip
     history = History(
         "ppo", asdict(cfg), info={"trainable_parameters": sum(p.numel() for p in params)}
     )
@@ -211,15 +207,17 @@ def train_lm_ppo(
             history.evaluate(eval_fn, policy.lm)
         for _ in progress(range(cfg.iterations), desc="PPO", disable=not show_progress):
             with watch:
-                # 1. Rollout: sample, score, and both models' log-probs at temperature tau.
+                # 1. Rollout: sample, score, the reference's log-probs; then one pass of the
+                # policy for its log-probs and values, all at temperature tau.
                 ro: Rollout = collect_rollout(
                     policy.lm, ref, tokenizer, rng.sample(list(prompts), cfg.batch_size),
                     reward_fn, max_new_tokens=cfg.max_new_tokens, temperature=tau,
-                    missing_eos_penalty=cfg.missing_eos_penalty,
+                    missing_eos_penalty=cfg.missing_eos_penalty, policy_logprobs=False,
                 )  # fmt: skip
                 mask = ro.mask
                 with torch.no_grad():
-                    old_values = policy(ro.batch, tau)[1] * mask
+                    logp, old_values, _ = policy(ro.batch, tau)
+                ro.logp, old_values = logp * mask, old_values * mask
 
                 # 2. Per-token rewards: -beta * kl_t everywhere, plus the score at the last token.
                 beta = kl_ctl.value
@@ -262,8 +260,6 @@ def train_lm_ppo(
             )  # fmt: skip
             if history.due(eval_every, cfg.iterations):
                 history.evaluate(eval_fn, policy.lm)
-        history.info["samples"] = list(
-            zip(ro.prompts[:8], ro.completions[:8], ro.raw_scores[:8].tolist(), strict=True)
-        )
+        history.info["samples"] = ro.samples()
         history.evaluate(eval_fn, policy.lm)
     return history

@@ -15,14 +15,21 @@ SPIN -> self-reward DPO. Every stage starts from the model the previous one left
   model, a pairwise ranker turned into scores, or any ``(prompts, completions) -> scores``.
 - :class:`SPINStage`: one SPIN iteration (:mod:`rlhf_lessons.alignment.spin`).
 
+Every stage returns the :class:`~rlhf_lessons.training.History` of its training (SFT or DPO)
+and metrics about its data (pairs kept, prompts skipped and why, the judge's agreement with a
+known reward). Every stage has a ``seed``: stage i is seeded with it (default i), and it
+replaces the seeds of the stage's configs, so one number decides a stage's every random draw.
+Two stages with the same seed on the same model see the same prompts and candidates (a
+self-rewarding round and its external-reward control differ only in the judge).
+
 **The reference of every DPO stage is the model the stage starts from** (M_t), as in both
 papers. With full weights, :func:`rlhf_lessons.alignment.dpo.train_dpo` takes the policy before its first
 update as the reference. With ``lora=...`` each stage trains a *fresh* adapter on top of the
 model so far and merges it afterwards, so "the adapter disabled" is again M_t.
 
 **Checkpoints and resuming.** Stage i writes ``output_dir/<i>-<name>/``: the model (full
-weights) or the adapter (LoRA), the tokenizer, ``stage.json`` (the stage's metrics and the
-evaluation after it) and ``data.json`` (its pairs and, for the self-rewarding stages, every
+weights) or the adapter (LoRA), the tokenizer, ``stage.json`` (the stage's metrics, its
+history and the evaluation after it) and ``data.json`` (its pairs and, for the self-rewarding stages, every
 candidate and judgement). A folder is written under a temporary name and renamed when complete.
 Calling :func:`run_pipeline` again with the same ``output_dir`` skips the finished stages:
 it loads their checkpoints (a full-weight run loads the last one; a LoRA run merges each saved
@@ -38,7 +45,7 @@ import shutil
 import time
 import warnings
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import ClassVar
 
@@ -60,8 +67,9 @@ from rlhf_lessons.alignment.self_rewarding import (
 from rlhf_lessons.alignment.sft import SFTConfig, train_sft
 from rlhf_lessons.alignment.spin import SPINConfig, spin_pairs
 from rlhf_lessons.course.cache import save_folder_atomically
+from rlhf_lessons.course.device import torch_threads
 from rlhf_lessons.course.seeding import seed_everything
-from rlhf_lessons.training import RewardFn
+from rlhf_lessons.training import History, RewardFn
 
 STAGE_FILE = "stage.json"
 DATA_FILE = "data.json"
@@ -85,37 +93,66 @@ def _jsonable(x):
 
 @dataclass
 class StageOutput:
-    """What a stage returns: ``metrics`` (saved in ``stage.json``) and ``data`` (``data.json``)."""
+    """What a stage returns: its training ``history`` (SFT or DPO; None when there was nothing
+    to train on), ``metrics`` about its data (saved in ``stage.json``) and ``data``
+    (``data.json``)."""
 
+    history: History | None
     metrics: dict
     data: dict = field(default_factory=dict)
 
 
+def _seeded(config, seed: int | None):
+    """``config`` with its ``seed`` replaced by the stage's (when the stage has one)."""
+    return config if seed is None else replace(config, seed=seed)
+
+
 @dataclass
 class SFTStage:
-    """Supervised fine-tuning on ``{"prompt", "completion"}`` records (e.g. IFT + EFT)."""
+    """Supervised fine-tuning on ``{"prompt", "completion"}`` records (e.g. IFT + EFT).
+
+    ``seed`` (every stage has one): seeds the stage's every random choice, replacing the
+    seeds of its configs (None: keep them)."""
 
     data: Sequence[Mapping]
     config: SFTConfig = field(default_factory=SFTConfig)
     name: str = "sft"
+    seed: int | None = None
     kind: ClassVar[str] = "sft"
 
     def run(self, model, tokenizer, show_progress: bool) -> StageOutput:
-        history = train_sft(model, tokenizer, self.data, self.config, show_progress=show_progress)
-        return StageOutput({"examples": history.examples, "steps": history.steps,
-                            "final_loss": float(np.mean(history.loss[-10:])),
-                            "loss": history.loss, "seconds": history.seconds[-1]})  # fmt: skip
+        history = train_sft(model, tokenizer, self.data, _seeded(self.config, self.seed),
+                            show_progress=show_progress)  # fmt: skip
+        return StageOutput(history, {"examples": history.examples})
 
 
 def _train_on_pairs(model, tokenizer, pairs: list[dict], dpo: DPOConfig,
-                    show_progress: bool) -> dict:  # fmt: skip
+                    show_progress: bool) -> History | None:  # fmt: skip
     if not pairs:  # nothing to learn from: the model stays as it is
-        return {"dpo_steps": 0, "dpo_loss": [], "dpo_accuracy": []}
-    history = train_dpo(model, tokenizer, pairs, dpo, show_progress=show_progress)
-    return {"dpo_steps": history.steps, "dpo_loss": history.loss,
-            "dpo_accuracy": history.accuracy, "dpo_margin": history.margin,
-            "dpo_seconds": history.seconds[-1] if history.seconds else 0.0,
-            "dpo_reference": history.reference}  # fmt: skip
+        return None
+    return train_dpo(model, tokenizer, pairs, dpo, show_progress=show_progress)
+
+
+def _round_prompts(stage, model, tokenizer, seed: int) -> tuple[list[str], int, dict]:
+    """A round's prompts: the stage's ``prompts`` and ``n_new_prompts`` more that the model
+    writes from few-shot examples (``few_shot_prompts``, default ``prompts``). Returns the
+    prompts, how many are new and why others were rejected."""
+    prompts, new, rejected = list(stage.prompts), [], {}
+    if not prompts and not stage.n_new_prompts:
+        raise ValueError(f"stage {stage.name!r}: give prompts, or n_new_prompts > 0, or both")
+    if stage.n_new_prompts:
+        model.eval()
+        pool = stage.prompts if stage.few_shot_prompts is None else stage.few_shot_prompts
+        with torch_threads(stage.config.threads):
+            new, rejected = generate_prompts(model, tokenizer, pool, stage.n_new_prompts,
+                                             stage.prompt_writer, seed=seed,
+                                             batch_size=stage.config.batch_size)  # fmt: skip
+    if not prompts + new:
+        raise RuntimeError(
+            f"stage {stage.name!r}: the model wrote no usable prompt ({dict(rejected)}); "
+            "check prompt_writer, or give seed prompts"
+        )
+    return prompts + new, len(new), dict(rejected)
 
 
 @dataclass
@@ -136,59 +173,55 @@ class SelfRewardStage:
     prompt_writer: PromptWriterConfig | None = None
     monitor: RewardFn | None = None
     name: str = "self-reward"
+    seed: int | None = None
     kind: ClassVar[str] = "self-reward"
 
     def run(self, model, tokenizer, show_progress: bool) -> StageOutput:
-        prompts, new, rejected = list(self.prompts), [], {}
-        if not prompts and not self.n_new_prompts:
-            raise ValueError(f"stage {self.name!r}: give prompts, or n_new_prompts > 0, or both")
-        if self.n_new_prompts:
-            model.eval()
-            pool = self.prompts if self.few_shot_prompts is None else self.few_shot_prompts
-            new, rejected = generate_prompts(model, tokenizer, pool, self.n_new_prompts,
-                                             self.prompt_writer, seed=self.config.seed)  # fmt: skip
-        if not prompts + new:
-            raise RuntimeError(
-                f"stage {self.name!r}: the model wrote no usable prompt ({dict(rejected)}); "
-                "check prompt_writer, or give seed prompts"
-            )
-        data = self_reward_round(model, tokenizer, prompts + new, self.config, show_progress)
-        metrics = {**data.summary(), "new_prompts": len(new),
-                   "prompts_rejected": dict(rejected)}  # fmt: skip
+        config = _seeded(self.config, self.seed)
+        prompts, n_new, rejected = _round_prompts(self, model, tokenizer, config.seed)
+        data = self_reward_round(model, tokenizer, prompts, config, show_progress)
+        metrics = {**data.summary(), "new_prompts": n_new, "prompts_rejected": rejected}
         if self.monitor is not None:
             metrics["judge"] = judge_agreement(data, self.monitor)
         lengths = [len(tokenizer(c, add_special_tokens=False)["input_ids"])
                    for cands in data.candidates for c in cands]  # fmt: skip
         metrics["candidate_tokens"] = float(np.mean(lengths))
-        metrics.update(_train_on_pairs(model, tokenizer, data.pairs, self.dpo, show_progress))
+        history = _train_on_pairs(model, tokenizer, data.pairs, _seeded(self.dpo, self.seed),
+                                  show_progress)  # fmt: skip
         saved = {"prompts": data.prompts, "candidates": data.candidates,
                  "scores": data.judgements.scores, "reasons": data.judgements.reasons,
                  "judge_texts": data.judgements.texts, "pairs": data.pairs,
                  "decisions": [c.reason for c in data.choices]}  # fmt: skip
-        return StageOutput(metrics, saved)
+        return StageOutput(history, metrics, saved)
 
 
 @dataclass
 class ExternalRewardDPOStage:
-    """DPO on pairs labelled by a given reward: N candidates per prompt (sampled as
-    ``config`` says; its judge settings are unused), scored by ``reward_fn(prompts,
-    completions)``; chosen = best, rejected = worst, ties skipped (the self-rewarding pair
-    rule with one "judgement" per candidate)."""
+    """A self-rewarding round with the judge replaced by a given reward: the same prompts
+    (given, and/or written by the model), N candidates per prompt sampled as ``config`` says
+    (its judge settings are unused), scored by ``reward_fn(prompts, completions)``; chosen =
+    best, rejected = worst, ties skipped; then DPO. With the same ``seed`` and starting model
+    as a :class:`SelfRewardStage`, it sees the same prompts and candidates: only the judge
+    differs (the ceiling, when ``reward_fn`` is the true reward)."""
 
     prompts: Sequence[str]
     reward_fn: RewardFn
     config: SelfRewardConfig = field(default_factory=SelfRewardConfig)
     dpo: DPOConfig = field(default_factory=DPOConfig)
+    n_new_prompts: int = 0
+    few_shot_prompts: Sequence[str] | None = None
+    prompt_writer: PromptWriterConfig | None = None
     name: str = "external-reward-dpo"
+    seed: int | None = None
     kind: ClassVar[str] = "external-reward-dpo"
 
     def run(self, model, tokenizer, show_progress: bool) -> StageOutput:
-        prompts = list(self.prompts)
-        if not prompts:
-            raise ValueError(f"stage {self.name!r}: prompts is empty")
+        config = _seeded(self.config, self.seed)
+        prompts, n_new, rejected = _round_prompts(self, model, tokenizer, config.seed)
         model.eval()
-        candidates = generate_candidates(model, tokenizer, prompts, self.config)
-        n = self.config.n_candidates
+        with torch_threads(config.threads):
+            candidates = generate_candidates(model, tokenizer, prompts, config)
+        n = config.n_candidates
         flat_prompts = [p for p in prompts for _ in range(n)]
         scores = torch.as_tensor(self.reward_fn(flat_prompts, [c for cs in candidates for c in cs]),
                                  dtype=torch.float64).numpy()  # fmt: skip
@@ -197,15 +230,17 @@ class ExternalRewardDPOStage:
                 f"reward_fn must return one score per completion, shape ({len(flat_prompts)},), "
                 f"got {scores.shape}"
             )
-        formatted = [lm.format_prompt(tokenizer, p) if self.config.chat else p for p in prompts]
+        formatted = [lm.format_prompt(tokenizer, p) if config.chat else p for p in prompts]
         choices, pairs, skipped = build_pairs(prompts, formatted, candidates,
                                               scores.reshape(len(prompts), n, 1))  # fmt: skip
-        metrics = {"prompts": len(prompts), "pairs": len(pairs),
-                   "skipped_tie": skipped.get("tie", 0),
+        metrics = {"prompts": len(prompts), "pairs": len(pairs), "new_prompts": n_new,
+                   "prompts_rejected": rejected, "skipped_tie": skipped.get("tie", 0),
                    "candidate_reward": float(scores.mean())}  # fmt: skip
-        metrics.update(_train_on_pairs(model, tokenizer, pairs, self.dpo, show_progress))
-        return StageOutput(metrics, {"prompts": prompts, "candidates": candidates,
-                                     "scores": scores.reshape(len(prompts), n), "pairs": pairs})  # fmt: skip
+        history = _train_on_pairs(model, tokenizer, pairs, _seeded(self.dpo, self.seed),
+                                  show_progress)  # fmt: skip
+        return StageOutput(history, metrics, {"prompts": prompts, "candidates": candidates,
+                                              "scores": scores.reshape(len(prompts), n),
+                                              "pairs": pairs})  # fmt: skip
 
 
 @dataclass
@@ -217,15 +252,17 @@ class SPINStage:
     config: SPINConfig = field(default_factory=SPINConfig)
     dpo: DPOConfig = field(default_factory=DPOConfig)
     name: str = "spin"
+    seed: int | None = None
     kind: ClassVar[str] = "spin"
 
     def run(self, model, tokenizer, show_progress: bool) -> StageOutput:
-        pairs, skipped = spin_pairs(model, tokenizer, self.data, self.config)
+        pairs, skipped = spin_pairs(model, tokenizer, self.data, _seeded(self.config, self.seed))
         metrics = {"examples": len(self.data), "pairs": len(pairs),
                    "skipped_same_as_data": skipped.get("same as data", 0),
                    "skipped_empty": skipped.get("empty", 0)}  # fmt: skip
-        metrics.update(_train_on_pairs(model, tokenizer, pairs, self.dpo, show_progress))
-        return StageOutput(metrics, {"pairs": pairs})
+        history = _train_on_pairs(model, tokenizer, pairs, _seeded(self.dpo, self.seed),
+                                  show_progress)  # fmt: skip
+        return StageOutput(history, metrics, {"pairs": pairs})
 
 
 Stage = SFTStage | SelfRewardStage | ExternalRewardDPOStage | SPINStage
@@ -245,9 +282,24 @@ class StageRecord:
     kind: str
     folder: Path
     metrics: dict
+    history: History | None
     evaluation: dict | None
     seconds: float
     resumed: bool = False
+
+
+def _history_json(history: History | None) -> dict | None:
+    if history is None:
+        return None
+    return _jsonable({"algo": history.algo, "config": history.config, "rows": history.rows,
+                      "info": history.info})  # fmt: skip
+
+
+def _history_from_json(saved: dict | None) -> History | None:
+    if saved is None:
+        return None
+    rows = {k: [math.nan if v is None else v for v in col] for k, col in saved["rows"].items()}
+    return History(saved["algo"], saved["config"], rows, info=saved["info"])
 
 
 @dataclass
@@ -355,16 +407,18 @@ def run_pipeline(model, tokenizer, stages: Sequence[Stage], output_dir: str | Pa
             saved = json.loads((folder / STAGE_FILE).read_text())
             model = _load_checkpoint(model, folder, lora)
             records.append(StageRecord(i, stage.name, stage.kind, folder, saved["metrics"],
-                                       saved["evaluation"], saved["seconds"], resumed=True))  # fmt: skip
+                                       _history_from_json(saved["history"]), saved["evaluation"],
+                                       saved["seconds"], resumed=True))  # fmt: skip
             continue
         for j in range(i, len(stages)):  # a later stage's folder belongs to another history
             stale = stage_folder(output_dir, j, stages[j])
             if stale.exists():
                 shutil.rmtree(stale)
         start = time.perf_counter()
-        seed_everything(i)
+        seed = i if stage.seed is None else stage.seed
+        seed_everything(seed)
         if lora:
-            model = add_lora(model, **lora, seed=i)
+            model = add_lora(model, **lora, seed=seed)
         else:
             model.requires_grad_(True)
         output = stage.run(model, tokenizer, show_progress)
@@ -372,7 +426,8 @@ def run_pipeline(model, tokenizer, stages: Sequence[Stage], output_dir: str | Pa
         model.eval()
         evaluation = _jsonable(eval_fn(model)) if eval_fn is not None else None
         info = {"index": i, "name": stage.name, "kind": stage.kind, "seconds": seconds,
-                "metrics": _jsonable(output.metrics), "evaluation": evaluation}  # fmt: skip
+                "metrics": _jsonable(output.metrics), "history": _history_json(output.history),
+                "evaluation": evaluation}  # fmt: skip
         # a LoRA stage saves its adapter (before merging it), a full-weight stage the model
         save_folder_atomically(folder, model, tokenizer,
                                {DATA_FILE: json.dumps(_jsonable(output.data)),
@@ -380,7 +435,7 @@ def run_pipeline(model, tokenizer, stages: Sequence[Stage], output_dir: str | Pa
         if lora:
             model = model.merge_and_unload().eval()
         records.append(StageRecord(i, stage.name, stage.kind, folder, info["metrics"],
-                                   evaluation, seconds))  # fmt: skip
+                                   output.history, evaluation, seconds))  # fmt: skip
     return PipelineRun(model, records, initial)
 
 

@@ -25,13 +25,8 @@ The judge and the policy are **the same weights**: training the answers moves th
 The paper gets both better (M1 -> M3: AlpacaEval 2.0 win rate 9.9% -> 20.4%, judge-human
 agreement up, answers longer); nothing guarantees it, and lesson 10 measures it.
 
-**The review world** (the last section): lesson 05's review model cannot judge or write prompts
-until it is taught to. :func:`add_judge_vocabulary` gives it the few words it needs,
-:data:`REVIEW_JUDGE` and :data:`REVIEW_PROMPT_WRITER` are short formats for its 64 positions,
-and :func:`review_seed_data` builds the paper's two seed sets from the model's own samples scored
-by the true reward: instruction data (IFT, the best positive answer to each prompt) and
-evaluation data (EFT, "judge : <review> grade :" -> the true reward binned to 0-5).
-:func:`judge_accuracy` measures the model as a judge of held-out reviews.
+The review world's version (a review model taught to judge and to write prompts, its seed
+data and annotators) is :mod:`rlhf_lessons.review_world.self_judge`.
 """
 
 from __future__ import annotations
@@ -41,7 +36,7 @@ import random
 import re
 import time
 from collections import Counter
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -49,6 +44,7 @@ import pandas as pd
 import torch
 
 from rlhf_lessons import lm
+from rlhf_lessons.course.device import torch_threads
 from rlhf_lessons.judges.llm_judge import ADDITIVE_5_POINT, Judge, RewardPromptConfig, parse_score
 from rlhf_lessons.training import RewardFn
 
@@ -82,6 +78,7 @@ class SelfRewardConfig:
     judge_system: str | None = None
     chat: bool = True
     batch_size: int = 8  # rows per generation call
+    threads: int | None = None  # torch threads while sampling and judging (None: as they are)
     seed: int = 0
 
     def __post_init__(self) -> None:
@@ -217,10 +214,11 @@ def judge_candidates(model, tokenizer, prompts: Sequence[str], candidates: Seque
     users = [rp.format(p, c) for p, cands in zip(prompts, candidates, strict=True) for c in cands]
     chats = [c + prefix for c in judge.chat(users)]
     seed = config.seed + 7 if seed is None else seed
-    # S independent sampled judgements of every candidate: (S, P * N) replies
-    replies = [judge.reply(chats, config.judge_temperature, config.judge_top_p, seed=seed + 1000 * s)
-               for s in range(config.judge_samples)]  # fmt: skip
-    texts = [[prefix + r[k] for r in replies] for k in range(len(chats))]  # (P * N, S)
+    # S independent sampled judgements of every candidate, in one call: (P * N * S,) replies
+    s = config.judge_samples
+    replies = judge.reply([c for c in chats for _ in range(s)], config.judge_temperature,
+                          config.judge_top_p, seed=seed)  # fmt: skip
+    texts = [[prefix + r for r in replies[k * s : (k + 1) * s]] for k in range(len(chats))]
     parsed = [[parse_score(t, rp) for t in row] for row in texts]
     scores = np.array([[x.value if x.ok else np.nan for x in row] for row in parsed])
     reasons = [[x.reason for x in row] for row in parsed]
@@ -316,9 +314,10 @@ def self_reward_round(model, tokenizer, prompts: Sequence[str], config: SelfRewa
     start = time.perf_counter()
     model.eval()
     prompts = list(prompts)
-    candidates = generate_candidates(model, tokenizer, prompts, config)
-    judgements = judge_candidates(model, tokenizer, prompts, candidates, config,
-                                  show_progress=show_progress)  # fmt: skip
+    with torch_threads(config.threads):
+        candidates = generate_candidates(model, tokenizer, prompts, config)
+        judgements = judge_candidates(model, tokenizer, prompts, candidates, config,
+                                      show_progress=show_progress)  # fmt: skip
     formatted = _formatted(tokenizer, prompts, config.chat)
     choices, pairs, skipped = build_pairs(prompts, formatted, candidates, judgements.scores)
     return SelfRewardData(prompts, candidates, judgements, choices, pairs, skipped,
@@ -455,125 +454,3 @@ def judge_agreement(data: SelfRewardData, reward_fn: RewardFn) -> dict:
         "candidate_reward": float(true.mean()),
         "n_scored": int(ok.sum()),
     }
-
-
-# --- the review world: a review model that can also judge and write prompts (lesson 10) ------------
-
-# Words the review model needs for its new tasks; appended after its vocabulary, so every review
-# word keeps its id (and its trained embedding).
-JUDGE_WORDS = ("judge", "grade", ":", ";", "prompts", "0", "1", "2", "3", "4", "5")
-
-# "judge : <review> grade :" -> "4": short, because the model has 64 positions and 2 layers.
-# "grade :" ends the *prompt*, so the model never learns to write it after a review: with it in
-# the reply, DPO on the answers taught the model to append "grade : 3" to its reviews.
-REVIEW_JUDGE = RewardPromptConfig(template="judge : {prompt}{response} grade :",
-                                  score_pattern="{reward}", min_score=0, max_score=5)  # fmt: skip
-# "prompts : <p1> ; <p2> ; <p3> ; <p4> ;" -> "<p5>": few-shot prompt writing, 4 shots.
-REVIEW_PROMPT_WRITER = PromptWriterConfig(template="prompts : {examples} ;", example_format="{prompt}",
-                                          separator=" ; ", n_shots=4, temperature=1.0, top_p=1.0,
-                                          max_new_tokens=10, chat=False, stop=";", suffix=" ")  # fmt: skip
-
-
-def add_judge_vocabulary(model, tokenizer, words: Sequence[str] = JUDGE_WORDS):
-    """A copy of a word-level review model whose vocabulary also has ``words`` (new ids at the
-    end; existing ids and embeddings unchanged; the new embeddings start near the mean of the
-    old ones, with seeded noise). Returns ``(model, tokenizer)``; the input model is untouched."""
-    import copy
-
-    from tokenizers import Tokenizer, models
-    from transformers import PreTrainedTokenizerFast
-
-    vocab = dict(tokenizer.get_vocab())
-    for w in words:
-        vocab.setdefault(w, len(vocab))
-    backend = tokenizer.backend_tokenizer
-    new = Tokenizer(models.WordLevel(vocab, unk_token=tokenizer.unk_token))
-    new.normalizer, new.pre_tokenizer = backend.normalizer, backend.pre_tokenizer
-    tok = PreTrainedTokenizerFast(tokenizer_object=new, pad_token=tokenizer.pad_token,
-                                  bos_token=tokenizer.bos_token, eos_token=tokenizer.eos_token,
-                                  unk_token=tokenizer.unk_token, clean_up_tokenization_spaces=False,
-                                  model_max_length=tokenizer.model_max_length)  # fmt: skip
-    model = copy.deepcopy(model)
-    old = model.get_input_embeddings().weight.detach().clone()
-    model.resize_token_embeddings(len(vocab), mean_resizing=False)
-    # new rows: the old rows' mean plus a little seeded noise (distinct, and repeatable)
-    noise = torch.randn(
-        len(vocab) - len(old), old.shape[1], generator=torch.Generator().manual_seed(0)
-    )
-    with torch.no_grad():
-        model.get_input_embeddings().weight[len(old) :] = old.mean(0) + 0.5 * old.std(0) * noise
-    return model, tok
-
-
-def reward_to_grade(reward: float) -> int:
-    """A true reward in [-1, 1] binned to the judge's 0-5 scale: round(2.5 (r + 1)), halves up
-    ([-1, -0.8) -> 0, [-0.8, -0.4) -> 1, ..., [0.8, 1] -> 5)."""
-    if not -1.0 <= reward <= 1.0:
-        raise ValueError(f"reward must be in [-1, 1], got {reward}")
-    return min(
-        5, int(math.floor(round(2.5 * (reward + 1.0), 9) + 0.5))
-    )  # round(): 2.5 * (1 - 0.8) = 0.4999.. in floats
-
-
-def review_seed_data(model, tokenizer, prompts: Sequence[str], reward_fn: RewardFn,
-                     fluency_fn: Callable[[str], bool], k: int = 4, max_new_tokens: int = 16,
-                     min_reward: float = 0.5, seed: int = 0) -> dict:  # fmt: skip
-    """The review world's seed data, from ``k`` samples of ``model`` for each prompt, scored by
-    the true reward (the paper: human-ranked Open Assistant answers):
-
-    - ``ift`` (instruction data): each prompt's best sample, kept when it is fluent
-      (``fluency_fn`` of the whole review) and its reward is at least ``min_reward``;
-    - ``eft`` (evaluation data): ``REVIEW_JUDGE`` prompts with one sample of each prompt
-      (either polarity) and the answer ``reward_to_grade(r)`` (a digit);
-    - ``writing``: ``REVIEW_PROMPT_WRITER`` requests with 4 prompts as examples and a fifth as
-      the answer.
-    Records are ``{"prompt", "completion"}``; an EFT record also keeps its ``review_prompt``,
-    ``review_completion`` and true ``grade`` (for :func:`judge_accuracy` on held-out data)."""
-    from rlhf_lessons.review_world.true_reward import join_prompt_completion
-
-    prompts = list(prompts)
-    expanded = [p for p in prompts for _ in range(k)]
-    gen = lm.generate(model, tokenizer, expanded, max_new_tokens=max_new_tokens, batch_size=64,
-                      seed=seed)  # fmt: skip
-    rewards = torch.as_tensor(reward_fn(expanded, gen.completions)).view(len(prompts), k)
-    rng = random.Random(seed)
-    ift, eft = [], []
-    for i, p in enumerate(prompts):
-        comps = gen.completions[i * k : (i + 1) * k]
-        best = int(rewards[i].argmax())
-        if (comps[best].strip() and rewards[i, best] >= min_reward
-                and fluency_fn(join_prompt_completion(p, comps[best]))):  # fmt: skip
-            ift.append({"prompt": p, "completion": comps[best]})
-        j = rng.randrange(k)
-        if comps[j].strip():
-            grade = reward_to_grade(float(rewards[i, j]))
-            eft.append({"prompt": REVIEW_JUDGE.format(p, comps[j]), "completion": str(grade),
-                        "review_prompt": p, "review_completion": comps[j], "grade": grade})  # fmt: skip
-    writer = REVIEW_PROMPT_WRITER
-    writing = []
-    for _ in range(len(prompts) // 2):
-        shots = rng.sample(prompts, writer.n_shots + 1)
-        writing.append({"prompt": writer.format(shots[:-1]), "completion": shots[-1].strip()})
-    return {"ift": ift, "eft": eft, "writing": writing}
-
-
-def judge_accuracy(model, tokenizer, eft: Sequence[dict], config: SelfRewardConfig) -> dict:
-    """The model as a judge of held-out evaluation records with known grades (from
-    :func:`review_seed_data`): each review judged ``config.judge_samples`` times and averaged.
-    Returns ``parse_rate`` (judgements that gave a valid score), ``mae`` (mean absolute error of
-    the average against the true grade), ``pearson`` and ``spearman`` (over reviews with a
-    score) and ``n``."""
-    if not eft:
-        raise ValueError("eft is empty")
-    prompts = [r["review_prompt"] for r in eft]
-    j = judge_candidates(model, tokenizer, prompts, [[r["review_completion"]] for r in eft], config)
-    mean = average_scores(j.scores[:, 0, :])
-    true = np.array([r["grade"] for r in eft], dtype=float)
-    ok = ~np.isnan(mean)
-    out = {"parse_rate": j.parse_rate, "n": len(eft), "mae": float("nan"),
-           "pearson": float("nan"), "spearman": float("nan")}  # fmt: skip
-    if ok.sum() >= 3 and np.std(mean[ok]) > 0:
-        a, b = pd.Series(mean[ok]), pd.Series(true[ok])
-        out.update(mae=float(np.abs(mean[ok] - true[ok]).mean()), pearson=float(a.corr(b)),
-                   spearman=float(a.corr(b, method="spearman")))  # fmt: skip
-    return out

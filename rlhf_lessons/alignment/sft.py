@@ -42,6 +42,7 @@ class SFTConfig:
     max_completion_length: int | None = None
     add_eos: bool = True  # the model learns to stop
     chat: bool = True  # wrap prompts in the chat template (a tokenizer without one: raw text)
+    group_by_length: bool = False  # minibatches of similar lengths (less padding; see below)
     threads: int | None = 1
     seed: int = 0
 
@@ -70,6 +71,31 @@ def check_sft_data(data: Sequence[Mapping], what: str = "data") -> list[dict]:
         if not r["completion"].strip():
             raise ValueError(f"{what}[{i}]: 'completion' is empty; drop the record")
     return out
+
+
+def minibatch_order(
+    lengths: torch.Tensor,
+    batch_size: int,
+    epochs: int,
+    group_by_length: bool,
+    generator: torch.Generator,
+) -> list[torch.Tensor]:
+    """Each epoch's minibatches of row indices: a fresh shuffle cut into ``batch_size`` pieces,
+    or, with ``group_by_length``, Hugging Face's ``group_by_length``: each shuffled window of 50
+    minibatches is sorted by length before it is cut, and the minibatches are shuffled again
+    (every row once per epoch, as before; rows of similar length train together, so a padded
+    minibatch wastes less compute)."""
+    order = []
+    for _ in range(epochs):
+        perm = torch.randperm(len(lengths), generator=generator)
+        if not group_by_length:
+            order += list(perm.split(batch_size))
+            continue
+        window = 50 * batch_size
+        groups = [w[lengths[w].argsort(descending=True, stable=True)] for w in perm.split(window)]
+        batches = [b for w in groups for b in w.split(batch_size)]
+        order += [batches[i] for i in torch.randperm(len(batches), generator=generator)]
+    return order
 
 
 def sft_loss(logp: torch.Tensor, completion_mask: torch.Tensor) -> tuple[torch.Tensor, dict]:
@@ -111,8 +137,8 @@ def train_sft(
         generator = torch.Generator().manual_seed(cfg.seed)
         total = math.ceil(len(data) / cfg.batch_size) * cfg.epochs
         total = min(total, cfg.max_steps or total)
-        minibatches = (idx for _ in range(cfg.epochs)
-                       for idx in torch.randperm(len(data), generator=generator).split(cfg.batch_size))  # fmt: skip
+        minibatches = minibatch_order(batch.attention_mask.sum(-1), cfg.batch_size, cfg.epochs,
+                                      cfg.group_by_length, generator)  # fmt: skip
         policy.eval()  # no dropout: the loss is the model's own likelihood
         watch = Stopwatch()
         if eval_every:

@@ -16,7 +16,9 @@ iteration samples from it and uses it as the reference. When pi_t already writes
 chosen and rejected come from the same distribution, the expected gradient vanishes: the fixed
 point is pi = p_data. lambda is DPO's beta (0.1 in the paper).
 
-:func:`spin_pairs` builds one iteration's pairs, :func:`spin_iteration` trains on them with
+:func:`spin_loss` is the formula above on sequence log-probs; it is the DPO loss with
+chosen = data and rejected = sample (a unit test checks them equal), so training runs lesson 06's
+trainer. :func:`spin_pairs` builds one iteration's pairs, :func:`spin_iteration` trains on them with
 :func:`rlhf_lessons.alignment.dpo.train_dpo` (full weights: the policy before the update is the
 reference), and :func:`data_logprob` measures the likelihood of held-out data answers, the
 quantity SPIN should raise. :mod:`rlhf_lessons.alignment.pipeline` chains iterations (``SPINStage``), also
@@ -39,6 +41,7 @@ import torch
 from rlhf_lessons import lm
 from rlhf_lessons.alignment.dpo import DPOConfig, train_dpo
 from rlhf_lessons.alignment.sft import check_sft_data
+from rlhf_lessons.course.device import torch_threads
 from rlhf_lessons.training import History
 
 
@@ -54,6 +57,7 @@ class SPINConfig:
     max_new_tokens: int = 16
     chat: bool = True
     batch_size: int = 64
+    threads: int | None = None  # torch threads while sampling (None: leave as they are)
     seed: int = 0
 
     def __post_init__(self) -> None:
@@ -63,6 +67,27 @@ class SPINConfig:
             raise ValueError(f"SPINConfig.top_p must be in (0, 1], got {self.top_p}")
         if self.max_new_tokens < 1 or self.batch_size < 1:
             raise ValueError("SPINConfig needs max_new_tokens >= 1 and batch_size >= 1")
+
+
+def spin_loss(
+    policy_real: torch.Tensor,
+    policy_generated: torch.Tensor,
+    ref_real: torch.Tensor,
+    ref_generated: torch.Tensor,
+    lam: float = 0.1,
+) -> tuple[torch.Tensor, dict]:
+    """SPIN's loss (Chen et al. 2024, eq. 4.7) on sequence log-probs, each (B,):
+
+        L = mean_b log(1 + exp(-lam [(log pi(y_b) - log pi_t(y_b)) - (log pi(y'_b) - log pi_t(y'_b))]))
+
+    ``policy_real`` = log pi_theta(y|x) of the data's answers, ``policy_generated`` = log
+    pi_theta(y'|x) of pi_t's samples, ``ref_*`` the same under pi_t (constants). Returns the
+    loss and ``accuracy`` (the fraction of pairs where the data's answer already wins)."""
+    if not policy_real.shape == policy_generated.shape == ref_real.shape == ref_generated.shape:
+        raise ValueError("the four log-prob tensors must have the same shape (B,)")
+    u = lam * ((policy_real - ref_real) - (policy_generated - ref_generated))
+    loss = torch.nn.functional.softplus(-u).mean()  # log(1 + e^{-u})
+    return loss, {"loss": loss.item(), "accuracy": (u > 0).float().mean().item()}
 
 
 def formatted_prompts(tokenizer, data: Sequence[Mapping], chat: bool) -> list[str]:
@@ -79,10 +104,11 @@ def spin_pairs(model, tokenizer, data: Sequence[Mapping], config: SPINConfig | N
     data = check_sft_data(data)
     model.eval()
     prompts = formatted_prompts(tokenizer, data, config.chat)
-    gen = lm.generate(model, tokenizer, prompts, max_new_tokens=config.max_new_tokens,
-                      temperature=config.temperature, top_p=config.top_p,
-                      batch_size=config.batch_size,
-                      seed=config.seed if seed is None else seed)  # fmt: skip
+    with torch_threads(config.threads):
+        gen = lm.generate(model, tokenizer, prompts, max_new_tokens=config.max_new_tokens,
+                          temperature=config.temperature, top_p=config.top_p,
+                          batch_size=config.batch_size,
+                          seed=config.seed if seed is None else seed)  # fmt: skip
     pairs, skipped = [], Counter()
     for prompt, record, sample in zip(prompts, data, gen.completions, strict=True):
         if not sample.strip():

@@ -10,10 +10,35 @@ from collections.abc import Iterator
 from pathlib import Path
 
 
+def checkout_root() -> Path | None:
+    """The course checkout this package was imported from (an editable install, ``make``'s
+    ``.venv``, ``PYTHONPATH`` or Colab's clone), found from the package's own location: the
+    folder above ``rlhf_lessons/`` when it holds the course's ``pyproject.toml``. ``None`` for
+    an installed wheel."""
+    folder = Path(__file__).resolve().parents[2]
+    toml = folder / "pyproject.toml"
+    try:
+        if toml.is_file() and 'name = "rlhf-lessons"' in toml.read_text():
+            return folder
+    except OSError:
+        pass
+    return None
+
+
 def cache_dir() -> Path:
-    """``$RLHF_LESSONS_CACHE`` or ``~/.cache/rlhf_lessons`` (the Makefile uses ``.cache/``)."""
-    root = os.environ.get("RLHF_LESSONS_CACHE") or Path.home() / ".cache" / "rlhf_lessons"
-    return Path(root)
+    """Where converted models, the trained review model and finished runs are kept.
+
+    ``$RLHF_LESSONS_CACHE`` when set; else ``<checkout>/.cache`` when the package is imported
+    from a checkout (:func:`checkout_root`), so ``make lessons``, ``make lab`` and a Jupyter
+    started by hand in the checkout share one cache whatever their working folder; else
+    ``~/.cache/rlhf_lessons``.
+    """
+    if os.environ.get("RLHF_LESSONS_CACHE"):
+        return Path(os.environ["RLHF_LESSONS_CACHE"])
+    root = checkout_root()
+    if root is not None:
+        return root / ".cache"
+    return Path.home() / ".cache" / "rlhf_lessons"
 
 
 @contextlib.contextmanager

@@ -63,3 +63,23 @@ def load_preferences(split: str = "train") -> list[Record]:
     if split not in SPLITS:
         raise ValueError(f"split must be one of {SPLITS}, got {split!r}")
     return load_jsonl(data_dir() / "preferences" / f"{split}.jsonl", kind="ranked")
+
+
+def validation_split(
+    records: list[Record], every: int = HELDOUT_EVERY
+) -> tuple[list[Record], list[Record]]:
+    """Split training records into ``(fit, validation)`` for choosing settings: within each
+    category, every ``every``-th record (by id) is validation, as the held-out split is made
+    from the raw files. The held-out split stays for reporting only."""
+    if every < 2:
+        raise ValueError(f"every must be >= 2, got {every}")
+    by_category: dict[str, list[Record]] = defaultdict(list)
+    for record in records:
+        by_category[record.get("category", "all")].append(record)
+    fit: list[Record] = []
+    validation: list[Record] = []
+    for category in sorted(by_category):
+        ordered = sorted(by_category[category], key=lambda r: r.get("id", ""))
+        for i, record in enumerate(ordered):
+            (validation if i % every == every - 1 else fit).append(record)
+    return fit, validation

@@ -62,7 +62,8 @@ def lm_threads(default: int = 2) -> int:
     speed up each matrix multiply: ``default`` (at most the cores there are), but 1 inside a
     parallel test worker (pytest-xdist sets ``PYTEST_XDIST_WORKER``; the notebook kernels it
     starts inherit it), where another worker already keeps the other core busy and two threads
-    each would make both wait. ``RLHF_LESSONS_THREADS`` overrides both."""
+    each would make both wait. ``RLHF_LESSONS_THREADS`` overrides both (``make lessons`` sets
+    it to 1 in its kernels when it runs two notebooks at a time, with ``OMP_NUM_THREADS=1``)."""
     if os.environ.get("RLHF_LESSONS_THREADS"):
         value = os.environ["RLHF_LESSONS_THREADS"]
         if not value.isdigit() or int(value) < 1:

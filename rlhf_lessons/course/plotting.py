@@ -1,7 +1,8 @@
 """Plotting helpers shared by the lessons: learning curves over seeds, saved figures.
 
-Every curve over seeds is drawn the same way across the course: the mean as a line and the
-spread (min to max over seeds) as a shaded band, so that "how lucky was this seed" is visible.
+Every curve over seeds is drawn the same way across the course: the mean as a line and a
+shaded band, either the spread over seeds (min to max: "how lucky was this seed") or the 95%
+interval of the mean (a t-interval over seeds, as the lessons' claims use).
 """
 
 from __future__ import annotations
@@ -42,28 +43,46 @@ def on_grid(xs: Sequence[float], ys: Sequence[float], grid: np.ndarray) -> np.nd
     return out
 
 
+BANDS = ("minmax", "ci")
+
+
 def plot_seeds(
     ax: plt.Axes,
     curves: Sequence[tuple[Sequence[float], Sequence[float]]],
     label: str,
     color: str | None = None,
     points: int = 300,
+    band: str = "minmax",
+    **line_kwargs,
 ) -> np.ndarray:
-    """Draw several seeds' curves as mean line + min-max band on ``ax``.
+    """Draw several seeds' curves as mean line + band on ``ax``.
 
     ``curves`` holds one ``(x, y)`` pair per seed (x increasing). The seeds are put on a
     common grid of ``points`` x values up to the shortest seed's last x (so every seed counts
-    at every plotted x). Returns the mean curve.
+    at every plotted x). ``band="minmax"``: the band spans the seeds' min to max;
+    ``band="ci"``: the 95% t-interval of the mean over seeds (the label says which). Extra
+    keywords go to the mean line (``ls``, ``lw``, ...). Returns the mean curve.
     """
     if not curves:
         raise ValueError("curves is empty: pass one (x, y) pair per seed")
+    if band not in BANDS:
+        raise ValueError(f"band must be one of {BANDS}, got {band!r}")
     x_end = min(float(np.asarray(x)[-1]) for x, _ in curves)
     x_start = max(float(np.asarray(x)[0]) for x, _ in curves)
     grid = np.linspace(x_start, x_end, points)
     ys = np.stack([on_grid(x, y, grid) for x, y in curves])
     mean = ys.mean(axis=0)
-    (line,) = ax.plot(grid, mean, label=f"{label} (mean of {len(curves)})", color=color)
-    ax.fill_between(grid, ys.min(axis=0), ys.max(axis=0), color=line.get_color(), alpha=0.2)
+    n = len(curves)
+    if band == "ci" and n >= 2:
+        from rlhf_lessons.course.stats import t_quantile
+
+        half = t_quantile(n - 1) * ys.std(axis=0, ddof=1) / np.sqrt(n)
+        low, high, what = mean - half, mean + half, "95% interval"
+    else:
+        low, high, what = ys.min(axis=0), ys.max(axis=0), "min-max"
+    (line,) = ax.plot(grid, mean, label=f"{label} (mean of {n}, {what})", color=color,
+                      **line_kwargs)  # fmt: skip
+    ax.fill_between(grid, low, high, color=line.get_color(), alpha=0.2, lw=0)
     return mean
 
 

@@ -40,6 +40,9 @@ def claims_table(result: dict) -> str:
     """A lesson's claims as a Markdown table."""
     lines = ["| claim | test (why this bar) | estimate [95% interval] | n | holds |",
              "|---|---|---|---|---|"]  # fmt: skip
+    if not result["claims"]:
+        lines = ["No claim is asserted in this lesson's run; its recorded values are in "
+                 f"`docs/results/{result['lesson']}.json`."]  # fmt: skip
     for c in result["claims"]:
         est = _fmt(c["mean"]) if c["method"] == "point" else (
             f"{_fmt(c['mean'])} [{_fmt(c['low'])}, {_fmt(c['high'])}]"

@@ -1,32 +1,40 @@
 """Measuring an LLM judge's agreement and biases (lesson 09), on the course's held-out rankings.
 
 Paper: Zheng et al. 2023, "Judging LLM-as-a-Judge with MT-Bench and Chatbot Arena", arXiv
-2306.05685, section 3 (position bias: Table 2; verbosity, the "repetitive list" attack:
-Table 3; few-shot and reference-guided judges as mitigations). The judge is
-:class:`rlhf_lessons.judges.llm_judge.Judge`.
+2306.05685, section 3 (position bias: Table 2; verbosity: Table 3; few-shot and
+reference-guided judges as mitigations). The judges are :class:`rlhf_lessons.judges.llm_judge.
+Judge` and the planted rules of :mod:`rlhf_lessons.judges.planted`.
 
 Every pairwise measurement judges each pair **in both orders**: once with the better answer
-(by the human ranking) shown first, once shown second. From the 2N verdicts:
+(by the human ranking; for an attack, the original answer) shown first, once shown second.
+The verdicts become :class:`Outcomes`, arrays (seeds S, pairs N, orders 2), and every metric
+is one function of them (:data:`METRICS`), the same for a point estimate and for each
+bootstrap replicate of its interval (:mod:`rlhf_lessons.judges.checks`):
 
-- *agreement*: the fraction of the 2N verdicts that pick the human-preferred answer (a tie or
-  an unparsable reply counts as not agreeing); *agreement (decided)*: the same among verdicts
-  that pick an answer;
+- *agreement*: the fraction of the 2N verdicts that pick the better answer (a tie or an
+  unparsable reply counts as not agreeing); *agreement (decided)*: among verdicts that pick an
+  answer. A judge stuck on one position scores exactly 1/2.
+- *first-position rate*: among verdicts that pick an answer, the fraction picking answer A. The
+  better answer is first in exactly half of them, so a judge with no position bias scores 1/2
+  whatever its accuracy; *position pull* = 2 * rate - 1, from -1 (always the second) through
+  0 to 1 (always the first). A judge that answers "A" with probability q on top of a
+  position-free one has a pull of q.
 - *consistency*: the fraction of pairs whose verdict is the same answer (or a tie) in both
   orders (MT-Bench Table 2); *biased to first / second*: the judge picked whichever answer
   was shown first (second) both times; *error*: a reply did not parse in either order;
-- *first-position rate*: among verdicts that pick an answer, the fraction picking answer A.
-  The better answer is first in exactly half of them, so an unbiased judge scores 0.5;
 - *swap-and-agree* (the paper's mitigation): declare a winner only if both orders agree,
   otherwise a tie; its agreement is the fraction of pairs won by the better answer.
-- log-prob judges also give *p(better)*, the soft preference for the better answer, and a
-  *swap-averaged* preference, the mean over the two orders, which cancels a constant pull
-  toward one position.
+- log-prob judges also give *p(better)*, the soft preference for the better answer, and the
+  *swap-averaged* preference, its mean over the two orders, which cancels a constant pull
+  toward one position; *swap-averaged agreement* is the fraction of pairs where it is > 1/2.
+- an attack pair's *attack success* is the fraction of verdicts that pick the attacked copy
+  (``worse``); a tie is not a success. A judge indifferent to the attack, or one that only
+  follows position, scores 1/2 at most.
 """
 
 from __future__ import annotations
 
-import re
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -42,15 +50,15 @@ PAPER_GPT4 = {
     "consistency": 0.650,
     "consistency, few-shot": 0.775,
     "biased to first": 0.30,  # recalled, approximate
-    "verbosity attack success": 0.087,
+    "attack success": 0.087,  # the repetitive-list attack (longer and a list at once)
 }
-PAPER_WEAKER = {"verbosity attack success": 0.913}  # Claude-v1 and GPT-3.5
+PAPER_WEAKER = {"attack success": 0.913}  # Claude-v1 and GPT-3.5, the same attack
 
 
 @dataclass(frozen=True)
 class JudgedPair:
-    """Two answers to a prompt, ``better`` preferred by the human ranking (or, for the
-    verbosity attack, the original answer, with ``worse`` its padded copy)."""
+    """Two answers to a prompt, ``better`` preferred by the human ranking (or, for an attack,
+    the original answer, with ``worse`` its attacked copy)."""
 
     id: str
     category: str
@@ -84,29 +92,6 @@ def reference_pairs(records: Sequence[Record]) -> list[JudgedPair]:
     return [JudgedPair(r["id"], r["category"], r["prompt"], r["ranked_outputs"][1],
                        r["ranked_outputs"][-1], reference=r["ranked_outputs"][0])
             for r in records if len(r["ranked_outputs"]) >= 3]  # fmt: skip
-
-
-_RESTATE = ("In other words,", "To put it another way,", "Put simply,", "That is,")
-
-
-def sentences(text: str) -> list[str]:
-    """Split text after ., ! or ? followed by a space (good enough for the course's answers)."""
-    return [s.strip() for s in re.split(r"(?<=[.!?])\s+", text.strip()) if s.strip()]
-
-
-def repetitive_list(text: str) -> str:
-    """The "repetitive list" attack (MT-Bench section 3.3): the answer followed by a numbered
-    list that restates its own points with no new information. Sentences of fewer than three
-    words ("No.") are not restated; an answer with none left is restated whole."""
-    points = [s for s in sentences(text) if len(s.split()) >= 3] or [text.strip()]
-    items = [f"{i + 1}. {_RESTATE[i % len(_RESTATE)]} {s}" for i, s in enumerate(points)]
-    return text.strip() + "\n\nKey points:\n" + "\n".join(items)
-
-
-def verbosity_pairs(records: Sequence[Record]) -> list[JudgedPair]:
-    """The attack pairs: each record's top answer (``better``) against its padded copy."""
-    return [JudgedPair(r["id"], r["category"], r["prompt"], r["ranked_outputs"][0],
-                       repetitive_list(r["ranked_outputs"][0])) for r in records]  # fmt: skip
 
 
 def few_shot_examples(
@@ -182,53 +167,133 @@ def judge_both_orders(
     return SwapRun(list(pairs), part(slice(0, n)), part(slice(n, 2 * n)))
 
 
-def position_metrics(run: SwapRun) -> dict[str, float]:
-    """Agreement and position-bias measurements of one :class:`SwapRun` (see module doc)."""
-    v1, v2 = run.first.verdicts, run.second.verdicts
-    good1, good2 = run.picks_better()
-    bad1, bad2 = run.picks_worse()
-    both_parsed = np.array([x is not None and y is not None for x, y in zip(v1, v2, strict=True)])
-    decided = np.concatenate([good1 | bad1, good2 | bad2])
-    picks_a = np.array([v == "A" for v in v1 + v2])
-    out = {
-        "pairs": len(run.pairs),
-        "unparsable": float(np.mean([v is None for v in v1 + v2])),
-        "agreement": float(np.mean(np.concatenate([good1, good2]))),
-        "agreement (decided)": _mean(np.concatenate([good1, good2])[decided]),
-        "first-position rate": _mean(picks_a[decided]),
-        "consistency": float(np.mean((good1 & good2) | (bad1 & bad2)
-                                     | np.array([x == y == "tie" for x, y in zip(v1, v2,
-                                                                                 strict=True)]))),
-        "biased to first": float(np.mean([x == "A" and y == "A" for x, y in zip(v1, v2,
-                                                                               strict=True)])),
-        "biased to second": float(np.mean([x == "B" and y == "B" for x, y in zip(v1, v2,
-                                                                                strict=True)])),
-        "error": float(np.mean(~both_parsed)),
-        "swap-and-agree agreement": float(np.mean(good1 & good2)),
-        "swap-and-agree ties": float(np.mean(~(good1 & good2) & ~(bad1 & bad2))),
-    }  # fmt: skip
-    if run.first.probs is not None:
-        p1, p2 = run.p_better()
-        out["mean p(better)"] = float(np.mean(np.concatenate([p1, p2])))
-        out["swap-averaged agreement"] = float(np.mean((p1 + p2) / 2 > 0.5))
-    return out
+# --- outcomes and metrics ---------------------------------------------------------------------
 
 
-def verbosity_metrics(run: SwapRun) -> dict[str, float]:
-    """The repetitive-list attack on a :class:`SwapRun` of :func:`verbosity_pairs`: it
-    succeeds when the judge prefers the padded answer (``worse``); a tie is not a success."""
-    bad1, bad2 = run.picks_worse()
-    out = {
-        "pairs": len(run.pairs),
-        "verbosity attack success": float(np.mean(np.concatenate([bad1, bad2]))),
-        "attack success, swap-and-agree": float(np.mean(bad1 & bad2)),
-        "unparsable": float(np.mean([v is None for v in run.first.verdicts
-                                     + run.second.verdicts])),
-    }  # fmt: skip
-    if run.first.probs is not None:
-        p1, p2 = run.p_better()
-        out["attack success, swap-averaged"] = float(np.mean((p1 + p2) / 2 < 0.5))
-    return out
+@dataclass(frozen=True)
+class Outcomes:
+    """The verdicts of one judge (one run per seed) on the same N pairs in both orders, as
+    boolean arrays of shape (..., S, N, 2): order 0 shows the better answer as A, order 1 as B.
+    Leading axes, if any, index bootstrap replicates (:meth:`take`).
+
+    ``better`` / ``worse``: the verdict picked that answer; ``tie``; ``first``: it picked
+    answer A; ``parsed``: the reply had a verdict; ``p_better`` (floats, or None for judges
+    without probabilities): the soft preference for the better answer.
+    """
+
+    better: np.ndarray
+    worse: np.ndarray
+    tie: np.ndarray
+    first: np.ndarray
+    parsed: np.ndarray
+    p_better: np.ndarray | None = None
+
+    @classmethod
+    def of(cls, runs: SwapRun | Sequence[SwapRun]) -> Outcomes:
+        """Stack the runs (seeds) of one judge; every run must judge the same pairs."""
+        runs = [runs] if isinstance(runs, SwapRun) else list(runs)
+        if not runs:
+            raise ValueError("runs is empty")
+        if any([p.id for p in r.pairs] != [p.id for p in runs[0].pairs] for r in runs):
+            raise ValueError("every run of a judge must judge the same pairs, in the same order")
+        v = np.array([[r.first.verdicts, r.second.verdicts] for r in runs], dtype=object)
+        v = v.transpose(0, 2, 1)  # (S, N, 2)
+        better = np.stack([v[..., 0] == "A", v[..., 1] == "B"], -1)
+        worse = np.stack([v[..., 0] == "B", v[..., 1] == "A"], -1)
+        p = None
+        if all(r.first.probs is not None for r in runs):
+            p = np.array([np.stack(r.p_better(), -1) for r in runs], dtype=float)
+        return cls(better, worse, v == "tie", v == "A", v != None, p)  # noqa: E711 (elementwise)
+
+    @property
+    def shape(self) -> tuple[int, ...]:
+        return self.better.shape
+
+    def take(self, seeds: np.ndarray, pairs: np.ndarray) -> Outcomes:
+        """Resampled outcomes: ``seeds`` (B, S') and ``pairs`` (B, N') integer indices give
+        arrays (B, S', N', 2), one bootstrap replicate per row."""
+        ix = (seeds[:, :, None], pairs[:, None, :])
+        return Outcomes(*(None if a is None else a[ix] for a in
+                          (self.better, self.worse, self.tie, self.first, self.parsed,
+                           self.p_better)))  # fmt: skip
+
+
+_ALL = (-3, -2, -1)  # seeds, pairs, orders
+_PAIRS = (-2, -1)  # seeds, pairs (after combining the two orders)
+
+
+def _ratio(hits: np.ndarray, of: np.ndarray) -> np.ndarray:
+    """Per seed, the fraction of the ``of`` verdicts that are ``hits``; (..., S)."""
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return (hits & of).sum((-2, -1)) / of.sum((-2, -1))
+
+
+def _pull(o: Outcomes) -> np.ndarray:
+    """Per seed, the position pull 2 * (first-position rate) - 1; (..., S)."""
+    return 2 * _ratio(o.first, o.better | o.worse) - 1
+
+
+def _both(x: np.ndarray) -> np.ndarray:
+    return x[..., 0] & x[..., 1]
+
+
+def _soft(o: Outcomes) -> np.ndarray:
+    """The swap-averaged preference for the better answer, (..., S, N)."""
+    if o.p_better is None:
+        raise ValueError("soft metrics need a log-prob judge (probabilities of the verdicts)")
+    return o.p_better.mean(-1)
+
+
+#: Every metric as a function of :class:`Outcomes` (reducing the last three axes). Ratios are
+#: taken per seed and then averaged over seeds.
+METRICS: dict[str, Callable[[Outcomes], np.ndarray]] = {
+    "unparsable": lambda o: (~o.parsed).mean(_ALL),
+    "agreement": lambda o: o.better.mean(_ALL),
+    "agreement (decided)": lambda o: _ratio(o.better, o.better | o.worse).mean(-1),
+    "first-position rate": lambda o: _ratio(o.first, o.better | o.worse).mean(-1),
+    "position pull": lambda o: _pull(o).mean(-1),
+    "|position pull|": lambda o: np.abs(_pull(o)).mean(-1),  # seeds pulled apart do not cancel
+    "consistency": lambda o: (_both(o.better) | _both(o.worse) | _both(o.tie)).mean(_PAIRS),
+    "biased to first": lambda o: _both(o.first).mean(_PAIRS),
+    "biased to second": lambda o: _both((o.better | o.worse) & ~o.first).mean(_PAIRS),
+    "error": lambda o: (~_both(o.parsed)).mean(_PAIRS),
+    "swap-and-agree agreement": lambda o: _both(o.better).mean(_PAIRS),
+    "swap-and-agree ties": lambda o: 1 - (_both(o.better) | _both(o.worse)).mean(_PAIRS),
+    "mean p(better)": lambda o: _soft(o).mean(_PAIRS),
+    "swap-averaged agreement": lambda o: (_soft(o) > 0.5).mean(_PAIRS),
+    # attacks: "worse" is the attacked copy
+    "attack success": lambda o: o.worse.mean(_ALL),
+    "attack success, swap-and-agree": lambda o: _both(o.worse).mean(_PAIRS),
+    "attack success, swap-averaged": lambda o: (_soft(o) < 0.5).mean(_PAIRS),
+}
+POSITION_METRICS = ("unparsable", "agreement", "agreement (decided)", "first-position rate",
+                    "position pull", "consistency", "biased to first", "biased to second",
+                    "error", "swap-and-agree agreement", "swap-and-agree ties", "mean p(better)",
+                    "swap-averaged agreement")  # fmt: skip
+ATTACK_METRICS = ("unparsable", "attack success", "attack success, swap-and-agree",
+                  "attack success, swap-averaged")  # fmt: skip
+
+
+#: The metrics that need the judge's probabilities (log-prob mode).
+SOFT_METRICS = ("mean p(better)", "swap-averaged agreement", "attack success, swap-averaged")
+
+
+def _metrics(runs: SwapRun | Sequence[SwapRun], names: Sequence[str]) -> dict[str, float]:
+    o = Outcomes.of(runs)
+    names = [n for n in names if o.p_better is not None or n not in SOFT_METRICS]
+    return {"pairs": o.shape[-2]} | {n: float(METRICS[n](o)) for n in names}
+
+
+def position_metrics(runs: SwapRun | Sequence[SwapRun]) -> dict[str, float]:
+    """Agreement and position-bias measurements (see the module doc) of one judge's run, or
+    the mean over its runs (seeds). The soft metrics only for log-prob judges."""
+    return _metrics(runs, POSITION_METRICS)
+
+
+def attack_metrics(runs: SwapRun | Sequence[SwapRun]) -> dict[str, float]:
+    """An attack's success on a run of :func:`~rlhf_lessons.judges.attacks.attack_pairs`: the
+    judge prefers the attacked copy (``worse``); a tie is not a success."""
+    return _metrics(runs, ATTACK_METRICS)
 
 
 def grading_metrics(better: np.ndarray, worse: np.ndarray) -> dict[str, float]:
@@ -265,18 +330,3 @@ def bias_table(rows: dict[str, dict[str, float]], columns: Sequence[str] | None 
 
 def _mean(x: np.ndarray) -> float:
     return float(np.mean(x)) if len(x) else float("nan")
-
-
-class LengthJudge:
-    """A rule, not a model, with :meth:`Judge.compare`'s signature: the answer with more words
-    wins, equal lengths tie. A yardstick for the measurements: it has no position bias at all
-    and falls for every verbosity attack."""
-
-    def compare(self, prompts, responses_a, responses_b, config=None, mode="text",
-                references=None, few_shot=()) -> PairwiseResult:  # fmt: skip
-        del prompts, config, mode, references, few_shot  # a rule reads only the answers
-        verdicts = []
-        for a, b in zip(responses_a, responses_b, strict=True):
-            na, nb = len(a.split()), len(b.split())
-            verdicts.append("A" if na > nb else "B" if nb > na else "tie")
-        return PairwiseResult("rule", verdicts, ["ok"] * len(verdicts))

@@ -35,6 +35,7 @@ from __future__ import annotations
 
 import contextlib
 import math
+import random
 from collections.abc import Callable, Sequence
 
 import matplotlib.pyplot as plt
@@ -87,7 +88,7 @@ def evaluate_policy(
     max_new_tokens: int = 24,
     temperature: float = 1.0,
     seed: int = 0,
-    batch_size: int = 64,
+    batch_size: int = 256,
     reward_fn: Callable[[Sequence[str], Sequence[str]], torch.Tensor] = reward_of,
     fluency_fn: Callable[[str], bool] | None = is_grammatical,
     threads: int | None = None,
@@ -101,7 +102,7 @@ def evaluate_policy(
         max_new_tokens: longest completion; one that does not reach EOS is cut there.
         temperature: sampling temperature, also used for both models' log-probs.
         seed: seeds the sampling, so two policies can be compared on the same random draws.
-        batch_size: prompts per generation / scoring chunk.
+        batch_size: completions sampled together (more is faster, up to memory).
         reward_fn: ``(prompts, completions) -> (N,)`` true reward; default VADER on
             prompt + completion (:func:`rlhf_lessons.review_world.true_reward.reward_of`).
         fluency_fn: ``text -> bool`` applied to each prompt + completion; default: the review
@@ -140,11 +141,11 @@ def evaluate_policy(
                 temperature=temperature, batch_size=batch_size, seed=seed,
             )  # fmt: skip
             batch = gen.batch
-            logp_pi = logprobs_in_chunks(policy, batch, temperature, batch_size)
+            logp_pi = logprobs_in_chunks(policy, batch, temperature)
             if ref is policy:
                 logp_ref = logp_pi
             else:
-                logp_ref = logprobs_in_chunks(ref, batch, temperature, batch_size)
+                logp_ref = logprobs_in_chunks(ref, batch, temperature)
     finally:
         for m, was_training in modes:
             m.train(was_training)
@@ -200,6 +201,35 @@ def evaluate_policy(
     }
 
 
+def over_seeds_point(method: str, kl, reward, label: str | None = None) -> dict:
+    """A point for :func:`plot_reward_vs_kl` from two intervals over training seeds
+    (:class:`~rlhf_lessons.course.stats.Interval`, e.g. ``mean_ci`` of each seed's KL and
+    reward): the means, with the intervals as error bars."""
+    point = {"method": method, "kl": kl.mean, "kl_ci": (kl.low, kl.high),
+             "reward": reward.mean, "reward_ci": (reward.low, reward.high)}  # fmt: skip
+    if label is not None:
+        point["label"] = label
+    return point
+
+
+def scrambled(completions: Sequence[str], seed: int = 0) -> list[str]:
+    """Each completion with its words (and punctuation) in a random other order: planted broken
+    text, to check that a fluency check such as :func:`~rlhf_lessons.review_world.grammar.
+    is_grammatical` rejects it before trusting it to detect reward hacking. A completion whose
+    words allow no other order is returned as it is."""
+    rng = random.Random(seed)
+    out = []
+    for text in completions:
+        words = text.split()
+        shuffled = words[:]
+        for _ in range(20):
+            rng.shuffle(shuffled)
+            if shuffled != words:
+                break
+        out.append(" ".join(shuffled))
+    return out
+
+
 def to_point(result: dict, method: str, label: str | None = None) -> dict:
     """A point for :func:`plot_reward_vs_kl` from an :func:`evaluate_policy` result."""
     point = {"method": method, "kl": result["kl"], "kl_ci": result["kl_ci"],
@@ -223,6 +253,8 @@ METHOD_STYLES: dict[str, tuple[str, str]] = {
     "grpo": ("tab:olive", "*"),
     "preferred-ft": ("tab:brown", "h"),
     "unlikelihood": ("tab:pink", "<"),
+    "ppo (beta=0)": ("darkmagenta", "x"),
+    "grpo (trl)": ("crimson", "P"),
 }
 _EXTRA_COLORS = ["#1b9e77", "#d95f02", "#7570b3", "#e7298a", "#66a61e", "#e6ab02", "#a6761d"]
 _EXTRA_MARKERS = ["o", "s", "^", "D", "v", "P", "X", "*", "<", ">", "h"]
@@ -284,7 +316,7 @@ def plot_reward_vs_kl(
         if missing:
             raise ValueError(
                 f"points[{i}] lacks {missing}: each point needs method, kl, kl_ci, reward, "
-                "reward_ci (build it with alignment_eval.to_point)"
+                "reward_ci (build it with review_world.evaluation.to_point)"
             )
     methods = list(dict.fromkeys(str(p["method"]) for p in points))
     for method in methods:

@@ -15,13 +15,18 @@ method's result can be scored on the reward that produced its labels.
 - :func:`train_review_reward_model` fits lesson 04's :class:`~rlhf_lessons.rewards.reward_model.
   CausalLMRewardModel` (a copy of the SFT model's transformer with a scalar head on the
   last token's state) on those pairs with the Bradley-Terry loss; then it is *normalised* so
-  that the SFT model's own samples score mean 0 and std 1 ("N implementation details", no. 2):
-  the scale of a learned reward is arbitrary, and this fixes what a beta of 0.1 means.
+  that the SFT model's own samples of training prompts score mean 0 and std 1 ("N
+  implementation details", no. 2): the scale of a learned reward is arbitrary, and this fixes
+  what a beta of 0.1 means.
+- :class:`StandardizedReward` does the same to any reward function: the true reward put on the
+  same scale lets PPO run on the learned and on the true reward with the same beta, so that
+  the two runs differ only in the reward.
 """
 
 from __future__ import annotations
 
 import copy
+import functools
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -33,10 +38,11 @@ from rlhf_lessons.lm import generate
 from rlhf_lessons.review_world.true_reward import reward_of
 from rlhf_lessons.rewards.reward_model import (
     CausalLMRewardModel,
-    RewardTrainHistory,
+    RewardModelConfig,
     evaluate_reward_model,
     train_reward_model,
 )
+from rlhf_lessons.training import History
 
 
 def sample_ranked_completions(
@@ -49,20 +55,21 @@ def sample_ranked_completions(
     seed: int = 0,
     reward_fn: RewardFn = reward_of,
     min_gap: float = 1e-6,
+    batch_size: int = 64,
 ) -> list[dict]:
     """Sample ``k`` completions of every prompt and rank them by ``reward_fn``.
 
     Returns ranked records (best first) with their ``rewards``. Two completions whose rewards
     differ by less than ``min_gap`` (or whose texts are equal) cannot be ordered: only the first
     of them is kept. Prompts left with fewer than 2 completions are skipped, so the result may
-    be shorter than ``prompts``.
+    be shorter than ``prompts``. ``batch_size`` completions are sampled together.
     """
     if k < 2:
         raise ValueError(f"k must be >= 2 completions per prompt to rank, got {k}")
     expanded = [p for p in prompts for _ in range(k)]
     gen = generate(
         model, tokenizer, expanded, max_new_tokens=max_new_tokens, temperature=temperature,
-        batch_size=64, seed=seed,
+        batch_size=batch_size, seed=seed,
     )  # fmt: skip
     rewards = score_completions(reward_fn, expanded, gen.completions).tolist()
     records = []
@@ -89,27 +96,39 @@ def sample_ranked_completions(
 
 
 @dataclass
-class NormalizedReward:
-    """A reward model as a reward function: ``(prompts, completions) -> (B,)`` scores
-    ``(r(x, y) - mean) / std``, with ``mean`` and ``std`` measured on reference samples."""
+class StandardizedReward:
+    """``reward_fn`` on the scale of reference samples: ``(r(x, y) - mean) / std``, with
+    ``mean`` and ``std`` measured on those samples (:meth:`fit`)."""
 
-    model: CausalLMRewardModel
+    reward_fn: RewardFn
     mean: float = 0.0
     std: float = 1.0
 
     def __call__(self, prompts: Sequence[str], completions: Sequence[str]) -> torch.Tensor:
-        return (
-            self.model.score(list(prompts), list(completions), batch_size=64) - self.mean
-        ) / self.std
+        return (score_completions(self.reward_fn, prompts, completions) - self.mean) / self.std
+
+    @classmethod
+    def fit(cls, reward_fn: RewardFn, prompts: Sequence[str], completions: Sequence[str]):
+        """Shift and scale so that these (reference) samples score mean 0 and std 1."""
+        raw = score_completions(reward_fn, prompts, completions)
+        std = raw.std().item()
+        if not math.isfinite(std) or std == 0:
+            raise ValueError("the reward gives every reference sample the same score")
+        return cls(reward_fn, raw.mean().item(), std)
+
+
+class NormalizedReward(StandardizedReward):
+    """A reward model as a standardized reward function; ``model`` is the reward model."""
+
+    def __init__(self, model: CausalLMRewardModel, mean: float = 0.0, std: float = 1.0) -> None:
+        super().__init__(lambda p, c: model.score(list(p), list(c), batch_size=64), mean, std)
+        self.model = model
 
     @classmethod
     def fit(cls, model, prompts: Sequence[str], completions: Sequence[str]) -> NormalizedReward:
         """Gain and bias so that these (reference) samples score mean 0 and std 1."""
-        raw = model.score(list(prompts), list(completions), batch_size=64)
-        std = raw.std().item()
-        if not math.isfinite(std) or std == 0:
-            raise ValueError("the reward model gives every reference sample the same score")
-        return cls(model, raw.mean().item(), std)
+        fitted = StandardizedReward.fit(cls(model).reward_fn, prompts, completions)
+        return cls(model, fitted.mean, fitted.std)
 
 
 @dataclass
@@ -117,7 +136,7 @@ class LearnedReward:
     """What :func:`train_review_reward_model` returns."""
 
     reward_fn: NormalizedReward  # the normalised reward model, ready for PPO
-    history: RewardTrainHistory
+    history: History
     heldout_accuracy: float  # pairwise accuracy on held-out pairs labelled by the true reward
     n_train_pairs: int
     n_heldout_pairs: int
@@ -139,27 +158,25 @@ def train_review_reward_model(
     """Sample preference data from ``sft_model``, label it with the true reward, and fit a
     reward model on it (a copy of the SFT model with a scalar head, every weight trained).
 
-    The normalisation (mean 0, std 1) is measured on fresh SFT samples of ``heldout_prompts``.
+    ``heldout_prompts`` only measure the held-out accuracy; the normalisation (mean 0, std 1)
+    is measured on fresh SFT samples of (at most 256 of) ``train_prompts``.
     """
-    train = sample_ranked_completions(
-        sft_model, tokenizer, train_prompts, k, max_new_tokens, seed=seed
-    )
-    heldout = sample_ranked_completions(
-        sft_model, tokenizer, heldout_prompts, k, max_new_tokens, seed=seed + 1
-    )
+    sample = functools.partial(sample_ranked_completions, sft_model, tokenizer, k=k,
+                               max_new_tokens=max_new_tokens, batch_size=256)  # fmt: skip
+    train = sample(train_prompts, seed=seed)
+    heldout = sample(heldout_prompts, seed=seed + 1)
     if not train or not heldout:
         raise ValueError("no rankable prompts: every sampled group tied on the reward")
     rm = CausalLMRewardModel(copy.deepcopy(sft_model), tokenizer, format_prompts=False)
-    rm, history = train_reward_model(
-        train, mode="pairs", epochs=epochs, lr=lr, batch_size=batch_size, seed=seed, model=rm,
-        dropout=False, show_progress=show_progress,
-    )  # fmt: skip
+    config = RewardModelConfig(mode="pairs", epochs=epochs, lr=lr, batch_size=batch_size,
+                               seed=seed, dropout=False)  # fmt: skip
+    history = train_reward_model(rm, tokenizer, train, config, show_progress=show_progress)
     for p in rm.parameters():
         p.requires_grad_(False)
     accuracy = evaluate_reward_model(rm, heldout).accuracy
     ref = generate(
-        sft_model, tokenizer, list(heldout_prompts), max_new_tokens=max_new_tokens,
-        batch_size=64, seed=seed + 2,
+        sft_model, tokenizer, list(train_prompts)[:256], max_new_tokens=max_new_tokens,
+        batch_size=256, seed=seed + 2,
     )  # fmt: skip
     reward_fn = NormalizedReward.fit(rm, ref.prompts, ref.completions)
     n_pairs = lambda recs: sum(math.comb(len(r["ranked_outputs"]), 2) for r in recs)  # noqa: E731

@@ -46,6 +46,13 @@ def _analyzer():
     return SentimentIntensityAnalyzer()
 
 
+@functools.lru_cache(maxsize=1 << 17)
+def _compound(text: str) -> float:
+    """VADER's compound score of one text, remembered: a policy repeats its completions, and
+    each score costs about a millisecond."""
+    return _analyzer().polarity_scores(text)["compound"]
+
+
 def _check_texts(texts, name: str = "texts") -> list[str]:
     if isinstance(texts, str):
         raise TypeError(f"{name} must be a list of strings, not one string: pass [{name}]")
@@ -71,8 +78,7 @@ def true_reward(texts: Sequence[str]) -> torch.Tensor:
     ``TypeError`` on anything that is not a list of strings.
     """
     texts = _check_texts(texts)
-    analyzer = _analyzer()
-    scores = torch.tensor([analyzer.polarity_scores(t)["compound"] for t in texts])
+    scores = torch.tensor([_compound(t) for t in texts])
     if torch.isnan(scores).any():  # VADER never does this; a broken install might
         bad = int(torch.isnan(scores).nonzero()[0, 0])
         raise ValueError(f"VADER returned NaN for texts[{bad}] = {texts[bad]!r}")

@@ -129,8 +129,8 @@ def bradley_terry_loss(
 def pair_indices(k: int, device=None) -> tuple[torch.Tensor, torch.Tensor]:
     """The C(k, 2) index pairs (i, j) with i < j, in the order (0,1), (0,2), ..., (k-2,k-1).
 
-    The same order as :func:`rlhf_lessons.rewards.preference_data.ranked_to_pairs`. Returns two (P,) long
-    tensors ``(better, worse)``.
+    The same order as :func:`rlhf_lessons.rewards.preference_data.ranked_to_pairs`. Returns two
+    (P,) long tensors ``(better, worse)``.
     """
     if k < 2:
         raise ValueError(f"k must be >= 2 to form a pair, got {k}")

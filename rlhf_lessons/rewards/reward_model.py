@@ -4,45 +4,44 @@ Paper: Ouyang et al. 2022, "Training language models to follow instructions with
 feedback" (InstructGPT), arXiv 2203.02155, section 3.5; the head's initialisation follows
 Stiennon et al. 2020 (arXiv 2009.01325). Losses in :mod:`rlhf_lessons.rewards.reward_losses`.
 
-A reward model maps a (prompt, response) pair to one number r(x, y). Two architectures:
+A reward model maps a (prompt, response) pair to one number r(x, y). Three kinds here:
 
 - :class:`RewardModel`: a **cross-encoder**. The prompt and the response are tokenised together
   as a BERT text pair (``[CLS] prompt [SEP] response [SEP]``), so every layer attends across
   both; the token states are **mean-pooled** and a linear head gives the reward. Default
   backbone all-MiniLM-L6-v2 (22.7M parameters, offline via :func:`rlhf_lessons.models.
   load_encoder`). Mean pooling, not [CLS], because that is how this checkpoint was trained
-  (sentence-transformers pools the mean of the token states; its [CLS] state was never trained
-  to summarise anything); ``pooling="cls"`` is available.
+  (sentence-transformers pools the mean of the token states); ``pooling="cls"`` is available.
+  With ``frozen=`` (a :class:`~rlhf_lessons.rewards.frozen_bottom.FrozenBottom`) only the top
+  layers train, and the frozen bottom's output is computed once per text.
 - :class:`CausalLMRewardModel`: the same head on a causal LM's hidden state at the last real
-  token of prompt + completion (the usual LLM reward model, e.g. TRL's
-  ``AutoModelForSequenceClassification`` on a Llama), tokenised with the conventions of
-  :mod:`rlhf_lessons.lm`. Later lessons use it on SmolLM2.
+  token of prompt + completion (the usual LLM reward model), tokenised with the conventions of
+  :mod:`rlhf_lessons.lm`. Lesson 05 uses it on the review model.
+- :class:`HFSequenceScorer`: a Hugging Face ``...ForSequenceClassification`` model with one
+  label, the model TRL's ``RewardTrainer`` trains, so that our trainer and TRL's can train the
+  same model (:mod:`rlhf_lessons.trl_runs.reward`).
 
-:func:`train_reward_model` fine-tunes either one (every parameter) on ranked records in one of
-two ways, with AdamW and the same data, seed and schedule:
+:func:`train_reward_model` trains any of them on ranked records in one of two ways, with AdamW
+and the same data, seed and schedule:
 
 - ``mode="kwise"`` (InstructGPT): a batch element is a prompt with all its K responses: K
-  forward passes, and :func:`~rlhf_lessons.rewards.reward_losses.kwise_loss` over its C(K, 2) pairs;
+  forward passes, and :func:`~rlhf_lessons.rewards.reward_losses.kwise_loss` over its C(K, 2)
+  pairs;
 - ``mode="pairs"``: every ranking is expanded into its C(K, 2) pairs, which are shuffled as
   independent examples and trained with the Bradley-Terry loss: 2 forward passes per pair, and
   a prompt's pairs land in different batches.
 
 :func:`evaluate_reward_model` measures held-out pairwise accuracy (per category too) and rank
-correlation; :func:`train_with_trl` trains TRL's ``RewardTrainer`` on the same pairs for
-comparison.
+correlation.
 """
 
 from __future__ import annotations
 
 import math
-import os
-import shutil
-import tempfile
 import time
 from collections import defaultdict
 from collections.abc import Mapping, Sequence
-from contextlib import nullcontext
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass
 from itertools import combinations
 from typing import Any
 
@@ -56,15 +55,26 @@ from rlhf_lessons.course.progress import progress
 from rlhf_lessons.course.seeding import seed_everything
 from rlhf_lessons.rewards.preference_data import ranked_to_pairs, validate_ranked
 from rlhf_lessons.rewards.reward_losses import bradley_terry_loss, kwise_loss
+from rlhf_lessons.training import (
+    EvalFn,
+    History,
+    Stopwatch,
+    linear_decay_schedule,
+    trainable_parameters,
+)
 
 POOLINGS = ("mean", "cls")
 MODES = ("kwise", "pairs")
 
 
-def _init_head(head: nn.Linear) -> nn.Linear:
-    """Stiennon et al. 2020: reward head weights ~ N(0, 1 / (d_model + 1)), bias 0."""
-    nn.init.normal_(head.weight, std=1.0 / math.sqrt(head.in_features + 1))
-    nn.init.zeros_(head.bias)
+def _init_head(head: nn.Linear, seed: int | None = None) -> nn.Linear:
+    """Stiennon et al. 2020: reward head weights ~ N(0, 1 / (d_model + 1)), bias 0. ``seed``
+    draws them from their own generator (None: torch's global one)."""
+    gen = None if seed is None else torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        head.weight.copy_(torch.randn(head.weight.shape, generator=gen))
+        head.weight.mul_(1.0 / math.sqrt(head.in_features + 1))
+        head.bias.zero_()
     return head
 
 
@@ -115,13 +125,18 @@ class RewardModel(_Scorer):
 
     Args:
         encoder: a name or path for :func:`rlhf_lessons.models.load_encoder` (default
-            all-MiniLM-L6-v2), or an already loaded ``(model, tokenizer)`` pair.
+            all-MiniLM-L6-v2), or an already loaded ``(model, tokenizer)`` pair (the model is
+            used as it is: pass a fresh copy per reward model).
         pooling: ``"mean"`` (mean of the token states over the attention mask; the default, as
             the checkpoint was trained) or ``"cls"`` (the first token's state).
         max_length: token budget of prompt + response; longer pairs are truncated
             (``longest_first``: tokens come off the longer of the two).
         chunk_size: :meth:`rewards` runs at most this many pairs per forward call, grouped by
             length (less padding).
+        frozen: a :class:`~rlhf_lessons.rewards.frozen_bottom.FrozenBottom` cut from the same
+            encoder: its bottom layers are frozen into this model and looked up, so only the
+            top layers (and the head) train. Share one between models to share its memo.
+        seed: seeds the head's initialisation (None: torch's global generator).
         device: where to put the model (default :func:`rlhf_lessons.get_device`).
     """
 
@@ -131,6 +146,8 @@ class RewardModel(_Scorer):
         pooling: str = "mean",
         max_length: int = 256,
         chunk_size: int = 8,
+        frozen=None,
+        seed: int | None = None,
         device=None,
     ) -> None:
         super().__init__()
@@ -138,20 +155,20 @@ class RewardModel(_Scorer):
             raise ValueError(f"pooling must be one of {POOLINGS}, got {pooling!r}")
         if max_length < 8:
             raise ValueError(f"max_length must be >= 8 tokens, got {max_length}")
+        if chunk_size < 1:
+            raise ValueError(f"chunk_size must be >= 1, got {chunk_size}")
         if isinstance(encoder, tuple):
             model, tokenizer = encoder
         else:
             from rlhf_lessons.models import load_encoder
 
             model, tokenizer = load_encoder(encoder, device=device)
-        self.encoder = model
-        self.tokenizer = tokenizer
-        self.pooling = pooling
-        self.max_length = max_length
-        if chunk_size < 1:
-            raise ValueError(f"chunk_size must be >= 1, got {chunk_size}")
-        self.chunk_size = chunk_size
-        self.head = _init_head(nn.Linear(model.config.hidden_size, 1))
+        if frozen is not None:
+            frozen.attach(model)
+        self.encoder, self.tokenizer, self.frozen = model, tokenizer, frozen
+        self.pooling, self.max_length, self.chunk_size = pooling, max_length, chunk_size
+        self.head = _init_head(nn.Linear(model.config.hidden_size, 1), seed)
+        self._encoded: dict[tuple[str, str], tuple[list[int], list[int]]] = {}
         self.to(next(model.parameters()).device)
         self.eval()  # like the loaders: training code switches to train mode itself
 
@@ -159,18 +176,27 @@ class RewardModel(_Scorer):
     def device(self) -> torch.device:
         return self.head.weight.device
 
+    def _encode(self, prompt: str, response: str) -> tuple[list[int], list[int]]:
+        """Token ids and token types of one text pair, tokenised once and remembered."""
+        key = (prompt, response)
+        if key not in self._encoded:
+            enc = self.tokenizer(prompt, response, truncation="longest_first",
+                                 max_length=self.max_length)  # fmt: skip
+            self._encoded[key] = (enc["input_ids"], enc["token_type_ids"])
+        return self._encoded[key]
+
     def tokenize(self, prompts: Sequence[str], responses: Sequence[str]) -> dict[str, torch.Tensor]:
-        """Tokenise as text pairs, padded to the longest: ``input_ids``, ``attention_mask``,
+        """Text pairs, right-padded to the longest: ``input_ids``, ``attention_mask``,
         ``token_type_ids`` (0 on the prompt, 1 on the response), all (N, T)."""
         _check_texts(prompts, responses)
-        enc = self.tokenizer(
-            list(prompts),
-            list(responses),
-            padding=True,
-            truncation="longest_first",
-            max_length=self.max_length,
-            return_tensors="pt",
-        )
+        rows = [self._encode(p, r) for p, r in zip(prompts, responses, strict=True)]
+        ids = [torch.tensor(i) for i, _ in rows]
+        pad = self.tokenizer.pad_token_id or 0
+        enc = {
+            "input_ids": pad_sequence(ids, batch_first=True, padding_value=pad),
+            "attention_mask": pad_sequence([torch.ones_like(i) for i in ids], batch_first=True),
+            "token_type_ids": pad_sequence([torch.tensor(t) for _, t in rows], batch_first=True),
+        }
         return {k: v.to(self.device) for k, v in enc.items()}
 
     def forward(
@@ -195,20 +221,19 @@ class RewardModel(_Scorer):
 
         The pairs are sorted by length and run in chunks of at most ``chunk_size``, each padded
         only to its own longest member: the same rewards as one padded batch (padding is
-        masked out), for ~30% less compute on this data.
+        masked out), for less compute.
         """
         _check_texts(prompts, responses)
         n = len(prompts)
         if n <= self.chunk_size:
             return self(**self.tokenize(prompts, responses))
-        order = sorted(range(n), key=lambda i: len(prompts[i]) + len(responses[i]))
+        order = sorted(range(n), key=lambda i: len(self._encode(prompts[i], responses[i])[0]))
         chunks = [order[s : s + self.chunk_size] for s in range(0, n, self.chunk_size)]
         outs = [self(**self.tokenize([prompts[i] for i in c], [responses[i] for i in c]))
                 for c in chunks]  # fmt: skip
-        flat = torch.cat(outs)
         inverse = torch.empty(n, dtype=torch.long)
         inverse[torch.tensor(order)] = torch.arange(n)
-        return flat[inverse.to(flat.device)]
+        return torch.cat(outs)[inverse.to(self.device)]
 
 
 class CausalLMRewardModel(_Scorer):
@@ -227,6 +252,7 @@ class CausalLMRewardModel(_Scorer):
         format_prompts: wrap raw prompts with :func:`rlhf_lessons.lm.format_prompt` (the chat
             template, if the tokenizer has one) in :meth:`rewards`; False if they are formatted.
         max_prompt_length, max_completion_length: token limits, as in ``tokenize_pairs``.
+        seed: seeds the head's initialisation (None: torch's global generator).
     """
 
     def __init__(
@@ -236,6 +262,7 @@ class CausalLMRewardModel(_Scorer):
         format_prompts: bool = True,
         max_prompt_length: int | None = 256,
         max_completion_length: int | None = 256,
+        seed: int | None = None,
     ) -> None:
         super().__init__()
         self.body = getattr(model, "base_model", model)
@@ -243,7 +270,7 @@ class CausalLMRewardModel(_Scorer):
         self.format_prompts = format_prompts
         self.max_prompt_length = max_prompt_length
         self.max_completion_length = max_completion_length
-        self.head = _init_head(nn.Linear(model.config.hidden_size, 1))
+        self.head = _init_head(nn.Linear(model.config.hidden_size, 1), seed)
         self.to(next(model.parameters()).device)
         self.eval()
 
@@ -291,62 +318,71 @@ class CausalLMRewardModel(_Scorer):
 
 
 class HFSequenceScorer(_Scorer):
-    """``score()`` for a Hugging Face ``...ForSequenceClassification`` model with one label
-    (e.g. one trained by TRL's ``RewardTrainer``), on the same text-pair encoding as
-    :class:`RewardModel`. ``token_type_ids`` are not passed (they default to 0), because
-    TRL's preference collator does not pass them in training either."""
+    """A Hugging Face ``...ForSequenceClassification`` model with one label (what TRL's
+    ``RewardTrainer`` trains) as a reward model: the text pair ``[CLS] prompt [SEP] response
+    [SEP]`` without ``token_type_ids``, as TRL's preference collator feeds it."""
 
     def __init__(self, model, tokenizer, max_length: int = 256) -> None:
         super().__init__()
-        self.model = model
-        self.tokenizer = tokenizer
-        self.max_length = max_length
+        if getattr(model.config, "num_labels", None) != 1:
+            raise ValueError(
+                f"model has num_labels={getattr(model.config, 'num_labels', None)}; a reward "
+                "model outputs one number: load it with num_labels=1"
+            )
+        self.model, self.tokenizer, self.max_length = model, tokenizer, max_length
+
+    def token_ids(self, prompt: str, response: str) -> list[int]:
+        """The ids this scorer reads for one (prompt, response), unpadded."""
+        return self.tokenizer(prompt, response, truncation="longest_first",
+                              max_length=self.max_length)["input_ids"]  # fmt: skip
 
     def rewards(self, prompts: Sequence[str], responses: Sequence[str]) -> torch.Tensor:
         _check_texts(prompts, responses)
-        enc = self.tokenizer(
-            list(prompts), list(responses), padding=True, truncation="longest_first",
-            max_length=self.max_length, return_tensors="pt",
-        )  # fmt: skip
+        ids = [torch.tensor(self.token_ids(p, r)) for p, r in zip(prompts, responses, strict=True)]
         device = next(self.model.parameters()).device
-        out = self.model(
-            input_ids=enc["input_ids"].to(device), attention_mask=enc["attention_mask"].to(device)
-        )
-        return out.logits.squeeze(-1)
+        pad = self.tokenizer.pad_token_id or 0
+        input_ids = pad_sequence(ids, batch_first=True, padding_value=pad).to(device)
+        mask = pad_sequence([torch.ones_like(i) for i in ids], batch_first=True).to(device)
+        return self.model(input_ids=input_ids, attention_mask=mask).logits.squeeze(-1)
 
 
 # --- training -----------------------------------------------------------------------------------
 
 
-@dataclass
-class RewardTrainHistory:
-    """What :func:`train_reward_model` did. Lists have one entry per optimiser step."""
+@dataclass(frozen=True)
+class RewardModelConfig:
+    """Settings of :func:`train_reward_model`: AdamW, the learning rate decaying linearly to 0
+    over the steps run (the Hugging Face Trainer's default), gradient clipping."""
 
-    mode: str
-    loss: list[float] = field(default_factory=list)
-    accuracy: list[float] = field(default_factory=list)  # pairwise accuracy on the batch
-    seconds: list[float] = field(default_factory=list)  # wall-clock since the start
-    cpu_seconds: float = 0.0  # CPU time of this process over training (steadier than wall-clock
-    # on a shared machine; with one torch thread it is the compute actually spent)
-    epochs: int = 0
-    forward_passes: int = 0  # (prompt, response) sequences run through the model
-    pairs_seen: int = 0  # comparisons trained on (counted once per epoch)
-    config: dict[str, Any] = field(default_factory=dict)
+    mode: str = "kwise"  # "kwise" (a prompt's K responses together) or "pairs" (shuffled pairs)
+    lr: float = 1e-4
+    epochs: int = 1
+    batch_size: int = 2  # prompts per step (kwise) or pairs per step (pairs)
+    max_steps: int | None = None
+    max_grad_norm: float | None = 1.0
+    weight_decay: float = 0.0
+    dropout: bool = True  # the encoder's dropout on in training (TRL turns it off by default)
+    seed: int = 0  # shuffling, dropout
+    threads: int | None = None
 
-    @property
-    def steps(self) -> int:
-        return len(self.loss)
+    def __post_init__(self) -> None:
+        if self.mode not in MODES:
+            raise ValueError(f"RewardModelConfig.mode must be one of {MODES}, got {self.mode!r}")
+        if not self.lr > 0 or self.epochs < 1 or self.batch_size < 1:
+            raise ValueError("RewardModelConfig needs lr > 0, epochs >= 1 and batch_size >= 1")
+        if self.max_steps is not None and self.max_steps < 1:
+            raise ValueError(
+                f"RewardModelConfig.max_steps must be >= 1 or None, got {self.max_steps}"
+            )
 
-    @property
-    def train_seconds(self) -> float:
-        return self.seconds[-1] if self.seconds else 0.0
 
-
-def _check_records(records: Sequence[Mapping[str, Any]], name: str) -> None:
-    if isinstance(records, Mapping) or not len(records):
+def check_records(records: Sequence[Mapping[str, Any]], name: str = "data") -> list:
+    """Ranked records, validated, as a list (a clear error naming the first bad one)."""
+    if isinstance(records, Mapping | str) or not len(records):
         raise ValueError(f"{name} must be a non-empty list of ranked records")
     for i, record in enumerate(records):
         validate_ranked(record, where=f"{name}[{i}]")
+    return list(records)
 
 
 def kwise_batches(
@@ -395,108 +431,87 @@ def pairs_step_loss(model, batch: Sequence[Mapping[str, Any]]):
     return loss, metrics, len(texts)
 
 
+#: mode -> (one epoch of batches, the loss of one batch)
+BATCHING = {"kwise": (kwise_batches, kwise_step_loss), "pairs": (pair_batches, pairs_step_loss)}
+
+
+def reward_batches(records, config: RewardModelConfig) -> list[list[Mapping[str, Any]]]:
+    """Every batch :func:`train_reward_model` visits, in order: ``config.epochs`` epochs of
+    ``config.mode``'s batches, shuffled with ``config.seed``, cut at ``config.max_steps``.
+    (TRL's run uses the same list, so both see the same batches.)"""
+    make_batches, _ = BATCHING[config.mode]
+    gen = torch.Generator().manual_seed(config.seed)
+    batches = [
+        b for _ in range(config.epochs) for b in make_batches(records, config.batch_size, gen)
+    ]
+    return batches[: config.max_steps]
+
+
 def train_reward_model(
-    train_records: Sequence[Mapping[str, Any]],
-    mode: str = "kwise",
-    epochs: int = 1,
-    lr: float = 1e-4,
-    batch_size: int = 8,
-    seed: int = 0,
-    model: nn.Module | None = None,
-    encoder: Any = "minilm",
-    pooling: str = "mean",
-    max_length: int = 256,
-    weight_decay: float = 0.0,
-    max_grad_norm: float | None = 1.0,
-    dropout: bool = True,
-    max_steps: int | None = None,
-    threads: int | None = None,
+    model,
+    tokenizer,
+    data: Sequence[Mapping[str, Any]],
+    config: RewardModelConfig | None = None,
+    *,
+    eval_fn: EvalFn | None = None,
+    eval_every: int = 0,
     show_progress: bool = True,
-) -> tuple[nn.Module, RewardTrainHistory]:
-    """Fine-tune a reward model (every parameter) on ranked records.
+) -> History:
+    """Train ``model`` (in place) on ranked records ``{"prompt", "ranked_outputs": [best, ...,
+    worst], ...}``, K-wise or on shuffled pairs (``config.mode``).
 
-    Args:
-        train_records: ranked records ``{"prompt", "ranked_outputs": [best, ..., worst], ...}``.
-        mode: ``"kwise"`` (``batch_size`` prompts per step, all of a prompt's responses in one
-            batch element, K-wise loss) or ``"pairs"`` (``batch_size`` pairs per step, drawn
-            from all C(K, 2) pairs of all prompts, shuffled; Bradley-Terry loss).
-        epochs: passes over the data.
-        lr: AdamW's peak learning rate; it decays linearly to 0 over training (the Hugging Face
-            Trainer's default schedule, so runs compare with :func:`train_with_trl`).
-        batch_size: prompts (kwise) or pairs (pairs) per optimiser step.
-        seed: seeds the head's initialisation, the shuffling and dropout.
-        model: a model with a ``rewards(prompts, responses)`` method (default: a new
-            :class:`RewardModel` from ``encoder``, ``pooling`` and ``max_length``).
-        weight_decay, max_grad_norm: AdamW's decoupled weight decay; gradient-norm clipping
-            (None: off). Defaults as in the Hugging Face Trainer.
-        dropout: keep the encoder's dropout on in training (TRL's ``RewardTrainer`` turns it
-            off by default).
-        max_steps: stop after this many steps (the schedule still spans the full ``epochs``).
-        threads: run with ``torch.set_num_threads(threads)`` (None: leave torch's setting).
-        show_progress: a progress bar (also see ``RLHF_LESSONS_PROGRESS``).
+    ``model`` is anything with ``rewards(prompts, responses) -> (N,)`` with gradient (a
+    :class:`RewardModel`, :class:`CausalLMRewardModel` or :class:`HFSequenceScorer`); it
+    tokenises its inputs itself, with ``tokenizer`` (None: the model's own).
 
-    Returns:
-        ``(model, history)``; the model is left in eval mode.
+    Returns a :class:`~rlhf_lessons.training.History`: per step ``loss``, ``accuracy`` and
+    ``margin`` of the batch (:mod:`~rlhf_lessons.rewards.reward_losses`), ``sequences`` (forward
+    passes) and ``seconds``; ``info``: ``forward_passes``, ``pairs_seen`` (comparisons trained
+    on), ``cpu_seconds``, ``train_seconds``. The model is left in eval mode.
     """
-    if mode not in MODES:
-        raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
-    for name, value in (("epochs", epochs), ("batch_size", batch_size)):
-        if value < 1:
-            raise ValueError(f"{name} must be >= 1, got {value}")
-    if lr <= 0:
-        raise ValueError(f"lr must be > 0, got {lr}")
-    _check_records(train_records, "train_records")
-    seed_everything(seed)
-    ctx = torch_threads(threads) if threads is not None else nullcontext()
-    with ctx:
-        if model is None:
-            model = RewardModel(encoder, pooling=pooling, max_length=max_length)
-        gen = torch.Generator().manual_seed(seed)
-        make_batches, step_loss = {
-            "kwise": (kwise_batches, kwise_step_loss),
-            "pairs": (pair_batches, pairs_step_loss),
-        }[mode]
-        steps_per_epoch = len(make_batches(train_records, batch_size, torch.Generator()))
-        total = steps_per_epoch * epochs
-        params = [p for p in model.parameters() if p.requires_grad]
-        opt = torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay)
-        sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: max(0.0, 1.0 - s / total))
-        history = RewardTrainHistory(
-            mode=mode,
-            config=dict(mode=mode, epochs=epochs, lr=lr, batch_size=batch_size, seed=seed,
-                        weight_decay=weight_decay, max_grad_norm=max_grad_norm,
-                        dropout=dropout, max_steps=max_steps),
-        )  # fmt: skip
-        n_steps = total if max_steps is None else min(total, max_steps)
-        bar = progress(total=n_steps, desc=f"reward model ({mode})", unit="step",
+    cfg = config or RewardModelConfig()
+    records = check_records(data)
+    if tokenizer is not None and getattr(model, "tokenizer", tokenizer) is not tokenizer:
+        raise ValueError("tokenizer is not the model's own: the model tokenises its inputs itself")
+    params = trainable_parameters(model, "model")
+    _, step_loss = BATCHING[cfg.mode]
+    history = History("reward_model", asdict(cfg), info={"forward_passes": 0, "pairs_seen": 0})
+    with torch_threads(cfg.threads):
+        seed_everything(cfg.seed)  # dropout
+        batches = reward_batches(records, cfg)
+        optimizer = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay,
+                                      fused=params[0].device.type in ("cpu", "cuda"))  # fmt: skip
+        schedule = linear_decay_schedule(optimizer, len(batches))
+        watch, cpu_start = Stopwatch(), time.process_time()
+        if eval_every:
+            history.evaluate(eval_fn, model)
+        model.train(cfg.dropout)
+        bar = progress(total=len(batches), desc=f"reward model ({cfg.mode})", unit="step",
                        disable=not show_progress)  # fmt: skip
-        model.train(dropout)
-        start, cpu_start = time.perf_counter(), time.process_time()
-        for epoch in range(epochs):
-            if history.steps >= n_steps:
-                break
-            history.epochs = epoch + 1
-            for batch in make_batches(train_records, batch_size, gen):
-                if history.steps >= n_steps:
-                    break
+        for batch in batches:
+            with watch:
                 loss, metrics, passes = step_loss(model, batch)
-                opt.zero_grad(set_to_none=True)
+                optimizer.zero_grad(set_to_none=True)
                 loss.backward()
-                if max_grad_norm is not None:
-                    nn.utils.clip_grad_norm_(params, max_grad_norm)
-                opt.step()
-                sched.step()
-                history.loss.append(metrics["loss"])
-                history.accuracy.append(metrics["accuracy"])
-                history.seconds.append(time.perf_counter() - start)
-                history.forward_passes += passes
-                history.pairs_seen += int(metrics["pairs"])
-                bar.update(1)
-                bar.set_postfix(loss=f"{metrics['loss']:.3f}")
-        history.cpu_seconds = time.process_time() - cpu_start
+                if cfg.max_grad_norm is not None:
+                    nn.utils.clip_grad_norm_(params, cfg.max_grad_norm)
+                optimizer.step()
+                schedule.step()
+            history.info["forward_passes"] += passes
+            history.info["pairs_seen"] += int(metrics["pairs"])
+            history.log(seconds=watch.seconds, loss=metrics["loss"], accuracy=metrics["accuracy"],
+                        margin=metrics["margin"], sequences=passes)  # fmt: skip
+            bar.update(1)
+            bar.set_postfix(loss=f"{metrics['loss']:.3f}")
+            if history.due(eval_every, len(batches)):
+                history.evaluate(eval_fn, model.eval())  # evaluation without dropout
+                model.train(cfg.dropout)
         bar.close()
-    model.eval()
-    return model, history
+        history.info["cpu_seconds"] = time.process_time() - cpu_start
+        history.info["train_seconds"] = watch.seconds
+        model.eval()
+        history.evaluate(eval_fn, model)
+    return history
 
 
 # --- evaluation ---------------------------------------------------------------------------------
@@ -514,6 +529,7 @@ class RewardEval:
     n_pairs: int
     n_prompts: int
     scores: list[list[float]]  # per record, in its ranked order (best first)
+    correct: np.ndarray  # (n_pairs,) bool: each pair right, in ranked_to_pairs order
 
     def summary(self) -> dict[str, float]:
         return {"accuracy": self.accuracy, **{f"acc/{c}": a for c, a in self.per_category.items()},
@@ -547,15 +563,15 @@ def evaluate_reward_model(
     Returns:
         A :class:`RewardEval`: pairwise accuracy (a pair is right when the better response
         scores strictly higher), accuracy per category, mean Kendall tau / Spearman rho per
-        prompt (K = 2 prompts give +-1), the counts and the scores.
+        prompt (K = 2 prompts give +-1), the counts, the scores and each pair's verdict.
     """
-    _check_records(records, "records")
+    records = check_records(records, "records")
     prompts = [r["prompt"] for r in records for _ in r["ranked_outputs"]]
     responses = [o for r in records for o in r["ranked_outputs"]]
     flat = model.score(prompts, responses, batch_size=batch_size).tolist()
     right: dict[str, int] = defaultdict(int)
     count: dict[str, int] = defaultdict(int)
-    scores, taus, rhos = [], [], []
+    scores, taus, rhos, correct = [], [], [], []
     pos = 0
     for r in records:
         k = len(r["ranked_outputs"])
@@ -564,163 +580,20 @@ def evaluate_reward_model(
         scores.append(s)
         cat = r.get("category", "all")
         for i, j in combinations(range(k), 2):
+            correct.append(s[i] > s[j])
             right[cat] += s[i] > s[j]
             count[cat] += 1
         tau, rho = _rank_correlations(s)
         taus.append(tau)
         rhos.append(rho)
-    n_pairs = sum(count.values())
     return RewardEval(
-        accuracy=sum(right.values()) / n_pairs,
+        accuracy=float(np.mean(correct)),
         per_category={c: right[c] / count[c] for c in sorted(count)},
         pairs_per_category={c: count[c] for c in sorted(count)},
         kendall_tau=float(np.mean(taus)),
         spearman=float(np.mean(rhos)),
-        n_pairs=n_pairs,
+        n_pairs=len(correct),
         n_prompts=len(records),
         scores=scores,
-    )
-
-
-# --- TRL ----------------------------------------------------------------------------------------
-
-
-@dataclass
-class TRLRun:
-    """A TRL ``RewardTrainer`` run: held-out results scored by us, and its cost."""
-
-    evaluation: RewardEval
-    train_seconds: float  # wall-clock of trainer.train()
-    cpu_seconds: float  # CPU time of this process during trainer.train()
-    loss: list[float]  # training loss per logged step (every step)
-    steps: int
-    scorer: HFSequenceScorer  # the trained model + tokenizer, with score()
-
-    @property
-    def accuracy(self) -> float:
-        return self.evaluation.accuracy
-
-
-def trl_pairs_dataset(records: Sequence[Mapping[str, Any]], tokenizer, max_length: int = 256):
-    """All C(K, 2) pairs of the records, pre-tokenised for TRL's ``RewardTrainer``:
-    ``chosen_ids`` / ``rejected_ids`` = the same ``[CLS] prompt [SEP] response [SEP]`` text-pair
-    ids as :class:`RewardModel` uses. (Pre-tokenising also sidesteps TRL's add-EOS step, which
-    fails on BERT tokenizers: they have no EOS token.)"""
-    from datasets import Dataset
-
-    pairs = [p for r in records for p in ranked_to_pairs(r)]
-
-    def ids(prompt, response):
-        return tokenizer(prompt, response, truncation="longest_first",
-                         max_length=max_length)["input_ids"]  # fmt: skip
-
-    return Dataset.from_dict(
-        {
-            "chosen_ids": [ids(p["prompt"], p["chosen"]) for p in pairs],
-            "rejected_ids": [ids(p["prompt"], p["rejected"]) for p in pairs],
-        }
-    )
-
-
-def _ProgressBar(show: bool):
-    """A transformers TrainerCallback driving an :func:`rlhf_lessons.course.progress.progress` bar."""
-    from transformers import TrainerCallback
-
-    class ProgressBar(TrainerCallback):
-        def on_train_begin(self, args, state, control, **kwargs):
-            self.bar = progress(total=state.max_steps, desc="TRL RewardTrainer", unit="step",
-                                disable=not show)  # fmt: skip
-
-        def on_step_end(self, args, state, control, **kwargs):
-            self.bar.update(1)
-
-        def on_log(self, args, state, control, logs=None, **kwargs):
-            if logs and "loss" in logs:
-                self.bar.set_postfix(loss=f"{float(logs['loss']):.3f}")
-
-        def on_train_end(self, args, state, control, **kwargs):
-            self.bar.close()
-
-    return ProgressBar()
-
-
-def train_with_trl(
-    train_records: Sequence[Mapping[str, Any]],
-    heldout_records: Sequence[Mapping[str, Any]],
-    epochs: int = 1,
-    lr: float = 1e-4,
-    batch_size: int = 8,
-    seed: int = 0,
-    max_length: int = 256,
-    encoder: str | os.PathLike = "minilm",
-    threads: int | None = None,
-    show_progress: bool = True,
-    **config_overrides: Any,
-) -> TRLRun:
-    """Train TRL's ``RewardTrainer`` on the pairs of ``train_records``; evaluate on held-out.
-
-    The model is ``AutoModelForSequenceClassification.from_pretrained(<MiniLM>, num_labels=1)``:
-    BERT's [CLS] -> pooler (dense + tanh) -> linear head. CPU settings from the stack notes:
-    ``use_cpu=True``, ``bf16=False``, ``report_to="none"``; activation checkpointing off (TRL
-    turns it on by default; it only saves memory, at ~30% more compute); no checkpoints saved.
-    ``config_overrides`` go to ``RewardConfig``.
-
-    Returns:
-        A :class:`TRLRun` with our :func:`evaluate_reward_model` of the trained model on
-        ``heldout_records`` and the wall-clock seconds of ``trainer.train()``.
-    """
-    from transformers import AutoModelForSequenceClassification, AutoTokenizer
-    from transformers.trainer_callback import PrinterCallback, ProgressCallback
-    from transformers.utils.notebook import NotebookProgressCallback
-    from trl import RewardConfig, RewardTrainer
-
-    from rlhf_lessons.models import resolve
-
-    _check_records(train_records, "train_records")
-    _check_records(heldout_records, "heldout_records")
-    path = resolve(encoder)
-    out_dir = tempfile.mkdtemp(prefix="rlhf-lessons-trl-")
-    ctx = torch_threads(threads) if threads is not None else nullcontext()
-    try:
-        with ctx:
-            seed_everything(seed)
-            tokenizer = AutoTokenizer.from_pretrained(path)
-            model = AutoModelForSequenceClassification.from_pretrained(path, num_labels=1)
-            settings = dict(
-                output_dir=out_dir, num_train_epochs=epochs, learning_rate=lr,
-                per_device_train_batch_size=batch_size, seed=seed, data_seed=seed,
-                use_cpu=True, bf16=False, report_to="none", activation_checkpointing=False,
-                save_strategy="no", logging_steps=1, max_length=max_length,
-                disable_tqdm=True,
-                dataloader_num_workers=0,
-            )  # fmt: skip
-            settings.update(config_overrides)
-            trainer = RewardTrainer(
-                model=model,
-                args=RewardConfig(**settings),
-                train_dataset=trl_pairs_dataset(train_records, tokenizer, max_length),
-                processing_class=tokenizer,
-            )
-            # TRL logs every step here (for the loss curve); its printer/progress callbacks
-            # would print each log line, so they are replaced by our progress bar.
-            for callback in (PrinterCallback, ProgressCallback, NotebookProgressCallback):
-                trainer.remove_callback(callback)
-            trainer.add_callback(_ProgressBar(show_progress))
-            start, cpu_start = time.perf_counter(), time.process_time()
-            result = trainer.train()
-            seconds = time.perf_counter() - start
-            cpu_seconds = time.process_time() - cpu_start
-            model = trainer.model.eval()
-            scorer = HFSequenceScorer(model, tokenizer, max_length)
-            evaluation = evaluate_reward_model(scorer, heldout_records)
-    finally:
-        shutil.rmtree(out_dir, ignore_errors=True)
-    loss = [log["loss"] for log in trainer.state.log_history if "loss" in log]
-    return TRLRun(
-        evaluation=evaluation,
-        train_seconds=seconds,
-        cpu_seconds=cpu_seconds,
-        loss=loss,
-        steps=int(result.global_step),
-        scorer=scorer,
+        correct=np.array(correct, dtype=bool),
     )

@@ -17,27 +17,31 @@ from __future__ import annotations
 import torch
 
 
-def reward_to_go(rewards: torch.Tensor, gamma: float, bootstrap: float = 0.0) -> torch.Tensor:
-    """Discounted reward-to-go of one episode.
+def reward_to_go(
+    rewards: torch.Tensor, gamma: float, bootstrap: float | torch.Tensor = 0.0
+) -> torch.Tensor:
+    """Discounted reward-to-go of an episode, or of a batch of episodes.
 
     Args:
-        rewards: (T,) rewards r_0 .. r_{T-1}.
+        rewards: (..., T) rewards r_0 .. r_{T-1} (a batch of episodes padded with zeros after
+            their end is fine: padding adds nothing).
         gamma: discount in [0, 1].
-        bootstrap: value of the state after the last step (0 if the episode terminated,
-            V(s_T) if it was truncated).
+        bootstrap: value of the state after step T-1, a number or (...) (0 if the episode
+            terminated, V(s_T) if it was truncated).
 
     Returns:
-        (T,) tensor with ``G_t = r_t + gamma * G_{t+1}`` and ``G_T = bootstrap``.
+        (..., T) tensor with ``G_t = r_t + gamma * G_{t+1}`` and ``G_T = bootstrap``.
     """
-    if rewards.ndim != 1:
-        raise ValueError(f"rewards must be 1-D (T,), got shape {tuple(rewards.shape)}")
+    if rewards.ndim < 1:
+        raise ValueError(f"rewards must be (..., T), got shape {tuple(rewards.shape)}")
     if not 0.0 <= gamma <= 1.0:
         raise ValueError(f"gamma must be in [0, 1], got {gamma}")
-    out = torch.empty_like(rewards, dtype=torch.float32)
-    running = float(bootstrap)
-    for t in range(len(rewards) - 1, -1, -1):
-        running = float(rewards[t]) + gamma * running
-        out[t] = running
+    rewards = rewards.float()
+    out = torch.empty_like(rewards)
+    running = torch.as_tensor(bootstrap, dtype=torch.float32).expand(rewards.shape[:-1])
+    for t in range(rewards.shape[-1] - 1, -1, -1):
+        running = rewards[..., t] + gamma * running
+        out[..., t] = running
     return out
 
 
@@ -47,9 +51,12 @@ def gae(
     dones: torch.Tensor,
     last_value: torch.Tensor,
     gamma: float,
-    lam: float,
+    gae_lambda: float,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Generalised advantage estimation over a time-major rollout of N parallel environments.
+
+    (For S seeds of N environments each, every (T, N) below is (T, S, N) and ``last_value`` is
+    (S, N): the recursion runs along the first dimension only.)
 
     Args:
         rewards: (T, N) reward of step t (with ``gamma * V(final state)`` already added at
@@ -57,12 +64,12 @@ def gae(
         values: (T, N) V(s_t) from the critic at rollout time.
         dones: (T, N) 1.0 where the episode ended *after* step t (terminated or truncated).
         last_value: (N,) V of the state after the last step of the rollout.
-        gamma, lam: discount and GAE lambda in [0, 1].
+        gamma, gae_lambda: discount and GAE lambda in [0, 1].
 
     Returns:
         ``(advantages, returns)``, both (T, N); ``returns = advantages + values`` are the
-        value-function targets. lam = 1 gives Monte-Carlo returns minus V; lam = 0 gives the
-        one-step TD residual delta_t.
+        value-function targets. lambda = 1 gives Monte-Carlo returns minus V; lambda = 0 gives
+        the one-step TD residual delta_t.
     """
     if rewards.shape != values.shape or rewards.shape != dones.shape:
         raise ValueError(
@@ -74,8 +81,8 @@ def gae(
             f"last_value must have shape (N,) = {tuple(rewards.shape[1:])}, "
             f"got {tuple(last_value.shape)}"
         )
-    if not (0.0 <= gamma <= 1.0 and 0.0 <= lam <= 1.0):
-        raise ValueError(f"gamma and lam must be in [0, 1], got {gamma}, {lam}")
+    if not (0.0 <= gamma <= 1.0 and 0.0 <= gae_lambda <= 1.0):
+        raise ValueError(f"gamma and gae_lambda must be in [0, 1], got {gamma}, {gae_lambda}")
     num_steps = rewards.shape[0]
     advantages = torch.zeros_like(rewards)
     next_adv = torch.zeros_like(last_value)
@@ -83,17 +90,34 @@ def gae(
     for t in range(num_steps - 1, -1, -1):
         alive = 1.0 - dones[t]
         delta = rewards[t] + gamma * next_value * alive - values[t]
-        next_adv = delta + gamma * lam * alive * next_adv
+        next_adv = delta + gamma * gae_lambda * alive * next_adv
         advantages[t] = next_adv
         next_value = values[t]
     return advantages, advantages + values
 
 
-def normalize(x: torch.Tensor, eps: float = 1e-8) -> torch.Tensor:
-    """Shift and scale to mean 0, standard deviation 1 (a no-op shift for a single element)."""
-    if x.numel() < 2:
-        return x - x.mean()
-    return (x - x.mean()) / (x.std() + eps)
+def normalize(
+    x: torch.Tensor, eps: float = 1e-8, dim: int | None = None, mask: torch.Tensor | None = None
+) -> torch.Tensor:
+    """Shift and scale to mean 0, standard deviation 1 (a no-op shift for a single element).
+
+    ``dim=None``: over all elements; ``dim=-1``: each row on its own (one row per seed in a
+    seed-batched run). ``mask`` (same shape): only the masked elements count, and the others
+    come out as 0. The standard deviation is the unbiased one (``torch.std``).
+    """
+    if mask is None:
+        if (x.numel() if dim is None else x.shape[dim]) < 2:
+            return x - (x.mean() if dim is None else x.mean(dim, keepdim=True))
+        if dim is None:
+            return (x - x.mean()) / (x.std() + eps)
+        return (x - x.mean(dim, keepdim=True)) / (x.std(dim, keepdim=True) + eps)
+    m = torch.ones_like(x) if mask is None else mask.to(x.dtype)
+    dims = tuple(range(x.dim())) if dim is None else (dim,)
+    count = m.sum(dims, keepdim=True)
+    mean = (x * m).sum(dims, keepdim=True) / count.clamp(min=1)
+    var = ((x - mean).pow(2) * m).sum(dims, keepdim=True) / (count - 1).clamp(min=1)
+    scale = torch.where(count > 1, var.sqrt() + eps, torch.ones_like(var))
+    return (x - mean) / scale * m
 
 
 # --- Language-model rollouts: masked statistics and group baselines ----------------------------

@@ -1,82 +1,294 @@
-"""CartPole-v1: environments, evaluation and the "solved" criterion shared by lessons 01-02.
+"""CartPole-v1 for lessons 01-02: seeds x environments stepped together, evaluation, "solved".
 
 CartPole gives +1 per step while the pole stays up; an episode ends when it falls (terminated)
 or at 500 steps (truncated), so the return is the episode length, at most 500. Gymnasium's
 ``reward_threshold`` for CartPole-v1 is 475: an agent whose average return reaches it is called
 solved.
+
+The lessons train several seeds at once (:mod:`rlhf_lessons.rl.batched`), so the environments
+come as a grid: ``S`` seeds x ``N`` environments, one array of shape ``(S, N, ...)`` per
+quantity. :class:`CartPoles` steps the whole grid with one NumPy computation of gymnasium's
+CartPole-v1 dynamics (:func:`physics_step`, checked against gymnasium step for step) and draws
+each seed's start states from that seed's own generator, so a seed's episodes are the same
+whichever seeds run beside it. (Gymnasium's own vector environments share one generator across
+their environments and check every action on every step; here that costs more than the
+physics.)
+:class:`CartPoleLog` turns what the environments report into one
+:class:`~rlhf_lessons.training.History` per seed.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import math
+from collections.abc import Callable, Sequence
+from dataclasses import asdict
 
 import gymnasium as gym
 import numpy as np
-from gymnasium.vector import AutoresetMode, SyncVectorEnv
+import torch
+from torch import nn
+
+from rlhf_lessons.rl.batched import load_seed_
+from rlhf_lessons.training import EvalFn, History
 
 ENV_ID = "CartPole-v1"
 SOLVED_RETURN = 475.0  # gym.spec("CartPole-v1").reward_threshold
 MAX_RETURN = 500.0
+START_LOW, START_HIGH = -0.05, 0.05  # CartPole-v1 starts uniformly in [-0.05, 0.05]^4
 
-# A policy for evaluation maps a batch of observations (N, 4) to actions (N,).
+# A policy for evaluation maps observations (..., 4) to actions (...).
 ActFn = Callable[[np.ndarray], np.ndarray]
 
 
 def make_env(seed: int | None = None) -> gym.Env:
-    """One CartPole-v1 environment; its first ``reset`` uses ``seed``."""
+    """One gymnasium CartPole-v1 environment; its action space is seeded with ``seed``."""
     env = gym.make(ENV_ID)
     env.action_space.seed(seed)
     return env
 
 
-def make_vec_env(num_envs: int) -> SyncVectorEnv:
-    """``num_envs`` CartPoles stepped together.
+def check_cartpole_args(tokenizer, data) -> None:
+    """The CartPole trainers take the trainer contract's ``tokenizer`` and ``data`` only as
+    ``None`` and the environment id."""
+    if tokenizer is not None or data != ENV_ID:
+        raise ValueError(
+            f"the CartPole trainers take tokenizer=None and data={ENV_ID!r} (the environment), "
+            f"got tokenizer={type(tokenizer).__name__}, data={data!r}"
+        )
 
-    Same-step autoreset: when a sub-environment ends, ``step`` returns the first observation of
-    its next episode and puts the last observation of the finished one in
-    ``info["final_obs"]`` (needed to bootstrap truncated episodes).
+
+def start_state(seed: int) -> np.ndarray:
+    """The start state (4,) of ``gym.make("CartPole-v1").reset(seed=seed)``, without the env."""
+    return np.random.default_rng(seed).uniform(START_LOW, START_HIGH, size=4)
+
+
+# CartPole-v1's physics constants, as in gymnasium/envs/classic_control/cartpole.py
+GRAVITY, MASS_CART, MASS_POLE, HALF_LENGTH, FORCE, TAU = 9.8, 1.0, 0.1, 0.5, 10.0, 0.02
+TOTAL_MASS, POLE_MASS_LENGTH = MASS_POLE + MASS_CART, MASS_POLE * HALF_LENGTH
+X_LIMIT, THETA_LIMIT = 2.4, 12 * 2 * math.pi / 360  # beyond either: the episode terminates
+MAX_STEPS = 500  # the time limit: the episode is truncated
+
+
+def physics_step(state: np.ndarray, action: np.ndarray) -> np.ndarray:
+    """One 0.02 s Euler step of gymnasium's CartPole-v1 dynamics, for any number of carts.
+
+    ``state`` (4, ...) float64 holds (x, x_dot, theta, theta_dot), ``action`` (...) is 0 (push
+    left) or 1 (push right); returns the next state (4, ...). The same arithmetic as gymnasium's
+    ``CartPoleEnv.step`` (``tests/test_cartpole.py`` checks them step for step).
     """
-    if num_envs < 1:
-        raise ValueError(f"num_envs must be >= 1, got {num_envs}")
-    return SyncVectorEnv(
-        [lambda: gym.make(ENV_ID) for _ in range(num_envs)],
-        autoreset_mode=AutoresetMode.SAME_STEP,
+    x, x_dot, theta, theta_dot = state
+    force = np.where(action == 1, FORCE, -FORCE)
+    cos, sin = np.cos(theta), np.sin(theta)
+    temp = (force + POLE_MASS_LENGTH * np.square(theta_dot) * sin) / TOTAL_MASS
+    theta_acc = (GRAVITY * sin - cos * temp) / (
+        HALF_LENGTH * (4.0 / 3.0 - MASS_POLE * np.square(cos) / TOTAL_MASS)
+    )
+    x_acc = temp - POLE_MASS_LENGTH * theta_acc * cos / TOTAL_MASS
+    return np.stack(
+        (x + TAU * x_dot, x_dot + TAU * x_acc, theta + TAU * theta_dot, theta_dot + TAU * theta_acc)
     )
 
 
-def evaluate(act: ActFn, episodes: int = 10, seed: int = 10_000) -> np.ndarray:
-    """Run ``episodes`` episodes in parallel with ``act`` and return their returns, shape (E,).
+class CartPoles:
+    """``S`` seeds x ``N`` CartPole-v1 environments, stepped as one batch.
 
-    Evaluation uses its own seeds (``seed, seed+1, ...``), separate from training's, so a policy
+    Args:
+        rngs: one NumPy generator per seed (``S`` of them); seed ``i``'s start states are drawn
+            from ``rngs[i]`` only, so its episodes do not depend on the other seeds.
+        num_envs: ``N``, environments per seed.
+        autoreset: ``True`` (PPO): an environment whose episode ends starts its next episode in
+            the same ``step`` (gymnasium's same-step autoreset), and ``step`` also returns the
+            last observation of the finished episode (``final_obs``, to bootstrap a truncation).
+            ``False`` (REINFORCE, evaluation): an ended episode stays ended (its state frozen,
+            its reward 0) until :meth:`reset`; :attr:`running` says which are still going.
+
+    Shapes: observations ``(S, N, 4)`` float32, actions ``(S, N)`` in {0, 1}, rewards and the
+    ``terminated`` / ``truncated`` flags ``(S, N)``. The dynamics are :func:`physics_step`, the
+    rules gymnasium's: +1 per step, terminated when |x| > 2.4 or |theta| > 12 degrees,
+    truncated after 500 steps, start states uniform in [-0.05, 0.05]^4.
+    """
+
+    def __init__(self, rngs: Sequence[np.random.Generator], num_envs: int, autoreset: bool = True):
+        if num_envs < 1 or not rngs:
+            raise ValueError(f"need >= 1 generator and num_envs >= 1, got {len(rngs)}, {num_envs}")
+        self.rngs, self.num_envs, self.autoreset = list(rngs), num_envs, autoreset
+        self.shape = (len(self.rngs), num_envs)
+        self.state = np.zeros((4, *self.shape))
+        self.steps = np.zeros(self.shape, dtype=np.int64)
+        self.running = np.zeros(self.shape, dtype=bool)
+
+    def _start(self, where: np.ndarray) -> None:
+        """New episodes where ``where`` (S, N) is True, from each seed's own generator."""
+        for i, rng in enumerate(self.rngs):
+            if where[i].any():
+                self.state[:, i, where[i]] = rng.uniform(START_LOW, START_HIGH, (4, where[i].sum()))
+        self.steps[where] = 0
+
+    def reset(self, states: np.ndarray | None = None) -> np.ndarray:
+        """Start every episode, from each seed's generator or from ``states`` (S, N, 4)."""
+        if states is None:
+            self._start(np.ones(self.shape, dtype=bool))
+        else:
+            self.state[:] = np.moveaxis(np.asarray(states, dtype=np.float64), -1, 0)
+            self.steps[:] = 0
+        self.running[:] = True
+        return self.observations()
+
+    def observations(self) -> np.ndarray:
+        return np.moveaxis(self.state, 0, -1).astype(np.float32)
+
+    def step(self, actions: np.ndarray | torch.Tensor):
+        """Advance every environment one step.
+
+        Returns ``(obs, reward, terminated, truncated, final_obs)``. With ``autoreset`` an
+        environment that just ended already shows its next episode's first observation in
+        ``obs``; ``final_obs`` holds the last one of the finished episode (elsewhere: ``obs``).
+        """
+        new = physics_step(self.state, np.asarray(actions))
+        x, theta = new[0], new[2]
+        terminated = (x < -X_LIMIT) | (x > X_LIMIT) | (theta < -THETA_LIMIT) | (theta > THETA_LIMIT)
+        self.steps += 1
+        truncated = (self.steps >= MAX_STEPS) & ~terminated  # a fall on the last step terminates
+        if not self.autoreset:  # ended episodes stay as they ended
+            new = np.where(self.running, new, self.state)
+            terminated &= self.running
+            truncated &= self.running
+        self.state = new
+        final_obs = self.observations()
+        reward = np.ones(self.shape, dtype=np.float32)
+        if self.autoreset:
+            done = terminated | truncated
+            if done.any():
+                self._start(done)
+            return self.observations(), reward, terminated, truncated, final_obs
+        reward *= self.running
+        self.running &= ~(terminated | truncated)
+        return final_obs, reward, terminated, truncated, final_obs
+
+
+def evaluate(
+    act: ActFn, episodes: int = 10, seed: int = 10_000, batch: int | None = None
+) -> np.ndarray:
+    """Play ``episodes`` episodes with ``act`` and return their returns.
+
+    The episodes start where ``gym.make("CartPole-v1").reset(seed=seed + j)`` would, for
+    ``j = 0 .. episodes - 1``: evaluation seeds of their own, apart from training's, so a policy
     is judged on starts it was not trained on. Pass a greedy ``act`` for a greedy evaluation.
+
+    ``batch=None``: ``act`` maps (E, 4) observations to (E,) actions; returns (E,).
+    ``batch=S``: ``act`` is ``S`` seed-batched policies, (S, E, 4) -> (S, E); returns (S, E), each
+    policy on the same ``E`` starts.
     """
     if episodes < 1:
         raise ValueError(f"episodes must be >= 1, got {episodes}")
-    envs = [gym.make(ENV_ID) for _ in range(episodes)]
-    obs = np.stack([env.reset(seed=seed + i)[0] for i, env in enumerate(envs)])
-    returns = np.zeros(episodes)
-    running = np.ones(episodes, dtype=bool)
-    while running.any():
-        idx = np.flatnonzero(running)
-        actions = np.asarray(act(obs[idx]))
-        for j, a in zip(idx, actions, strict=True):
-            o, r, terminated, truncated, _ = envs[j].step(int(a))
-            returns[j] += r
-            obs[j] = o
-            if terminated or truncated:
-                running[j] = False
-    for env in envs:
-        env.close()
-    return returns
+    starts = np.stack([start_state(seed + j) for j in range(episodes)])
+    envs = CartPoles([np.random.default_rng(0)] * (batch or 1), episodes, autoreset=False)
+    obs = envs.reset(np.broadcast_to(starts, (*envs.shape, 4)))
+    returns = np.zeros(envs.shape)
+    while envs.running.any():
+        actions = np.asarray(act(obs if batch else obs[0]))
+        obs, reward, *_ = envs.step(actions)
+        returns += reward
+    return returns if batch else returns[0]
 
 
-def first_solved(points: list[tuple[int, float, float]]) -> tuple[int, float] | None:
-    """The first evaluation point whose mean return reaches :data:`SOLVED_RETURN`.
-
-    ``points`` are ``(env_steps, train_seconds, mean_eval_return)`` in training order.
-    Returns ``(env_steps, train_seconds)`` at that point, or None if never solved.
-    """
-    for steps, seconds, mean_return in points:
-        if mean_return >= SOLVED_RETURN:
-            return steps, seconds
+def first_solved(evaluations: Sequence[dict] | History) -> tuple[int, float] | None:
+    """``(env_steps, seconds)`` of the first evaluation whose ``greedy_return`` reaches
+    :data:`SOLVED_RETURN`, or None if none does. Takes a History or its ``evaluations``."""
+    if isinstance(evaluations, History):
+        evaluations = evaluations.evaluations
+    for e in evaluations:
+        if e["greedy_return"] >= SOLVED_RETURN:
+            return int(e["env_steps"]), float(e["seconds"])
     return None
+
+
+class CartPoleLog:
+    """The bookkeeping of a batched CartPole run: one :class:`History` per seed.
+
+    - :meth:`steps` after every environment step: counts env steps and collects each finished
+      episode's return, end step and end time (``info``: ``episode_returns``,
+      ``episode_end_steps``, ``episode_end_seconds``);
+    - :meth:`log` once per update: one row per seed (``seconds``, ``env_steps``, ``episodes``,
+      ``episode_return``: the mean return of the episodes that ended since the last row, and the
+      update's metrics, one value per seed);
+    - :meth:`evaluate`: ``greedy_return``, the greedy policies' mean return on
+      :func:`evaluate`'s starts, plus
+      ``eval_fn(policy)`` of each seed if given, into ``evaluations`` (with ``env_steps``
+      and ``seconds``);
+    - :meth:`finish`: the final evaluation; each seed's trained network as ``history.policy``.
+    """
+
+    def __init__(self, algo: str, seeds: Sequence[int], config, num_envs: int):
+        self.seeds = list(seeds)
+        cfg = asdict(config)
+        self.histories = [History(algo, {**cfg, "seed": s}) for s in self.seeds]
+        for h in self.histories:
+            h.info.update(episode_returns=[], episode_end_steps=[], episode_end_seconds=[])
+            h.info["batch_seeds"] = self.seeds
+        self.env_steps = np.zeros(len(self.seeds), dtype=np.int64)
+        self.running_return = np.zeros((len(self.seeds), num_envs))
+        self._since_row = [[] for _ in self.seeds]
+
+    def steps(self, reward: np.ndarray, done: np.ndarray, counted: np.ndarray | None = None):
+        """One environment step: ``reward`` and ``done`` (S, N); ``counted`` (S, N) says which
+        environments really stepped (default: all)."""
+        counted = np.ones_like(done) if counted is None else counted
+        self.env_steps += counted.sum(1)
+        self.running_return += reward
+        for i, j in zip(*np.nonzero(done), strict=True):
+            h = self.histories[i]
+            h.info["episode_returns"].append(float(self.running_return[i, j]))
+            h.info["episode_end_steps"].append(int(self.env_steps[i]))
+            self._since_row[i].append(float(self.running_return[i, j]))
+            self.running_return[i, j] = 0.0
+
+    def log(self, seconds: float, **metrics) -> None:
+        """One row per seed; ``metrics`` are (S,) arrays or tensors (or one shared number)."""
+        per_seed = {k: torch.as_tensor(v).float().expand(len(self.seeds)).tolist()
+                    for k, v in metrics.items()}  # fmt: skip
+        for i, h in enumerate(self.histories):
+            ended = self._since_row[i]
+            h.info["episode_end_seconds"].extend([seconds] * len(ended))
+            h.log(
+                seconds=seconds,
+                env_steps=int(self.env_steps[i]),
+                episodes=len(h.info["episode_returns"]),
+                episode_return=float(np.mean(ended)) if ended else float("nan"),
+                **{k: v[i] for k, v in per_seed.items()},
+            )
+            self._since_row[i] = []
+
+    def evaluate(
+        self,
+        agent: nn.Module,
+        members: Sequence[nn.Module],
+        episodes: int,
+        seconds: float,
+        eval_fn: EvalFn | None = None,
+    ) -> np.ndarray:
+        """Greedy evaluation of every seed at once; returns the (S,) mean returns."""
+        means = evaluate(agent.act_greedy, episodes, batch=len(self.seeds)).mean(1)
+        for i, h in enumerate(self.histories):
+            extra = {}
+            if eval_fn is not None:
+                extra = eval_fn(load_seed_(members[i], agent, i))
+            h.evaluations.append({"step": h.steps, "env_steps": int(self.env_steps[i]),
+                                  "seconds": seconds, "greedy_return": float(means[i]), **extra})  # fmt: skip
+        return means
+
+    def finish(
+        self,
+        agent: nn.Module,
+        members: Sequence[nn.Module],
+        episodes: int,
+        seconds: float,
+        eval_fn: EvalFn | None = None,
+    ) -> list[History]:
+        """Evaluate the final policies, hand each seed its trained network, return the
+        histories (``info["final_return"]``: the final greedy mean return)."""
+        means = self.evaluate(agent, members, episodes, seconds, eval_fn)
+        for i, h in enumerate(self.histories):
+            h.policy = load_seed_(members[i], agent, i)
+            h.info["final_return"] = float(means[i])
+        return self.histories

@@ -60,6 +60,15 @@ def gaussian_kl(mu_q: float, sigma_q: float, mu_p: float, sigma_p: float) -> flo
     return math.log(sigma_p / sigma_q) + (sigma_q**2 + (mu_q - mu_p) ** 2) / (2 * sigma_p**2) - 0.5
 
 
+def estimator_samples(mu: float, n: int = 2_000_000, seed: int = 0) -> dict[str, torch.Tensor]:
+    """Single-sample k1, k2, k3 (each (n,), float64) for q = N(0, 1), p = N(mu, 1), from ``n``
+    samples x ~ q drawn with ``seed``. Their means estimate KL(q || p) = mu^2 / 2."""
+    gen = torch.Generator().manual_seed(seed)
+    x = torch.randn(n, generator=gen, dtype=torch.float64)
+    # log p(x) - log q(x) for unit-variance Gaussians: the normalisers cancel
+    return kl_estimates(-0.5 * (x - mu) ** 2 + 0.5 * x**2)
+
+
 def estimator_stats(mu: float, n: int = 2_000_000, seed: int = 0) -> dict[str, dict[str, float]]:
     """Bias and spread of k1, k2, k3 for q = N(0, 1), p = N(mu, 1), from ``n`` samples of q.
 
@@ -67,13 +76,9 @@ def estimator_stats(mu: float, n: int = 2_000_000, seed: int = 0) -> dict[str, d
     the sample mean) and ``std/true`` (standard deviation of a single-sample estimate relative
     to the true KL), plus ``min`` (k3 and k2 are never negative; k1 is).
     """
-    gen = torch.Generator().manual_seed(seed)
-    x = torch.randn(n, generator=gen, dtype=torch.float64)
-    # log p(x) - log q(x) for unit-variance Gaussians: the normalisers cancel
-    log_r = -0.5 * (x - mu) ** 2 + 0.5 * x**2
     true = gaussian_kl(0.0, 1.0, mu, 1.0)
     out = {}
-    for name, k in kl_estimates(log_r).items():
+    for name, k in estimator_samples(mu, n, seed).items():
         out[name] = {
             "mean": k.mean().item(),
             "bias/true": (k.mean().item() - true) / true,
@@ -140,3 +145,37 @@ def per_token_kl(
     log_p = torch.log_softmax(logits_p.float(), dim=-1)
     kl = (log_q.exp() * (log_q - log_p)).sum(-1)
     return kl * mask.to(kl.dtype) if mask is not None else kl
+
+
+@torch.no_grad()
+def temperature_kl_terms(
+    model, batch, temperature: float, rows_per_pass: int = 8
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-token terms of KL(q || p) on sampled sequences, where p is ``model`` and q the same
+    model at ``temperature`` (q proportional to p^(1/temperature)), the sequences drawn from q.
+
+    Args:
+        model: a causal LM; one forward pass gives both distributions (its logits, and its
+            logits divided by the temperature).
+        batch: a :class:`rlhf_lessons.lm.Batch` of prompts + sampled completions.
+        temperature: q's temperature (the one the completions were sampled at).
+        rows_per_pass: sequences per forward pass: the (rows, T, V) logits are the memory peak.
+
+    Returns:
+        ``(exact, log_r)``, both (B, T) and 0 outside the completion: the exact per-token
+        KL(q_t || p_t) over the vocabulary (:func:`per_token_kl`), and ``log r = log p - log q``
+        of the sampled token, from which :func:`kl_estimates` gives k1, k2, k3.
+    """
+    from rlhf_lessons.lm import next_token_logits
+
+    exact, log_r = [], []
+    for start in range(0, len(batch), rows_per_pass):
+        rows = batch.rows(slice(start, start + rows_per_pass))
+        logits = next_token_logits(model, rows)  # (b, T, V): p's
+        mask = rows.completion_mask.float()
+        ids = rows.input_ids.unsqueeze(-1)
+        logp = torch.log_softmax(logits.float(), -1)
+        logq = torch.log_softmax(logits.float() / temperature, -1)
+        exact.append((logq.exp() * (logq - logp)).sum(-1) * mask)
+        log_r.append((logp.gather(-1, ids) - logq.gather(-1, ids)).squeeze(-1) * mask)
+    return torch.cat(exact), torch.cat(log_r)

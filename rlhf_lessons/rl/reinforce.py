@@ -11,14 +11,16 @@ that estimate is ``-mean(log pi(a_t|s_t) * stopgrad(G_t - b(s_t)))``.
 
 Reference point: pytorch/examples ``reinforcement_learning/reinforce.py`` (Adam lr 1e-2,
 gamma 0.99, one 128-unit hidden layer, returns normalised per episode).
+
+:func:`train_reinforce_seeds` trains several seeds as one batched computation
+(:mod:`rlhf_lessons.rl.batched`); :func:`train_reinforce` is the same loop for one seed.
 """
 
 from __future__ import annotations
 
-import time
-from dataclasses import asdict, dataclass, field
+from collections.abc import Sequence
+from dataclasses import dataclass
 
-import gymnasium as gym
 import numpy as np
 import torch
 from torch import nn
@@ -26,9 +28,16 @@ from torch.distributions import Categorical
 
 from rlhf_lessons.course.device import torch_threads
 from rlhf_lessons.course.progress import progress
-from rlhf_lessons.course.seeding import seed_everything
 from rlhf_lessons.rl.advantages import normalize, reward_to_go
-from rlhf_lessons.rl.cartpole import ENV_ID, evaluate
+from rlhf_lessons.rl.batched import SeedRandom, clip_grad_norm_per_seed_, stack_seeds
+from rlhf_lessons.rl.cartpole import (
+    ENV_ID,
+    MAX_STEPS,
+    CartPoleLog,
+    CartPoles,
+    check_cartpole_args,
+)
+from rlhf_lessons.training import EvalFn, History, Stopwatch
 
 BASELINES = ("none", "normalize", "value")
 
@@ -37,8 +46,8 @@ BASELINES = ("none", "normalize", "value")
 class ReinforceConfig:
     """Settings of :func:`train_reinforce` (defaults: lesson 01's)."""
 
-    episodes: int = 1000
-    episodes_per_update: int = 4  # episodes collected (in lockstep) per gradient step
+    episodes: int = 1000  # per seed; a multiple of batch_size
+    batch_size: int = 4  # episodes per gradient step, played side by side
     lr: float = 1e-2
     gamma: float = 0.99
     hidden: int = 128
@@ -46,20 +55,28 @@ class ReinforceConfig:
     value_lr: float = 1e-2
     bootstrap_truncated: bool = True  # needs baseline="value": G at a time-limit end = V(s_T)
     max_grad_norm: float | None = 1.0
-    eval_every: int = 10_000  # env steps between greedy evaluations (0: none)
-    eval_episodes: int = 10
+    eval_episodes: int = 10  # greedy evaluation episodes
+    threads: int | None = 1  # one thread: these networks are far too small to split
+    seed: int = 0
 
     def __post_init__(self) -> None:
         if self.baseline not in BASELINES:
             raise ValueError(f"baseline must be one of {BASELINES}, got {self.baseline!r}")
         if self.bootstrap_truncated and self.baseline != "value":
             self.bootstrap_truncated = False  # nothing to bootstrap with
-        if self.episodes < 1 or self.episodes_per_update < 1:
-            raise ValueError("episodes and episodes_per_update must be >= 1")
+        if self.batch_size < 1 or self.episodes < self.batch_size:
+            raise ValueError(
+                f"need batch_size >= 1 and episodes >= batch_size, got {self.batch_size}, "
+                f"{self.episodes}"
+            )
+        if self.episodes % self.batch_size:
+            raise ValueError(
+                f"episodes ({self.episodes}) must be a multiple of batch_size ({self.batch_size})"
+            )
 
 
 class PolicyNet(nn.Module):
-    """obs (B, 4) -> action logits (B, 2): one hidden ReLU layer, as in pytorch/examples."""
+    """obs (..., 4) -> action logits (..., 2): one hidden ReLU layer, as in pytorch/examples."""
 
     def __init__(self, obs_dim: int = 4, n_actions: int = 2, hidden: int = 128) -> None:
         super().__init__()
@@ -76,7 +93,7 @@ class PolicyNet(nn.Module):
 
 
 class ValueNet(nn.Module):
-    """obs (B, 4) -> V(s) (B,)."""
+    """obs (..., 4) -> V(s) (...)."""
 
     def __init__(self, obs_dim: int = 4, hidden: int = 128) -> None:
         super().__init__()
@@ -87,171 +104,169 @@ class ValueNet(nn.Module):
 
 
 def reinforce_loss(
-    logp: torch.Tensor, advantages: torch.Tensor
+    logp: torch.Tensor, advantages: torch.Tensor, weights: torch.Tensor | None = None
 ) -> tuple[torch.Tensor, dict[str, float]]:
     """REINFORCE surrogate loss.
 
     Args:
-        logp: (T,) log pi_theta(a_t | s_t) of the actions taken (with gradient).
-        advantages: (T,) G_t - b(s_t); treated as constants.
+        logp: (T,) log pi_theta(a_t | s_t) of the actions taken (with gradient); any shape.
+        advantages: same shape, G_t - b(s_t); treated as constants.
+        weights: same shape, optional: w_t, the weight of step t (default 1/T each: the mean).
+            Several seeds' episodes padded into one tensor use w = 1/T_s on seed s's T_s real
+            steps and 0 on padding, which makes the loss the sum of the seeds' own losses.
 
     Returns:
-        ``(loss, metrics)`` with loss = -mean(logp * stopgrad(advantages)); its gradient is minus
-        the policy-gradient estimate averaged over the T steps.
+        ``(loss, metrics)`` with loss = -sum_t w_t logp_t stopgrad(A_t), by default
+        -mean(logp * stopgrad(A)): its gradient is minus the policy-gradient estimate averaged
+        over the T steps.
     """
-    if logp.shape != advantages.shape:
+    if logp.shape != advantages.shape or (weights is not None and weights.shape != logp.shape):
         raise ValueError(
-            f"logp and advantages must have the same shape, got {tuple(logp.shape)} "
-            f"and {tuple(advantages.shape)}"
+            f"logp, advantages (and weights) must have one shape, got {tuple(logp.shape)}, "
+            f"{tuple(advantages.shape)}" + ("" if weights is None else f", {tuple(weights.shape)}")
         )
-    loss = -(logp * advantages.detach()).mean()
+    terms = logp * advantages.detach()
+    loss = -(terms.mean() if weights is None else (weights * terms).sum())
     return loss, {"loss": loss.item(), "adv_mean": advantages.mean().item()}
 
 
 @dataclass
-class Episode:
-    obs: list[np.ndarray] = field(default_factory=list)
-    actions: list[int] = field(default_factory=list)
-    rewards: list[float] = field(default_factory=list)
-    final_obs: np.ndarray | None = None
-    truncated: bool = False
+class Episodes:
+    """``K`` episodes per seed, played side by side and padded to the longest (``T`` steps).
+
+    ``obs`` (S, K, T, 4), ``actions`` and ``rewards`` (S, K, T), ``mask`` (S, K, T) True on real
+    steps, ``final_obs`` (S, K, 4) the state after the last step, ``truncated`` (S, K) True
+    where the 500-step limit (not a fall) ended the episode.
+    """
+
+    obs: torch.Tensor
+    actions: torch.Tensor
+    rewards: torch.Tensor
+    mask: torch.Tensor
+    final_obs: torch.Tensor
+    truncated: torch.Tensor
 
 
-def collect_episodes(
-    envs: list[gym.Env], obs: list[np.ndarray], policy: PolicyNet
-) -> list[Episode]:
-    """Play one episode in each env (already reset, first observations ``obs``) in lockstep,
-    sampling actions from ``policy``; one batched forward pass per time step."""
-    episodes = [Episode() for _ in envs]
-    current = [np.asarray(o, dtype=np.float32) for o in obs]
-    running = list(range(len(envs)))
-    while running:
-        batch = torch.as_tensor(np.stack([current[i] for i in running]))
+def play_episodes(
+    envs: CartPoles, policy: nn.Module, rand: SeedRandom, log: CartPoleLog | None = None
+) -> Episodes:
+    """One episode in each of ``envs`` (``autoreset=False``), actions sampled from the
+    seed-batched ``policy`` with each seed's own random numbers; one forward pass per step."""
+    obs = envs.reset()
+    trace, final_obs = [], np.zeros((*envs.shape, 4), dtype=np.float32)
+    truncated = np.zeros(envs.shape, dtype=bool)
+    # noise for the longest possible episode, so that each seed uses the same random numbers
+    # however long the other seeds' episodes last
+    noise = rand.gumbel(MAX_STEPS, envs.num_envs, 2)  # (S, 500, K, 2)
+    for t in range(MAX_STEPS):
+        if not envs.running.any():
+            break
+        running = envs.running.copy()
         with torch.no_grad():  # sampling needs no graph: the update recomputes log-probs
-            probs = torch.softmax(policy(batch), dim=-1)
-            actions = torch.multinomial(probs, 1).squeeze(-1).numpy()
-        still = []
-        for i, a in zip(running, actions, strict=True):
-            ep = episodes[i]
-            ep.obs.append(current[i])
-            ep.actions.append(int(a))
-            o, r, terminated, truncated, _ = envs[i].step(int(a))
-            ep.rewards.append(float(r))
-            current[i] = np.asarray(o, dtype=np.float32)
-            if terminated or truncated:
-                ep.final_obs, ep.truncated = current[i], bool(truncated and not terminated)
-            else:
-                still.append(i)
-        running = still
-    return episodes
+            log_pi = torch.log_softmax(policy(torch.from_numpy(obs)), dim=-1)
+        actions = (log_pi + noise[:, t]).argmax(-1).numpy()  # Gumbel-max: a sample of pi
+        next_obs, reward, terminated, trunc, last = envs.step(actions)
+        ended = terminated | trunc
+        final_obs[ended], truncated[ended] = last[ended], trunc[ended]
+        trace.append((obs, actions, reward, running))
+        if log is not None:
+            log.steps(reward, ended, counted=running)
+        obs = next_obs
+    obs, actions, rewards, mask = (np.stack(x, axis=2) for x in zip(*trace, strict=True))
+    return Episodes(torch.from_numpy(obs), torch.from_numpy(actions),
+                    torch.from_numpy(rewards).float(), torch.from_numpy(mask),
+                    torch.from_numpy(final_obs), torch.from_numpy(truncated))  # fmt: skip
 
 
-@dataclass
-class TrainResult:
-    """What a training run returns: per-episode returns and clocks, evaluations, the policy."""
+def train_reinforce_seeds(
+    seeds: Sequence[int],
+    config: ReinforceConfig | None = None,
+    *,
+    policy: PolicyNet | None = None,
+    eval_fn: EvalFn | None = None,
+    eval_every: int = 0,
+    show_progress: bool = True,
+) -> list[History]:
+    """Train one CartPole policy per seed with REINFORCE, all seeds in one batched computation.
 
-    algo: str
-    seed: int
-    config: dict
-    episode_returns: list[float]
-    episode_end_steps: list[int]  # cumulative env steps when each episode ended
-    episode_end_seconds: list[float]  # training wall-clock seconds when each episode ended
-    evals: list[tuple[int, float, float]]  # (env steps, train seconds, mean greedy return)
-    final_eval: list[float]  # greedy returns of the final policy
-    policy: nn.Module
-
-    @property
-    def final_eval_mean(self) -> float:
-        return float(np.mean(self.final_eval))
+    Each update: every seed plays ``batch_size`` episodes (:func:`play_episodes`), computes
+    G_t (bootstrapped with V at a time-limit end), subtracts its baseline and takes one clipped
+    Adam step on :func:`reinforce_loss`. The seeds share nothing but the arithmetic
+    (:mod:`rlhf_lessons.rl.batched`). A greedy evaluation (``greedy_return``, plus
+    ``eval_fn(policy)`` if given) runs before training and every ``eval_every`` updates if
+    ``eval_every`` > 0, and after the last update. ``policy`` (one seed only): train this
+    network, in place, instead of a fresh one. Returns one History per seed (rows: see
+    :class:`~rlhf_lessons.rl.cartpole.CartPoleLog`).
+    """
+    cfg = config or ReinforceConfig()
+    rand, K = SeedRandom(seeds), cfg.batch_size
+    with torch_threads(cfg.threads):
+        nets = rand.build(lambda: (PolicyNet(hidden=cfg.hidden), ValueNet(hidden=cfg.hidden)))
+        members = [n[0] for n in nets] if policy is None else rand.only(policy)
+        pi, critic = stack_seeds(members), stack_seeds([n[1] for n in nets])
+        opt = torch.optim.Adam(pi.parameters(), lr=cfg.lr)
+        critic_opt = torch.optim.Adam(critic.parameters(), lr=cfg.value_lr)
+        envs = CartPoles(rand.numpy, K, autoreset=False)
+        log, watch = CartPoleLog("reinforce", rand.seeds, cfg, K), Stopwatch()
+        updates = cfg.episodes // K
+        if eval_every:
+            log.evaluate(pi, members, cfg.eval_episodes, 0.0, eval_fn)
+        for _ in progress(range(updates), desc=f"REINFORCE, {len(rand)} seeds", unit="update",
+                          disable=not show_progress):  # fmt: skip
+            with watch:
+                ep = play_episodes(envs, pi, rand, log)
+                # G_t per episode; a time-limit end is worth V(s_T) more (folded into r_{T-1})
+                rewards = ep.rewards.clone()
+                if cfg.bootstrap_truncated:
+                    with torch.no_grad():
+                        boot = cfg.gamma * critic(ep.final_obs) * ep.truncated
+                    last = ep.mask.sum(-1, keepdim=True) - 1
+                    rewards.scatter_add_(-1, last, boot.unsqueeze(-1))
+                g = reward_to_go(rewards, cfg.gamma).flatten(1)  # (S, K*T)
+                obs, actions, mask = ep.obs.flatten(1, 2), ep.actions.flatten(1), ep.mask.flatten(1)
+                weights = mask / mask.sum(-1, keepdim=True)  # each seed: the mean of its steps
+                if cfg.baseline == "value":
+                    v = critic(obs)
+                    adv = normalize(g - v.detach(), dim=-1, mask=mask)
+                    critic_loss = 0.5 * (weights * (v - g).pow(2)).sum()
+                    critic_opt.zero_grad()
+                    critic_loss.backward()
+                    critic_opt.step()
+                else:
+                    adv = normalize(g, dim=-1, mask=mask) if cfg.baseline == "normalize" else g
+                logp = Categorical(logits=pi(obs)).log_prob(actions)
+                loss, _ = reinforce_loss(logp, adv, weights)
+                opt.zero_grad()
+                loss.backward()
+                grad_norm = clip_grad_norm_per_seed_(pi.parameters(), cfg.max_grad_norm or np.inf)
+                opt.step()
+            log.log(watch.seconds, grad_norm=grad_norm)
+            if log.histories[0].due(eval_every, updates):
+                log.evaluate(pi, members, cfg.eval_episodes, watch.seconds, eval_fn)
+        return log.finish(pi, members, cfg.eval_episodes, watch.seconds, eval_fn)
 
 
 def train_reinforce(
-    config: ReinforceConfig | None = None, seed: int = 0, show_progress: bool = True
-) -> TrainResult:
-    """Train a CartPole policy with REINFORCE; see the module docstring for the maths."""
+    policy: PolicyNet | None = None,
+    tokenizer: None = None,
+    data: str = ENV_ID,
+    config: ReinforceConfig | None = None,
+    *,
+    eval_fn: EvalFn | None = None,
+    eval_every: int = 0,
+    show_progress: bool = True,
+) -> History:
+    """REINFORCE on CartPole-v1 for one seed (``config.seed``): the trainer contract's shape.
+
+    ``policy=None`` builds a fresh :class:`PolicyNet` (returned as ``history.policy``);
+    ``tokenizer`` must be None and ``data`` the environment, ``"CartPole-v1"``. The loop is
+    :func:`train_reinforce_seeds` with one seed.
+    """
     cfg = config or ReinforceConfig()
-    seed_everything(seed)
-    with torch_threads(1):
-        policy = PolicyNet(hidden=cfg.hidden)
-        opt = torch.optim.Adam(policy.parameters(), lr=cfg.lr)
-        value = ValueNet(hidden=cfg.hidden) if cfg.baseline == "value" else None
-        vopt = torch.optim.Adam(value.parameters(), lr=cfg.value_lr) if value else None
-
-        envs = [gym.make(ENV_ID) for _ in range(cfg.episodes_per_update)]
-        first_obs = [env.reset(seed=seed * 1000 + i)[0] for i, env in enumerate(envs)]
-        returns, end_steps, end_seconds, evals = [], [], [], []
-        steps, train_seconds, next_eval = 0, 0.0, cfg.eval_every
-        bar = progress(
-            total=cfg.episodes, desc=f"REINFORCE seed {seed}", unit="ep", disable=not show_progress
-        )
-        while len(returns) < cfg.episodes:
-            t0 = time.perf_counter()
-            batch = collect_episodes(envs, first_obs, policy)
-            first_obs = [env.reset()[0] for env in envs]
-
-            obs = torch.as_tensor(np.concatenate([np.stack(ep.obs) for ep in batch]))
-            actions = torch.as_tensor(np.concatenate([ep.actions for ep in batch]))
-            targets = []
-            for ep in batch:
-                boot = 0.0
-                if cfg.bootstrap_truncated and ep.truncated:
-                    with torch.no_grad():
-                        boot = float(value(torch.as_tensor(ep.final_obs)[None])[0])
-                targets.append(reward_to_go(torch.tensor(ep.rewards), cfg.gamma, boot))
-            g = torch.cat(targets)
-
-            if cfg.baseline == "value":
-                with torch.no_grad():
-                    adv = normalize(g - value(obs))
-                vloss = 0.5 * (value(obs) - g).pow(2).mean()
-                vopt.zero_grad()
-                vloss.backward()
-                vopt.step()
-            elif cfg.baseline == "normalize":
-                adv = normalize(g)
-            else:
-                adv = g
-
-            logp = Categorical(logits=policy(obs)).log_prob(actions)
-            loss, _ = reinforce_loss(logp, adv)
-            opt.zero_grad()
-            loss.backward()
-            if cfg.max_grad_norm:
-                nn.utils.clip_grad_norm_(policy.parameters(), cfg.max_grad_norm)
-            opt.step()
-            train_seconds += time.perf_counter() - t0
-
-            for ep in batch:
-                if len(returns) == cfg.episodes:
-                    break
-                steps += len(ep.rewards)
-                returns.append(sum(ep.rewards))
-                end_steps.append(steps)
-                end_seconds.append(train_seconds)
-                bar.update(1)
-            bar.set_postfix(ret100=f"{np.mean(returns[-100:]):.0f}")
-
-            # greedy evaluation (not counted in train_seconds; uses no training randomness)
-            if cfg.eval_every and steps >= next_eval:
-                while next_eval <= steps:
-                    next_eval += cfg.eval_every
-                mean_eval = float(evaluate(policy.act_greedy, cfg.eval_episodes).mean())
-                evals.append((steps, train_seconds, mean_eval))
-        bar.close()
-        for env in envs:
-            env.close()
-        final = evaluate(policy.act_greedy, cfg.eval_episodes)
-    return TrainResult(
-        algo="reinforce",
-        seed=seed,
-        config=asdict(cfg),
-        episode_returns=returns,
-        episode_end_steps=end_steps,
-        episode_end_seconds=end_seconds,
-        evals=evals,
-        final_eval=final.tolist(),
-        policy=policy,
-    )
+    check_cartpole_args(tokenizer, data)
+    (history,) = train_reinforce_seeds([cfg.seed], cfg, policy=policy, eval_fn=eval_fn,
+                                       eval_every=eval_every, show_progress=show_progress)  # fmt: skip
+    return history
 
 
 WEIGHTINGS = ("total return", "reward-to-go", "reward-to-go - baseline")
@@ -262,8 +277,8 @@ def gradient_variance(
 ) -> dict[str, dict[str, float]]:
     """Measure the variance of single-episode policy-gradient estimates under three weightings.
 
-    For each of ``episodes`` episodes played by ``policy`` we compute the gradient of
-    ``sum_t log pi(a_t|s_t) * w_t`` with
+    For each of ``episodes`` episodes played by ``policy`` (start states from ``seed``) we
+    compute the gradient of ``sum_t log pi(a_t|s_t) * w_t`` with
 
     - ``total return``: w_t = G_0 (every action credited with the whole episode's return),
     - ``reward-to-go``: w_t = G_t,
@@ -275,38 +290,25 @@ def gradient_variance(
     ``mean_norm`` (norm of the mean gradient) and ``cosine`` (between this weighting's mean
     gradient and the reward-to-go one).
     """
-    seed_everything(seed)
-    env = gym.make(ENV_ID)
-    obs = [env.reset(seed=seed)[0]]
-    batch = []
-    for _ in range(episodes):
-        batch.extend(collect_episodes([env], obs, policy))
-        obs = [env.reset()[0]]
-    env.close()
-
-    rtg = [reward_to_go(torch.tensor(ep.rewards), gamma) for ep in batch]
-    horizon = max(len(g) for g in rtg)
-    padded = torch.zeros(len(rtg), horizon)
-    counts = torch.zeros(horizon)
-    for i, g in enumerate(rtg):
-        padded[i, : len(g)] = g
-        counts[: len(g)] += 1
-    sums = padded.sum(0)
+    rand = SeedRandom([seed])
+    envs = CartPoles(rand.numpy, episodes, autoreset=False)
+    ep = play_episodes(envs, stack_seeds([policy]), rand)
+    mask, rewards = ep.mask[0], ep.rewards[0]  # (E, T)
+    rtg = reward_to_go(rewards, gamma)  # padding adds nothing: G_t is exact on real steps
+    counts = mask.sum(0)  # episodes still running at step t
+    others = (counts - mask.float()).clamp(min=1)
+    baseline = (rtg.sum(0) - rtg) / others  # leave-one-out mean of the other episodes' G_t
 
     grads: dict[str, list[torch.Tensor]] = {w: [] for w in WEIGHTINGS}
     params = [p for p in policy.parameters() if p.requires_grad]
-    for i, ep in enumerate(batch):
-        n = len(ep.rewards)
-        others = (counts[:n] - 1).clamp(min=1)
-        baseline = (sums[:n] - rtg[i]) / others
+    for i in range(episodes):
+        n = int(mask[i].sum())
         weights = {
-            "total return": torch.full((n,), float(rtg[i][0])),
-            "reward-to-go": rtg[i],
-            "reward-to-go - baseline": rtg[i] - baseline,
+            "total return": torch.full((n,), float(rtg[i, 0])),
+            "reward-to-go": rtg[i, :n],
+            "reward-to-go - baseline": rtg[i, :n] - baseline[i, :n],
         }
-        logp = Categorical(logits=policy(torch.as_tensor(np.stack(ep.obs)))).log_prob(
-            torch.as_tensor(ep.actions)
-        )
+        logp = Categorical(logits=policy(ep.obs[0, i, :n])).log_prob(ep.actions[0, i, :n])
         for name, w in weights.items():
             g = torch.autograd.grad((logp * w).sum(), params, retain_graph=True)
             grads[name].append(torch.cat([x.reshape(-1) for x in g]))

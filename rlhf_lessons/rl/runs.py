@@ -1,62 +1,48 @@
-"""Run several seeds of a CartPole algorithm, with an on-disk cache of their learning curves.
+"""Several seeds of a CartPole algorithm, trained together, with an on-disk cache of their runs.
 
 Lesson 02 compares PPO with lesson 01's REINFORCE runs; the cache lets it reuse them instead
-of training them again. A cached run is keyed by the algorithm, its full config, the seed and
-a hash of the source files that produced it, so editing the algorithm invalidates the cache
-rather than serving stale curves. Only curves and evaluations are cached, not the networks.
+of training them again. A cached run is keyed by the algorithm, its config, the evaluation
+cadence, the seed and a hash of the source files that produced it, so editing the algorithm
+invalidates the cache rather than serving stale curves. Only the History is cached (rows,
+evaluations, episodes), not the network: a run loaded from the cache has ``policy=None``.
+
+The seeds missing from the cache train as one batched computation
+(:mod:`rlhf_lessons.rl.batched`); each seed's run is the same whichever seeds train beside it,
+so cached and fresh seeds mix freely.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
-from dataclasses import asdict, dataclass, fields
+from collections.abc import Sequence
+from dataclasses import asdict
 from pathlib import Path
 
 from rlhf_lessons.course.cache import cache_dir
-from rlhf_lessons.rl import advantages, cartpole, ppo, reinforce
-from rlhf_lessons.rl.ppo import PPOConfig, train_ppo
-from rlhf_lessons.rl.reinforce import ReinforceConfig, TrainResult, train_reinforce
+from rlhf_lessons.rl import advantages, batched, cartpole, kl, ppo, reinforce
+from rlhf_lessons.rl.ppo import PPOConfig, train_ppo_seeds
+from rlhf_lessons.rl.reinforce import ReinforceConfig, train_reinforce_seeds
+from rlhf_lessons.training import History
 
-ALGOS = ("reinforce", "ppo")
-
-
-@dataclass
-class RunCurves:
-    """A training run without its network: what plots and checkpoints need."""
-
-    algo: str
-    seed: int
-    config: dict
-    episode_returns: list[float]
-    episode_end_steps: list[int]
-    episode_end_seconds: list[float]
-    evals: list[tuple[int, float, float]]
-    final_eval: list[float]
-
-    @classmethod
-    def from_result(cls, r: TrainResult) -> RunCurves:
-        return cls(**{f.name: getattr(r, f.name) for f in fields(cls)})
-
-    @property
-    def final_eval_mean(self) -> float:
-        return sum(self.final_eval) / len(self.final_eval)
+ALGOS = {
+    "reinforce": (ReinforceConfig, train_reinforce_seeds, (reinforce,)),
+    "ppo": (PPOConfig, train_ppo_seeds, (ppo, kl)),
+}
 
 
 def _source_hash(algo: str) -> str:
     """Hash of the source files a run of ``algo`` depends on."""
     h = hashlib.sha256()
-    # ppo.py imports TrainResult from reinforce.py, so PPO depends on both
-    modules = (advantages, cartpole, reinforce) + ((ppo,) if algo == "ppo" else ())
-    for mod in modules:
+    for mod in (advantages, batched, cartpole, *ALGOS[algo][2]):
         h.update(Path(mod.__file__).read_bytes())
     return h.hexdigest()[:12]
 
 
-def _make_config(algo: str, config: ReinforceConfig | PPOConfig | None):
+def _make_config(algo: str, config):
     if algo not in ALGOS:
-        raise ValueError(f"algo must be one of {ALGOS}, got {algo!r}")
-    expected = ReinforceConfig if algo == "reinforce" else PPOConfig
+        raise ValueError(f"algo must be one of {sorted(ALGOS)}, got {algo!r}")
+    expected = ALGOS[algo][0]
     if config is None:
         return expected()
     if not isinstance(config, expected):
@@ -64,35 +50,58 @@ def _make_config(algo: str, config: ReinforceConfig | PPOConfig | None):
     return config
 
 
+def _to_json(h: History) -> str:
+    return json.dumps(
+        {
+            "algo": h.algo,
+            "config": h.config,
+            "rows": h.rows,
+            "evaluations": h.evaluations,
+            "info": h.info,
+        }  # fmt: skip
+    )
+
+
 def run_seeds(
     algo: str,
-    seeds: list[int] | range,
+    seeds: Sequence[int],
     config: ReinforceConfig | PPOConfig | None = None,
+    *,
+    eval_every: int = 0,
     use_cache: bool = True,
     show_progress: bool = True,
-) -> list[RunCurves]:
-    """Train ``algo`` ("reinforce" or "ppo") once per seed and return the curves.
+) -> list[History]:
+    """Train ``algo`` ("reinforce" or "ppo") on each seed and return one History per seed.
 
-    With ``use_cache`` a run whose key (algo, config, seed, source hash) was computed before
-    is loaded from :func:`cache_dir` instead of trained again.
+    ``config.seed`` is ignored (the seeds are ``seeds``); ``eval_every`` is the trainer's
+    (updates or iterations between greedy evaluations). With ``use_cache`` a run whose key
+    was computed before is loaded from :func:`cache_dir` instead of trained again.
     """
     cfg = _make_config(algo, config)
-    train = train_reinforce if algo == "reinforce" else train_ppo
+    train = ALGOS[algo][1]
+    settings = {k: v for k, v in asdict(cfg).items() if k != "seed"}
     key_base = json.dumps(
-        {"algo": algo, "config": asdict(cfg), "src": _source_hash(algo)}, sort_keys=True
+        {"algo": algo, "config": settings, "eval_every": eval_every, "src": _source_hash(algo)},
+        sort_keys=True,
     )
-    out = []
+    paths = {}
     for seed in seeds:
         key = hashlib.sha256(f"{key_base}|{seed}".encode()).hexdigest()[:16]
-        path = cache_dir() / "runs" / f"{algo}-seed{seed}-{key}.json"
-        if use_cache and path.exists():
-            out.append(RunCurves(**json.loads(path.read_text())))
-            continue
-        curves = RunCurves.from_result(train(cfg, seed=seed, show_progress=show_progress))
-        if use_cache:
-            path.parent.mkdir(parents=True, exist_ok=True)
-            tmp = path.with_suffix(".tmp")
-            tmp.write_text(json.dumps(asdict(curves)))
-            tmp.replace(path)  # atomic: a crashed run never leaves half a file
-        out.append(curves)
-    return out
+        paths[seed] = cache_dir() / "runs" / f"{algo}-seed{seed}-{key}.json"
+    runs: dict[int, History] = {}
+    if use_cache:
+        for seed, path in paths.items():
+            if path.exists():
+                runs[seed] = History(**json.loads(path.read_text()))
+    missing = [s for s in seeds if s not in runs]
+    if missing:
+        fresh = train(missing, cfg, eval_every=eval_every, show_progress=show_progress)
+        for seed, history in zip(missing, fresh, strict=True):
+            runs[seed] = history
+            if use_cache:
+                path = paths[seed]
+                path.parent.mkdir(parents=True, exist_ok=True)
+                tmp = path.with_suffix(".tmp")
+                tmp.write_text(_to_json(history))
+                tmp.replace(path)  # atomic: a crashed run never leaves half a file
+    return [runs[s] for s in seeds]

@@ -65,3 +65,16 @@ def train_with_trl(
     backend = importlib.import_module(f"rlhf_lessons.trl_runs.{BACKENDS[algo]}")
     return backend.run(algo, policy, tokenizer, data, config, reward_fn=reward_fn,
                        show_progress=show_progress)  # fmt: skip
+
+
+def in_order(trainer_cls):
+    """``trainer_cls`` reading its dataset front to back: our runs shuffle the rows themselves,
+    so TRL sees the same minibatches, in the same order, as our trainer."""
+    from torch.utils.data import SequentialSampler
+
+    class InOrder(trainer_cls):
+        def _get_train_sampler(self, *args, **kwargs):
+            return SequentialSampler(self.train_dataset)
+
+    InOrder.__name__ = trainer_cls.__name__
+    return InOrder

@@ -37,7 +37,7 @@ import torch
 from rlhf_lessons.alignment.dpo import DPOConfig, pair_order, pair_texts
 from rlhf_lessons.course.device import torch_threads
 from rlhf_lessons.training import History
-from rlhf_lessons.trl_runs import TRLRun
+from rlhf_lessons.trl_runs import TRLRun, in_order
 
 _TRL_LOSS = {"dpo": "sigmoid", "ipo": "ipo", "hinge": "hinge"}
 
@@ -91,18 +91,6 @@ def trl_config(
     return TRLDPOConfig(**common, loss_type=[_TRL_LOSS[config.loss]],
                         label_smoothing=config.label_smoothing,
                         precompute_ref_log_probs=True)  # fmt: skip
-
-
-def _in_order(trainer_cls):
-    """``trainer_cls`` reading its dataset front to back: the rows are already shuffled."""
-    from torch.utils.data import SequentialSampler
-
-    class InOrder(trainer_cls):
-        def _get_train_sampler(self, *args, **kwargs):
-            return SequentialSampler(self.train_dataset)
-
-    InOrder.__name__ = trainer_cls.__name__
-    return InOrder
 
 
 def _longest(tokenizer, pairs, config: DPOConfig) -> int:
@@ -168,7 +156,7 @@ def run(
         raise ValueError("the DPO family learns from pairs: reward_fn must be None")
     max_length = _longest(tokenizer, pairs, cfg)
     dataset = trl_dataset(tokenizer, pairs, cfg)
-    trainer_cls = _in_order(CPOTrainer if cfg.loss == "simpo" else DPOTrainer)
+    trainer_cls = in_order(CPOTrainer if cfg.loss == "simpo" else DPOTrainer)
     start = time.perf_counter()
     stamps: list[float] = []
 

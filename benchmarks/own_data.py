@@ -1,0 +1,153 @@
+"""The README's "Use it on your own data" examples at their real budgets, measured.
+
+Each step is the command a learner types (``rlhf-lessons train ...`` / ``eval ...``), run in a
+fresh process on the course's shipped data and models, at the command line's defaults (not
+tuned: seed 0, one run each) unless a flag below says otherwise:
+
+1. ``train reward``: MiniLM on ``data/preferences/train.jsonl`` (one epoch over every pair), then
+   ``eval --baseline`` on ``heldout.jsonl``: held-out pairwise accuracy, trained and untrained.
+2. ``train dpo``: SmolLM2 with a rank-8 LoRA adapter on each ranking's best-vs-worst pair (one
+   epoch), then ``eval`` on the held-out best-vs-worst pairs (the untrained policy scores 0.5).
+3. ``train grpo``: SmolLM2 with LoRA, the reward model of step 1 as its reward; the held-out
+   prompts' mean reward (that reward model's) and KL before and after.
+4. The data-parallel demo loop (:mod:`rlhf_lessons.distributed`) in one process and in two
+   (``torchrun --nproc_per_node 2``): the two loss curves and their wall times.
+
+Every number is written to ``build/results/own_data.json`` (``values``, read by ``rlhf-lessons
+report``) with each step's command line, wall time and CPU time (user + system of the child
+processes; on a shared machine the CPU time is the steadier figure). Run from the repository
+root::
+
+    .venv/bin/python benchmarks/own_data.py                 # everything (~40 CPU minutes)
+    .venv/bin/python benchmarks/own_data.py --only 4        # one step
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import shlex
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+DATA = ROOT / "data" / "preferences"
+
+
+def timed(cmd: list[str], env: dict | None = None) -> dict:
+    """Run ``cmd``; its wall time, the CPU time of the processes it started, and its output."""
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
+    start = time.perf_counter()
+    done = subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=ROOT)
+    wall = time.perf_counter() - start
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    if done.returncode:
+        sys.exit(f"failed: {shlex.join(cmd)}\n{done.stderr[-3000:]}")
+    cpu = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
+    print(f"{wall:7.0f} s wall {cpu:7.0f} s CPU  {shlex.join(cmd[2:])}", flush=True)
+    shown = "rlhf-lessons " + shlex.join(cmd[3:]) if cmd[1:3] == ["-m", "rlhf_lessons"] \
+        else "python " + shlex.join(cmd[1:])  # fmt: skip
+    return {"command": shown, "wall_seconds": wall, "cpu_seconds": cpu, "stdout": done.stdout}
+
+
+def cli(*args: str) -> list[str]:
+    return [sys.executable, "-m", "rlhf_lessons", *args]
+
+
+def reward_step(out: Path, threads: str) -> dict:
+    rm = out / "reward"
+    train = timed(cli("train", "reward", "--data", str(DATA / "train.jsonl"), "--output-dir",
+                      str(rm), "--threads", threads))  # fmt: skip
+    ev = timed(cli("eval", "--model", str(rm), "--data", str(DATA / "heldout.jsonl"),
+                   "--baseline", "--output", str(out / "reward_eval.json"), "--threads", threads))  # fmt: skip
+    result = json.loads((out / "reward_eval.json").read_text())
+    info = json.loads((rm / "run.json").read_text())
+    return {"train": _drop_stdout(train), "eval": _drop_stdout(ev), "steps": info["steps"],
+            "accuracy": result["accuracy"], "interval": result["interval"],
+            "baseline": result["baseline"]["accuracy"], "n_pairs": result["n_pairs"],
+            "per_category": result["per_category"]}  # fmt: skip
+
+
+def dpo_step(out: Path, threads: str) -> dict:
+    run = out / "dpo"
+    train = timed(cli("train", "dpo", "--data", str(DATA / "train.jsonl"), "--ranked-pairs",
+                      "best_vs_worst", "--lora-r", "8", "--output-dir", str(run), "--threads",
+                      threads))  # fmt: skip
+    ev = timed(cli("eval", "--model", str(run), "--data", str(DATA / "heldout.jsonl"), "--output",
+                   str(out / "dpo_eval.json"), "--threads", threads))  # fmt: skip
+    result = json.loads((out / "dpo_eval.json").read_text())
+    info = json.loads((run / "run.json").read_text())
+    return {"train": _drop_stdout(train), "eval": _drop_stdout(ev), "steps": info["steps"],
+            "lr": info["config"]["lr"], "accuracy": result["accuracy"],
+            "interval": result["interval"], "n_pairs": result["n_pairs"],
+            "margin": result["margin"], "ties": result["ties"]}  # fmt: skip
+
+
+def grpo_step(out: Path, threads: str, iterations: str) -> dict:
+    run = out / "grpo"
+    train = timed(cli("train", "grpo", "--data", str(DATA / "train.jsonl"), "--reward-model",
+                      str(out / "reward"), "--lora-r", "8", "--iterations", iterations,
+                      "--eval-data", str(DATA / "heldout.jsonl"), "--eval-limit", "16",
+                      "--eval-every", iterations, "--output-dir", str(run), "--threads", threads))  # fmt: skip
+    import pandas as pd
+
+    evals = pd.read_csv(run / "evaluations.csv")
+    first, last = evals.iloc[0], evals.iloc[-1]
+    return {"train": _drop_stdout(train), "iterations": int(iterations),
+            "reward_before": float(first["reward"]), "reward_after": float(last["reward"]),
+            "kl_after": float(last["kl"]), "eval_prompts": 16}  # fmt: skip
+
+
+def parallel_step(out: Path) -> dict:
+    """The DPO-style demo loop: one process (plain), then two under torchrun."""
+    one = timed([sys.executable, "-m", "rlhf_lessons.distributed", str(out / "one.json")])
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = str(s.getsockname()[1])
+    two = timed([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
+                 "--master_addr", "127.0.0.1", "--master_port", port, "-m",
+                 "rlhf_lessons.distributed", str(out / "two.json")])  # fmt: skip
+    curves = [json.loads((out / f).read_text())["curves"][0] for f in ("one.json", "two.json")]
+    loss1, loss2 = ([r["loss"] for r in c] for c in curves)
+    return {"one_process": {"loss": loss1, **_drop_stdout(one)},
+            "two_processes": {"loss": loss2, **_drop_stdout(two)},
+            "max_loss_difference": max(abs(a - b) for a, b in zip(loss1, loss2, strict=True))}  # fmt: skip
+
+
+def _drop_stdout(step: dict) -> dict:
+    return {k: v for k, v in step.items() if k != "stdout"}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--out", default=str(ROOT / "build" / "own_data"))
+    parser.add_argument("--only", nargs="+", type=int, default=[1, 2, 3, 4])
+    parser.add_argument("--threads", default="1")
+    parser.add_argument("--grpo-iterations", default="20")
+    args = parser.parse_args()
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    results_file = ROOT / "build" / "results" / "own_data.json"
+    values = json.loads(results_file.read_text())["values"] if results_file.exists() else {}
+    os.environ.setdefault("RLHF_LESSONS_PROGRESS", "0")
+    if 1 in args.only:
+        values["reward"] = reward_step(out, args.threads)
+    if 2 in args.only:
+        values["dpo"] = dpo_step(out, args.threads)
+    if 3 in args.only:
+        values["grpo"] = grpo_step(out, args.threads, args.grpo_iterations)
+    if 4 in args.only:
+        values["parallel"] = parallel_step(out)
+    results_file.parent.mkdir(parents=True, exist_ok=True)
+    results_file.write_text(json.dumps({"lesson": "own_data", "title": "Use it on your own data",
+                                        "values": values, "claims": []}, indent=1))  # fmt: skip
+    print(f"wrote {results_file}")
+
+
+if __name__ == "__main__":
+    main()

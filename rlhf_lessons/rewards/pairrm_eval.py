@@ -1,0 +1,301 @@
+"""Measuring a PairRanker (lesson 08) through ``Blender``'s public API.
+
+- :func:`compare_all` fills each prompt's N x N matrix of ordered comparisons with
+  ``blender.compare(..., mode="[A,B]")``: ``logits[i, j]`` is the ranker's logit that candidate i,
+  on the left, beats candidate j, on the right. N(N-1) forward passes per prompt, the cost of
+  ``Blender.rank``; :func:`full_matrix_picks` scores it with llm-blender's "max_logits" rule.
+- :func:`pair_eval` reads held-out pairwise accuracy and **position bias** off the matrix: for
+  every pair of candidates whose true quality differs, the logit with the better one on the
+  left (``ab``) and on the right (``ba``). One order alone is what a careless benchmark reports;
+  ``[A,B]+[B,A]`` (``ab - ba``) is antisymmetric by construction.
+- :func:`top_by_bubble`: ``Blender.get_best_of_n(..., pairrm_cmp_type="bubble")``, one
+  bubble-sort pass with both orders of each neighbour pair: 2(N-1) passes for the top pick.
+- :class:`PlantedRanker`: a stand-in ranker with a known skill and a known left-slot bias, to
+  check that :func:`pair_eval` measures what was planted before it measures a trained ranker.
+- :func:`sample_candidates`: N samples per prompt from a policy, with their true rewards, for
+  best-of-N.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Mapping, Sequence
+from contextlib import nullcontext
+from dataclasses import dataclass
+from itertools import combinations
+from typing import Any
+
+import numpy as np
+import torch
+
+from rlhf_lessons.rewards.pairrm import check_records, count_sequences, max_logits_scores
+
+
+@dataclass
+class Comparisons:
+    """Every ordered comparison of each prompt's candidates."""
+
+    prompts: list[str]
+    candidates: list[list[str]]
+    logits: list[np.ndarray]  # per prompt (N, N); [i, j]: "i (left) beats j (right)"; diag NaN
+    sequences: int  # forward passes spent: sum of N(N-1)
+
+
+def compare_all(
+    blender, prompts: Sequence[str], candidates: Sequence[Sequence[str]], batch_size: int = 16
+) -> Comparisons:
+    """All N(N-1) ordered comparisons of each prompt's candidates, in one ``blender.compare``
+    call with ``mode="[A,B]"`` (the logit that A, on the left, is better)."""
+    if len(prompts) != len(candidates) or not prompts:
+        raise ValueError(f"got {len(prompts)} prompts and {len(candidates)} candidate lists")
+    jobs = [(p, i, j) for p, c in enumerate(candidates) for i in range(len(c))
+            for j in range(len(c)) if i != j]  # fmt: skip
+    if not jobs:
+        raise ValueError("every prompt has fewer than 2 candidates: nothing to compare")
+    ranker = getattr(blender, "ranker", None)  # a PlantedRanker has none: no encoder to count
+    counting = (
+        count_sequences(ranker) if ranker is not None else nullcontext({"sequences": len(jobs)})
+    )
+    with counting as seen:
+        flat = blender.compare([prompts[p] for p, _, _ in jobs],
+                               [candidates[p][i] for p, i, _ in jobs],
+                               [candidates[p][j] for p, _, j in jobs], batch_size=batch_size,
+                               return_logits=True, mode="[A,B]", disable_tqdm=True)  # fmt: skip
+    logits = [np.full((len(c), len(c)), np.nan) for c in candidates]
+    for (p, i, j), value in zip(jobs, np.asarray(flat, dtype=float), strict=True):
+        logits[p][i, j] = value
+    return Comparisons(list(prompts), [list(c) for c in candidates], logits, seen["sequences"])
+
+
+def full_matrix_picks(comparisons: Comparisons) -> np.ndarray:
+    """Each prompt's top candidate by llm-blender's "max_logits" scores of its full matrix
+    (what ``Blender.rank`` does): (P,) indices."""
+    return np.array([int(max_logits_scores(np.nan_to_num(m)).argmax()) for m in comparisons.logits])
+
+
+@dataclass
+class PairEval:
+    """Held-out pairwise quality of a pairwise ranker, and its position bias.
+
+    ``ab[p]`` is the logit with the better response of pair p on the left ("left wins" > 0),
+    ``ba[p]`` the logit with it on the right (> 0 means the ranker prefers the worse one, now on
+    the left). ``[A,B]+[B,A]`` compares on ab - ba.
+    """
+
+    ab: np.ndarray
+    ba: np.ndarray
+    categories: list[str]
+
+    @property
+    def both(self) -> np.ndarray:
+        return self.ab - self.ba
+
+    @property
+    def n_pairs(self) -> int:
+        return len(self.ab)
+
+    @property
+    def correct(self) -> np.ndarray:
+        """Per pair: ``[A,B]+[B,A]`` orders it right."""
+        return self.both > 0
+
+    @property
+    def accuracy(self) -> float:
+        """Accuracy of ``[A,B]+[B,A]``: both orders, averaged."""
+        return float(np.mean(self.correct))
+
+    @property
+    def accuracy_better_left(self) -> float:
+        """Accuracy of ``[A,B]`` alone when the better response is on the left."""
+        return float(np.mean(self.ab > 0))
+
+    @property
+    def accuracy_better_right(self) -> float:
+        """Accuracy of ``[A,B]`` alone when the better response is on the right."""
+        return float(np.mean(self.ba < 0))
+
+    @property
+    def accuracy_one_order(self) -> float:
+        """Accuracy of ``[A,B]`` alone with the pair shown in a random order (each pair counted
+        half in each order: the mean of the two above)."""
+        return 0.5 * (self.accuracy_better_left + self.accuracy_better_right)
+
+    @property
+    def inconsistent(self) -> float:
+        """Fraction of pairs whose verdict flips with the order (both orders say "left wins", or
+        both say "right wins")."""
+        return float(np.mean(np.sign(self.ab) == np.sign(self.ba)))
+
+    @property
+    def left_bias(self) -> float:
+        """Mean of (ab + ba) / 2: the logit the left slot gets for being on the left (0 for an
+        order-blind ranker)."""
+        return float(np.mean((self.ab + self.ba) / 2))
+
+    def per_category(self) -> dict[str, float]:
+        cats = np.array(self.categories)
+        return {c: float(np.mean(self.correct[cats == c])) for c in sorted(set(self.categories))}
+
+    def summary(self) -> dict[str, float]:
+        return {
+            "accuracy [A,B]+[B,A]": self.accuracy,
+            "accuracy [A,B], better left": self.accuracy_better_left,
+            "accuracy [A,B], better right": self.accuracy_better_right,
+            "accuracy [A,B], random order": self.accuracy_one_order,
+            "order flips verdict": self.inconsistent,
+            "left-slot bias (logit)": self.left_bias,
+        }
+
+
+def quality_pairs(qualities: Sequence[Sequence[float]]) -> list[tuple[int, int, int]]:
+    """``(prompt, better, worse)`` for every pair of a prompt's candidates whose qualities
+    differ (ties carry no preference), in the order i < j per prompt."""
+    out = []
+    for p, q in enumerate(qualities):
+        for i, j in combinations(range(len(q)), 2):
+            if q[i] != q[j]:
+                out.append((p, i, j) if q[i] > q[j] else (p, j, i))
+    return out
+
+
+def pair_eval(
+    comparisons: Comparisons,
+    qualities: Sequence[Sequence[float]],
+    categories: Sequence[str] | None = None,
+) -> PairEval:
+    """Held-out accuracy and position bias from the comparison matrices; ``qualities[p][i]``
+    is candidate i's true quality (a reward, or -rank), higher = better."""
+    if len(qualities) != len(comparisons.logits):
+        raise ValueError(f"{len(qualities)} quality lists for {len(comparisons.logits)} prompts")
+    pairs = quality_pairs(qualities)
+    if not pairs:
+        raise ValueError("no pair of candidates differs in quality: nothing to evaluate")
+    m = comparisons.logits
+    ab = np.array([m[p][b, w] for p, b, w in pairs])
+    ba = np.array([m[p][w, b] for p, b, w in pairs])
+    cats = [categories[p] if categories is not None else "all" for p, _, _ in pairs]
+    return PairEval(ab, ba, cats)
+
+
+def pairwise_correct(
+    scores: Sequence[Sequence[float]], qualities: Sequence[Sequence[float]]
+) -> np.ndarray:
+    """Per pair (the order of :func:`pair_eval`): a pointwise model's scores order it right."""
+    return np.array([scores[p][b] > scores[p][w] for p, b, w in quality_pairs(qualities)])
+
+
+def evaluate_pairs(blender, records: Sequence[Mapping[str, Any]], batch_size: int = 16) -> PairEval:
+    """:func:`pair_eval` on ranked records (quality = -rank): every held-out pair in both
+    orders, with its record's ``category``."""
+    records = check_records(records, "records")
+    cmp = compare_all(blender, [r["prompt"] for r in records],
+                      [r["ranked_outputs"] for r in records], batch_size)  # fmt: skip
+    quality = [[-float(i) for i in range(len(r["ranked_outputs"]))] for r in records]
+    return pair_eval(cmp, quality, [r.get("category", "all") for r in records])
+
+
+class PlantedRanker:
+    """A stand-in for a Blender with known behaviour, to test the instruments: ``compare``
+    returns ``skill * (q(A) - q(B)) + left_bias + noise`` for the candidates' qualities ``q``
+    (a dict text -> quality), whatever the prompt."""
+
+    def __init__(self, quality: Mapping[str, float], skill: float = 1.0, left_bias: float = 0.0,
+                 noise: float = 0.0, seed: int = 0) -> None:  # fmt: skip
+        self.quality, self.skill, self.left_bias, self.noise = quality, skill, left_bias, noise
+        self.rng = np.random.default_rng(seed)
+
+    def compare(self, inputs, candidates_a, candidates_b, mode="[A,B]", return_logits=True,
+                **kwargs):  # fmt: skip
+        if mode != "[A,B]" or not return_logits:
+            raise ValueError("PlantedRanker answers mode='[A,B]' with return_logits=True only")
+        q = self.quality
+        gap = np.array([q[a] - q[b] for a, b in zip(candidates_a, candidates_b, strict=True)])
+        return self.skill * gap + self.left_bias + self.noise * self.rng.standard_normal(len(gap))
+
+
+@dataclass
+class TopChoice:
+    """Which candidate a ranking procedure picks per prompt, and what it cost."""
+
+    picks: np.ndarray  # (P,) index of the chosen candidate
+    sequences: int  # forward passes (sequences through the encoder)
+    seconds: float
+
+
+def top_by_bubble(blender, prompts: Sequence[str], candidates: Sequence[Sequence[str]],
+                  batch_size: int = 8, seed: int = 0) -> TopChoice:  # fmt: skip
+    """``blender.get_best_of_n(..., pairrm_cmp_type="bubble")``: one bubble-sort pass over a
+    random order of the candidates, each neighbour pair compared in both orders, so 2(N-1)
+    forward passes per prompt. ``seed`` fixes the random order (llm-blender draws it from
+    torch's global generator)."""
+    torch.manual_seed(seed)
+    start = time.perf_counter()
+    with count_sequences(blender.ranker) as counter:
+        best = blender.get_best_of_n(list(prompts), [list(c) for c in candidates],
+                                     pairrm_cmp_type="bubble", batch_size=batch_size)  # fmt: skip
+    # get_best_of_n returns the text; equal texts are interchangeable, so take the first index
+    picks = np.array([list(c).index(b) for c, b in zip(candidates, best, strict=True)])
+    return TopChoice(picks, counter["sequences"], time.perf_counter() - start)
+
+
+def top_by_full_matrix(blender, prompts: Sequence[str], candidates: Sequence[Sequence[str]],
+                       batch_size: int = 8) -> TopChoice:  # fmt: skip
+    """``blender.rank(..., return_scores=True)``: all N(N-1) ordered comparisons per prompt,
+    scored with :func:`~rlhf_lessons.rewards.pairrm.max_logits_scores`; the pick is the
+    highest score. (:func:`compare_all` + :func:`full_matrix_picks` pick the same.)"""
+    start = time.perf_counter()
+    with count_sequences(blender.ranker) as counter:
+        scores = blender.rank(list(prompts), [list(c) for c in candidates], return_scores=True,
+                              batch_size=batch_size, disable_tqdm=True)  # fmt: skip
+    return TopChoice(np.asarray(scores).argmax(-1), counter["sequences"],
+                     time.perf_counter() - start)  # fmt: skip
+
+
+@dataclass
+class Candidates:
+    """N sampled completions per prompt and their true rewards."""
+
+    prompts: list[str]
+    texts: list[list[str]]
+    rewards: torch.Tensor  # (P, N)
+
+    def picked(self, picks: Sequence[int]) -> torch.Tensor:
+        """(P,) true reward of the candidate picked per prompt."""
+        return self.rewards[torch.arange(len(picks)), torch.as_tensor(np.asarray(picks))]
+
+    @property
+    def random_pick(self) -> torch.Tensor:
+        """Expected true reward of a uniformly random pick (exactly the mean over the N)."""
+        return self.rewards.mean(-1)
+
+    @property
+    def oracle(self) -> torch.Tensor:
+        """True reward of the best candidate (picking by the true reward itself)."""
+        return self.rewards.max(-1).values
+
+
+def sample_candidates(
+    policy,
+    tokenizer,
+    prompts: Sequence[str],
+    n: int = 4,
+    max_new_tokens: int = 16,
+    seed: int = 0,
+    reward_fn: Callable | None = None,
+) -> Candidates:
+    """Sample ``n`` completions of each prompt from ``policy`` and score them with the true
+    reward (default: the review world's)."""
+    from rlhf_lessons.lm import generate
+    from rlhf_lessons.review_world.true_reward import reward_of
+
+    if n < 2:
+        raise ValueError(f"n must be >= 2 candidates to choose from, got {n}")
+    if not prompts:
+        raise ValueError("prompts is empty")
+    reward_fn = reward_fn or reward_of
+    expanded = [p for p in prompts for _ in range(n)]
+    gen = generate(policy, tokenizer, expanded, max_new_tokens=max_new_tokens, batch_size=64,
+                   seed=seed)  # fmt: skip
+    rewards = torch.as_tensor(reward_fn(expanded, gen.completions), dtype=torch.float32)
+    texts = [gen.completions[i * n : (i + 1) * n] for i in range(len(prompts))]
+    return Candidates(list(prompts), texts, rewards.view(len(prompts), n))

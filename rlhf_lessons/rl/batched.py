@@ -1,0 +1,195 @@
+"""Several seeds trained as one batched computation (lessons 01-02).
+
+A claim about an RL algorithm rests on several seeds. CartPole's networks are tiny: a forward
+pass of a 64-unit MLP is microseconds of arithmetic and tens of microseconds of Python and
+dispatch overhead, so training S seeds one after another pays that overhead S times. Here the
+S seeds train side by side, with a leading seed dimension on every tensor, and pay it once.
+
+- :func:`stack_seeds`: one module from S modules of the same class, whose every ``nn.Linear``
+  holds S weight matrices (:class:`SeedLinear`, a batched matrix multiply), so the module's own
+  forward code maps (S, B, in) to (S, B, out), and slice ``i`` is what ``modules[i]`` computes.
+  :func:`load_seed_` copies seed ``i``'s weights back into a plain module.
+- :class:`SeedRandom`: per-seed random generators (network initialisation, environment starts,
+  sampled actions, minibatch order), so a seed's run does not depend on its neighbours.
+- :func:`clip_grad_norm_per_seed_`: each seed's gradient is clipped by its own norm.
+
+The seeds never interact. The loss is the *sum* of the seeds' own losses, so each seed's
+parameters get exactly the gradient they would get alone; Adam works element by element;
+clipping and advantage normalisation are per seed. So seed ``i`` in a batch is the same run as
+seed ``i`` alone, up to floating-point rounding (which chaotic training amplifies over time:
+the same run statistically, not bit for bit). ``tests/test_batched.py`` checks both.
+"""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from typing import TypeVar
+
+import numpy as np
+import torch
+from torch import nn
+
+T = TypeVar("T")
+
+
+class SeedLinear(nn.Module):
+    """S independent ``nn.Linear`` layers of one shape: (S, ..., in) -> (S, ..., out).
+
+    ``weight`` is (S, in, out) and ``bias`` (S, 1, out); seed ``s`` computes
+    ``x[s] @ weight[s] + bias[s]`` (``torch.baddbmm``), which equals ``layers[s](x[s])``.
+    """
+
+    def __init__(self, layers: Sequence[nn.Linear]) -> None:
+        super().__init__()
+        if any(layer.bias is None for layer in layers):
+            raise ValueError("SeedLinear needs Linear layers with a bias")
+        self.weight = nn.Parameter(torch.stack([layer.weight.detach().T for layer in layers]))
+        self.bias = nn.Parameter(torch.stack([layer.bias.detach() for layer in layers])[:, None])
+
+    def extra_repr(self) -> str:
+        seeds, n_in, n_out = self.weight.shape
+        return f"seeds={seeds}, in_features={n_in}, out_features={n_out}"
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        seeds, n_in = self.weight.shape[:2]
+        if x.dim() == 3 and x.shape[0] == seeds and x.shape[2] == n_in:
+            return torch.baddbmm(self.bias, x, self.weight)  # (S, B, in): the common case
+        if x.shape[0] != seeds or x.shape[-1] != n_in:
+            raise ValueError(
+                f"SeedLinear expects (seeds={seeds}, ..., {n_in}), got {tuple(x.shape)}: "
+                "the leading dimension of a seed-batched network's input is the seed"
+            )
+        out = torch.baddbmm(self.bias, x.reshape(seeds, -1, n_in), self.weight)
+        return out.reshape(*x.shape[:-1], out.shape[-1])
+
+
+def stack_seeds(modules: Sequence[nn.Module]) -> nn.Module:
+    """One module that computes all of ``modules`` (same class and shapes) at once.
+
+    A copy of ``modules[0]`` in which every ``nn.Linear`` is replaced by a :class:`SeedLinear`
+    holding the matching layer of every module. Only ``nn.Linear`` may hold parameters (the
+    activations are element-wise, so they work on the extra dimension as they are).
+    """
+    if not modules:
+        raise ValueError("stack_seeds needs at least one module")
+    stacked = copy.deepcopy(modules[0])
+    for name, layer in modules[0].named_modules():
+        if isinstance(layer, nn.Linear):
+            parent_name, _, attr = name.rpartition(".")
+            parent = stacked.get_submodule(parent_name)
+            setattr(parent, attr, SeedLinear([m.get_submodule(name) for m in modules]))
+        elif any(True for _ in layer.parameters(recurse=False)):
+            raise TypeError(
+                f"stack_seeds supports parameters in nn.Linear layers only; {name!r} is a "
+                f"{type(layer).__name__} with parameters of its own"
+            )
+    return stacked
+
+
+@torch.no_grad()
+def load_seed_(module: nn.Module, stacked: nn.Module, seed_index: int) -> nn.Module:
+    """Copy seed ``seed_index``'s weights from ``stacked`` into the plain ``module`` (in place;
+    returned for convenience)."""
+    for name, layer in module.named_modules():
+        if isinstance(layer, nn.Linear):
+            source = stacked.get_submodule(name)
+            layer.weight.copy_(source.weight[seed_index].T)
+            layer.bias.copy_(source.bias[seed_index, 0])
+    return module
+
+
+@torch.no_grad()
+def clip_grad_norm_per_seed_(
+    parameters: Iterable[nn.Parameter], max_norm: float, eps: float = 1e-6
+) -> torch.Tensor:
+    """``torch.nn.utils.clip_grad_norm_`` for each seed on its own.
+
+    Every parameter has the seed as its leading dimension; seed ``s``'s gradient norm is taken
+    over its slices of all parameters, and its slices are scaled by
+    ``min(1, max_norm / (norm_s + eps))`` (torch's rule). Returns the (S,) norms before
+    clipping.
+    """
+    grads = [p.grad for p in parameters if p.grad is not None]
+    per_param = [torch.linalg.vector_norm(g, dim=tuple(range(1, g.dim()))) for g in grads]
+    norms = torch.linalg.vector_norm(torch.stack(per_param), dim=0)  # (S,)
+    scale = (max_norm / (norms + eps)).clamp(max=1.0)
+    torch._foreach_mul_(grads, [scale.view(-1, *[1] * (g.dim() - 1)) for g in grads])
+    return norms
+
+
+class SeedRandom:
+    """Independent random streams for each seed of a batched run.
+
+    Each seed's ``numpy.random.SeedSequence`` is split into three children: one initialises its
+    networks (:meth:`build`), one draws its environments' start states (``numpy``, NumPy
+    generators for :class:`~rlhf_lessons.rl.cartpole.CartPoles`), one draws its actions and
+    minibatch orders (:meth:`uniform`, :meth:`permutations`).
+    """
+
+    def __init__(self, seeds: Sequence[int]) -> None:
+        self.seeds = [int(s) for s in seeds]
+        if not self.seeds or len(set(self.seeds)) != len(self.seeds):
+            raise ValueError(f"seeds must be a non-empty list without repeats, got {seeds!r}")
+        children = [np.random.SeedSequence(s).spawn(3) for s in self.seeds]
+        self.init_seeds = [int(c[0].generate_state(1)[0]) for c in children]
+        self.numpy = [np.random.default_rng(c[1]) for c in children]
+        self.torch = [
+            torch.Generator().manual_seed(int(c[2].generate_state(1)[0])) for c in children
+        ]
+
+    def __len__(self) -> int:
+        return len(self.seeds)
+
+    def build(self, make: Callable[[], T]) -> list[T]:
+        """``make()`` (networks, or a tuple of them) once per seed, each under its own
+        initialisation seed (the global torch generator is left as it was)."""
+        modules = []
+        for init_seed in self.init_seeds:
+            with torch.random.fork_rng(devices=[]):
+                torch.manual_seed(init_seed)
+                modules.append(make())
+        return modules
+
+    def only(self, module: T) -> list[T]:
+        """``[module]``: a given network, trained in place, is the batch's one seed."""
+        if len(self) != 1:
+            raise ValueError(
+                f"a given policy trains as one seed, but {len(self)} seeds were asked for: "
+                "train several seeds from fresh networks (policy=None), or pass one seed"
+            )
+        return [module]
+
+    def uniform(self, *shape: int) -> torch.Tensor:
+        """(S, *shape) numbers in [0, 1), seed ``s``'s from its own generator."""
+        return torch.stack([torch.rand(shape, generator=g) for g in self.torch])
+
+    def gumbel(self, *shape: int) -> torch.Tensor:
+        """(S, *shape) standard Gumbel noise ``-log(-log(u))``, seed ``s``'s from its own
+        generator. ``argmax(log pi + gumbel)`` over the last dimension is a sample of pi (the
+        Gumbel-max trick), one random number per action."""
+        return -torch.log(-torch.log(self.uniform(*shape).clamp_(min=1e-30)))
+
+    def permutations(self, count: int, n: int) -> torch.Tensor:
+        """(S, count, n): ``count`` random orders of ``range(n)`` for each seed."""
+        return self.uniform(count, n).argsort(-1)
+
+
+def minibatches(
+    batch: Sequence[torch.Tensor], size: int, epochs: int, rand: SeedRandom
+) -> Iterator[list[torch.Tensor]]:
+    """``epochs`` passes over each seed's batch, in minibatches of ``size`` of its rows.
+
+    ``batch`` holds (S, B, ...) tensors, one row per seed; each pass visits each seed's B rows
+    in that seed's own random order, and yields the same tensors cut to (S, size, ...). With
+    one minibatch per pass (``size == B``) the batch itself is yielded: every loss is a mean
+    over the minibatch, which the order does not change.
+    """
+    n = batch[0].shape[1]
+    if size == n:
+        yield from (list(batch) for _ in range(epochs))
+        return
+    rows = torch.arange(len(rand))[:, None]
+    for order in rand.permutations(epochs, n).unbind(1):
+        for idx in order.split(size, dim=1):  # (S, size)
+            yield [x[rows, idx] for x in batch]
