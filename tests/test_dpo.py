@@ -18,7 +18,7 @@ from rlhf_lessons.alignment.dpo import (
     tokenize_preferences,
     train_dpo,
 )
-from rlhf_lessons.alignment.dpo_losses import simpo_loss
+from rlhf_lessons.alignment.simpo import simpo_loss
 from rlhf_lessons.lm import sequence_logprobs, token_logprobs
 from rlhf_lessons.rewards.preference_data import PreferenceDataError
 
@@ -133,7 +133,8 @@ def test_rows_per_pass_keeps_the_logits_within_the_budget(tiny_lm):
 
     model, tok = tiny_lm
     batch = tokenize_preferences(tok, PAIRS)
-    width, vocab = int(batch.attention_mask.sum(-1).max()), model.config.vocab_size
+    # the logits are computed at the completion tokens only (lm.completion_logprobs)
+    width, vocab = int(batch.completion_mask.sum(-1).max()), model.config.vocab_size
     assert rows_per_pass(model, batch, limit=10**9) == LOGITS_BUDGET // (width * vocab)
     assert rows_per_pass(model, batch) == 64  # a tiny vocabulary: the limit binds
 
@@ -278,7 +279,8 @@ def test_training_raises_the_chosen_vs_rejected_margin(tiny_lm, loss):
     assert sum(h.loss[-3:]) / 3 < h.loss[0]
     if loss != "simpo":
         assert before == {"accuracy": 0.5, "ties": 1.0, "margin": 0.0, "rewards_chosen": 0.0,
-                          "rewards_rejected": 0.0, "n_pairs": len(PAIRS)}  # fmt: skip
+                          "rewards_rejected": 0.0, "n_pairs": len(PAIRS),
+                          "correct": [0.5] * len(PAIRS)}  # fmt: skip
 
 
 def test_eval_fn_runs_at_the_start_every_k_steps_and_at_the_end(tiny_lm):
@@ -410,3 +412,36 @@ def test_dpo_raises_the_true_reward_of_the_review_model():
     assert 0.1 < after["kl"] < 5.0, after["kl"]
     assert accuracy["accuracy"] > 0.65, accuracy
     assert sum(h.accuracy[-5:]) / 5 > 0.6
+
+
+def test_response_logps_are_the_rows_sequence_logprobs(tiny_lm):
+    from rlhf_lessons.alignment.dpo import response_logps
+
+    model, tok = tiny_lm
+    batch = tokenize_preferences(tok, PAIRS, 32, 32)
+    with torch.no_grad():
+        summed = sequence_logprobs(token_logprobs(model, batch), batch.completion_mask)
+    chosen, rejected = response_logps(model, tok, PAIRS)
+    torch.testing.assert_close(torch.cat([chosen, rejected]), summed, atol=1e-5, rtol=1e-5)
+    avg_w, _ = response_logps(model, tok, PAIRS, DPOConfig.simpo())  # SimPO: per-token means
+    lengths = batch.completion_mask[: len(PAIRS)].sum(-1)
+    torch.testing.assert_close(avg_w * lengths, chosen, atol=1e-5, rtol=1e-5)
+
+
+def test_train_simpo_is_train_dpo_with_the_simpo_loss(tiny_lm):
+    from rlhf_lessons.alignment.simpo import train_simpo
+
+    cfg = DPOConfig.simpo(batch_size=3, max_steps=2, lr=1e-2)
+    policy, tok = _model(tiny_lm)
+    h = train_simpo(policy, tok, PAIRS, cfg, show_progress=False)
+    _, _, h_dpo = _train(tiny_lm, loss="simpo", batch_size=3, max_steps=2, lr=1e-2)
+    assert h.loss == pytest.approx(h_dpo.loss, rel=1e-6)
+    with pytest.raises(ValueError, match="needs a SimPO config"):
+        train_simpo(policy, tok, PAIRS, DPOConfig.dpo(), show_progress=False)
+
+
+def test_implicit_reward_accuracy_scores_each_pair(tiny_lm):
+    policy, tok, _ = _train(tiny_lm, lr=1e-2, epochs=5, batch_size=3)
+    acc = implicit_reward_accuracy(policy, tok, PAIRS, reference=tiny_lm[0])
+    assert len(acc["correct"]) == len(PAIRS) and set(acc["correct"]) <= {0.0, 0.5, 1.0}
+    assert acc["accuracy"] == pytest.approx(sum(acc["correct"]) / len(PAIRS))

@@ -5,7 +5,8 @@ from types import SimpleNamespace
 import pytest
 import torch
 
-from rlhf_lessons.alignment.dpo_losses import LOSS_TYPES, dpo_loss, simpo_loss
+from rlhf_lessons.alignment.dpo_losses import LOSS_TYPES, dpo_loss
+from rlhf_lessons.alignment.simpo import simpo_loss
 from rlhf_lessons.lm import Batch, sequence_logprobs, token_logprobs
 
 # TRL's DPOTrainer calls a transformers helper that warns about its own deprecated name

@@ -3,10 +3,14 @@ import torch
 
 from rlhf_lessons.lm import (
     Batch,
+    backbone_and_head,
+    completion_logprobs,
     format_prompt,
     generate,
+    head_logprobs,
     next_token_logits,
     sequence_logprobs,
+    shared_prompt_states,
     token_logprobs,
     tokenize_pairs,
 )
@@ -104,3 +108,90 @@ def test_generate_sampling_repeats_with_a_seed(tiny_lm):
     b = generate(model, tok, ["the movie"] * 4, max_new_tokens=5, seed=3)
     assert a.completions == b.completions
     assert torch.equal(a.batch.input_ids, b.batch.input_ids)
+
+
+# --- completion_logprobs: the same numbers as token_logprobs, with less work --------------------
+
+
+def _pairs_batch(tok):
+    """Two prompts, each followed by two different completions (a DPO pair), and one alone."""
+    prompts = ["the movie was", "a", "the movie was", "a", "the plot and the acting"]
+    completions = ["great", "very bad plot", "awful and bad", "good", "not good"]
+    return tokenize_pairs(tok, prompts, completions)
+
+
+def _left_padded(right: Batch) -> Batch:
+    n, width = right.attention_mask.sum(-1), right.input_ids.shape[1]
+    left = Batch(*(torch.zeros_like(right.input_ids) for _ in range(3)))
+    for i in range(len(right)):
+        for src, dst in ((right.input_ids, left.input_ids), (right.attention_mask,
+                         left.attention_mask), (right.completion_mask, left.completion_mask)):  # fmt: skip
+            dst[i, width - n[i] :] = src[i, : n[i]]
+    return left
+
+
+@pytest.mark.parametrize("share_prompts", [False, True])
+@pytest.mark.parametrize("padding", ["right", "left"])
+def test_completion_logprobs_equal_masked_token_logprobs(tiny_lm, share_prompts, padding):
+    model, tok = tiny_lm
+    batch = _pairs_batch(tok)
+    if padding == "left":
+        batch = _left_padded(batch)
+    with torch.no_grad():
+        expected = token_logprobs(model, batch, temperature=0.8) * batch.completion_mask
+        got = completion_logprobs(model, batch, temperature=0.8, share_prompts=share_prompts)
+    torch.testing.assert_close(got, expected, atol=1e-5, rtol=1e-5)
+    assert (got[batch.completion_mask == 0] == 0).all()
+
+
+def test_shared_prompts_give_the_same_gradients(tiny_lm):
+    """The prompt's keys and values are reused, with gradients, by both completions."""
+    import copy
+
+    model, tok = copy.deepcopy(tiny_lm[0]), tiny_lm[1]
+    batch = _pairs_batch(tok)
+    weights = torch.arange(1.0, len(batch) + 1)  # a loss that weighs every row differently
+    grads = []
+    for share in (False, True):
+        model.zero_grad()
+        logp = completion_logprobs(model, batch, share_prompts=share)
+        (sequence_logprobs(logp, batch.completion_mask) * weights).sum().backward()
+        grads.append(torch.cat([p.grad.flatten() for p in model.parameters()]))
+    torch.testing.assert_close(grads[1], grads[0], atol=1e-5, rtol=1e-4)
+    assert grads[0].abs().max() > 0
+
+
+def test_shared_prompt_states_only_when_prompts_repeat(tiny_lm):
+    model, tok = tiny_lm
+    backbone, head = backbone_and_head(model)
+    distinct = tokenize_pairs(tok, ["the movie", "a"], ["good", "bad"])
+    assert shared_prompt_states(backbone, distinct) is None
+    states, targets = shared_prompt_states(backbone, _pairs_batch(tok))
+    assert states.shape == (int(_pairs_batch(tok).completion_mask.sum()), head.in_features)
+    assert targets.shape == states.shape[:1]
+
+
+def test_head_logprobs_is_the_log_softmax_at_the_target(tiny_lm):
+    model, _ = tiny_lm
+    head = model.get_output_embeddings()
+    hidden, targets = torch.randn(7, head.in_features), torch.randint(0, head.out_features, (7,))
+    expected = torch.log_softmax(head(hidden) / 0.5, -1).gather(-1, targets[:, None]).squeeze(-1)
+    torch.testing.assert_close(head_logprobs(head, hidden, targets, 0.5), expected)
+
+
+def test_models_without_a_separable_head_take_the_full_path(tiny_lm):
+    model, tok = tiny_lm
+
+    class Wrapper(torch.nn.Module):  # not a Hugging Face model: no backbone / head to split
+        def __init__(self):
+            super().__init__()
+            self.lm = model
+
+        def forward(self, *args, **kwargs):
+            return self.lm(*args, **kwargs)
+
+    assert backbone_and_head(Wrapper()) is None
+    batch = _pairs_batch(tok)
+    with torch.no_grad():
+        torch.testing.assert_close(completion_logprobs(Wrapper(), batch, share_prompts=True),
+                                   token_logprobs(model, batch) * batch.completion_mask)  # fmt: skip

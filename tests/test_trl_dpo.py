@@ -12,7 +12,8 @@ from rlhf_lessons.alignment.dpo import DPOConfig, add_lora, pair_order, pair_tex
 pytest.importorskip("trl")
 pytestmark = pytest.mark.usefixtures("one_thread")
 
-from rlhf_lessons.trl_runs.dpo import train_with_trl, trl_dataset  # noqa: E402
+from rlhf_lessons.trl_runs import train_with_trl  # noqa: E402
+from rlhf_lessons.trl_runs.dpo import trl_dataset  # noqa: E402
 
 
 @pytest.fixture(scope="module")
@@ -35,7 +36,7 @@ def test_trl_loss_curve_matches_ours(tiny_lm, pairs, loss):
     )  # fmt: skip
     ours = train_dpo(add_lora(copy.deepcopy(base), r=4, alpha=8, seed=1), tok, pairs, cfg,
                      show_progress=False)  # fmt: skip
-    run = train_with_trl(add_lora(copy.deepcopy(base), r=4, alpha=8, seed=1), tok, pairs, cfg)
+    run = train_with_trl(loss, add_lora(copy.deepcopy(base), r=4, alpha=8, seed=1), tok, pairs, cfg)
     assert run.trainer == ("CPOTrainer" if loss == "simpo" else "DPOTrainer")
     assert len(run.loss) == len(ours.loss) == 12  # 24 pairs / 4 per step x 2 epochs
     # the loss moved (a curve that stays at its start would match trivially) ...
@@ -63,4 +64,19 @@ def test_pairs_either_trainer_would_cut_are_refused(tiny_lm, pairs):
     base, tok = tiny_lm
     cfg = DPOConfig.dpo(max_completion_length=3)  # " was great and good" + EOS is 5 tokens
     with pytest.raises(ValueError, match="max_completion_length is 3"):
-        train_with_trl(add_lora(copy.deepcopy(base), seed=0), tok, pairs, cfg)
+        train_with_trl("dpo", add_lora(copy.deepcopy(base), seed=0), tok, pairs, cfg)
+
+
+def test_with_max_steps_trl_gets_only_those_pairs_and_matches_our_first_steps(tiny_lm, pairs):
+    base, tok = tiny_lm
+    cfg = DPOConfig.dpo(batch_size=4, lr=1e-2, max_steps=2, max_prompt_length=None,
+                        max_completion_length=None)  # fmt: skip
+    assert len(trl_dataset(tok, pairs, cfg)) == 8  # TRL's reference pass covers 8 pairs, not 24
+    ours = train_dpo(add_lora(copy.deepcopy(base), r=4, alpha=8, seed=1), tok, pairs, cfg,
+                     show_progress=False)  # fmt: skip
+    run = train_with_trl("dpo", add_lora(copy.deepcopy(base), r=4, alpha=8, seed=1), tok, pairs,
+                         cfg)  # fmt: skip
+    assert run.history.steps == ours.steps == 2
+    assert run.loss == pytest.approx(ours.loss, abs=1e-5)
+    assert run.history.seconds == sorted(run.history.seconds) and run.seconds > 0
+    assert run.history.info["trainer"] == "DPOTrainer"

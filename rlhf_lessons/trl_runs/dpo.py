@@ -1,70 +1,58 @@
-"""The same DPO / IPO / SimPO run through TRL, to check :mod:`rlhf_lessons.alignment.dpo` against it
-(lessons 06-07 and ``benchmarks/dpo_step.py``).
+"""DPO, IPO, the hinge loss and SimPO through TRL, side by side with
+:func:`rlhf_lessons.alignment.dpo.train_dpo` (lessons 06-07 and ``benchmarks/dpo_step.py``)::
+
+    run = train_with_trl("dpo", add_lora(model, seed=0), tokenizer, pairs, DPOConfig.dpo(...))
 
 TRL 1.x trains DPO, IPO and the hinge loss with ``trl.DPOTrainer`` and SimPO with
 ``trl.experimental.cpo.CPOTrainer`` (``loss_type="simpo"``, ``cpo_alpha=0``: CPO's extra NLL
-term off). :func:`train_with_trl` runs one of them at the settings of a :class:`~rlhf_lessons.
-dpo.DPOConfig` so that, step for step, TRL sees what :func:`~rlhf_lessons.alignment.dpo.train_dpo` sees:
+term off). :func:`run` gives TRL the settings of a :class:`~rlhf_lessons.alignment.dpo.DPOConfig`
+so that, step for step, TRL sees what our trainer sees:
 
-- the same texts: prompts rendered with the chat template by our :func:`~rlhf_lessons.alignment.dpo.
-  pair_texts` and handed to TRL as plain strings, EOS appended to each response (TRL's tokens
-  are compared with ours in the tests);
-- the same minibatches: the pairs in :func:`~rlhf_lessons.alignment.dpo.pair_order`'s order, read
-  sequentially (TRL's default sampler would reshuffle them with its own seed);
+- the same texts: prompts rendered with the chat template by our
+  :func:`~rlhf_lessons.alignment.dpo_data.pair_texts` and handed to TRL as plain strings, EOS
+  appended to each response (TRL's tokens are compared with ours in the tests);
+- the same minibatches: the pairs in :func:`~rlhf_lessons.alignment.dpo.pair_order`'s order,
+  read sequentially (TRL's default sampler would reshuffle them with its own seed);
 - the same optimiser: AdamW with no weight decay is Adam; a constant learning rate after
   ``warmup_steps`` (TRL's default decays it linearly to 0; ours does not), gradients clipped at
   ``max_grad_norm``; fp32 on the CPU, dropout off, no gradient checkpointing;
 - the same reference: with a LoRA policy, the base model with the adapter disabled, its
   log-probs computed once before training (``precompute_ref_log_probs=True``).
 
-Start both runs from the same weights (e.g. :func:`~rlhf_lessons.alignment.dpo.add_lora` with the same
-seed on freshly loaded models) and their loss curves should agree to float rounding.
+Start both runs from the same weights (e.g. :func:`~rlhf_lessons.alignment.lora.add_lora` with
+the same seed on freshly loaded models) and their loss curves agree to float rounding.
 """
 
 from __future__ import annotations
 
-import contextlib
 import os
 import tempfile
 import time
 import warnings
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import asdict
 
 import torch
-from torch import nn
 
 from rlhf_lessons.alignment.dpo import DPOConfig, pair_order, pair_texts
 from rlhf_lessons.course.device import torch_threads
-from rlhf_lessons.trl_runs import in_order
+from rlhf_lessons.training import History
+from rlhf_lessons.trl_runs import TRLRun, in_order
 
 _TRL_LOSS = {"dpo": "sigmoid", "ipo": "ipo", "hinge": "hinge"}
 
 
-@dataclass
-class TRLRun:
-    """What :func:`train_with_trl` returns; lists have one entry per optimizer step, named as
-    in the history of :func:`~rlhf_lessons.alignment.dpo.train_dpo`."""
-
-    trainer: str  # "DPOTrainer" or "CPOTrainer"
-    policy: nn.Module  # the trained model
-    loss: list[float]
-    rewards_chosen: list[float]
-    rewards_rejected: list[float]
-    margin: list[float]
-    accuracy: list[float]
-    seconds: float  # wall-clock of trainer.train() (includes TRL's reference pass)
-    log_history: list[dict]  # everything TRL logged
-
-
 def trl_dataset(tokenizer, pairs: Sequence[Mapping], config: DPOConfig):
     """``pairs`` as the ``datasets.Dataset`` TRL reads: standard-format strings (prompt already
-    rendered with the chat template, as :func:`~rlhf_lessons.alignment.dpo.pair_texts` gives it to our
-    trainer), rows in the order our trainer visits them (all epochs, one after another)."""
+    rendered with the chat template, as :func:`~rlhf_lessons.alignment.dpo.pair_texts` gives our
+    trainer), rows in the order our trainer visits them (all epochs, one after another; with
+    ``config.max_steps``, only the pairs of those steps, so TRL's reference pass covers no more)."""
     from datasets import Dataset
 
     prompts, chosen, rejected = pair_texts(tokenizer, pairs)
     order = torch.cat(pair_order(len(prompts), config)).tolist()
+    if config.max_steps is not None:
+        order = order[: config.max_steps * config.batch_size]
     return Dataset.from_dict({"prompt": [prompts[i] for i in order],
                               "chosen": [chosen[i] for i in order],
                               "rejected": [rejected[i] for i in order]})  # fmt: skip
@@ -126,33 +114,59 @@ def _longest(tokenizer, pairs, config: DPOConfig) -> int:
     return max(p + r for p, r in zip(p_len, r_len, strict=True))
 
 
-def train_with_trl(
+#: TRL's logged names -> the names of our trainer's History columns
+COLUMNS = {"loss": "loss", "rewards/chosen": "rewards_chosen", "rewards/rejected":
+           "rewards_rejected", "rewards/margins": "margin", "rewards/accuracies": "accuracy",
+           "logps/chosen": "logps_chosen", "logps/rejected": "logps_rejected",
+           "grad_norm": "grad_norm", "learning_rate": "lr", "epoch": "epoch"}  # fmt: skip
+
+
+def run(
+    algo: str,
     policy,
     tokenizer,
     pairs: Sequence[Mapping],
     config: DPOConfig | None = None,
+    *,
+    reward_fn=None,
     show_progress: bool = False,
 ) -> TRLRun:
     """Train ``policy`` (changed in place; a peft LoRA model or a plain causal LM) on ``pairs``
-    with TRL's ``DPOTrainer`` (``config.loss`` "dpo", "ipo", "hinge") or ``CPOTrainer``
-    ("simpo"), at the settings of ``config`` (see the module docstring and :func:`trl_config`).
+    with TRL's ``DPOTrainer`` (``algo`` "dpo", "ipo", "hinge") or ``CPOTrainer`` ("simpo"), at
+    the settings of ``config`` (default ``DPOConfig(loss=algo)``; see the module docstring and
+    :func:`trl_config`). Called as ``train_with_trl(algo, ...)``
+    (:func:`rlhf_lessons.trl_runs.train_with_trl`).
 
     A plain (non-peft) policy is its own reference in TRL only through a second copy; pass a
     LoRA model, whose reference is the base with the adapter disabled, as in our trainer.
 
-    Returns a :class:`TRLRun` with TRL's per-step loss, implicit rewards, margin and accuracy.
+    Returns a :class:`~rlhf_lessons.trl_runs.TRLRun` whose ``history`` has TRL's per-step
+    ``loss``, ``rewards_chosen``, ``rewards_rejected``, ``margin``, ``accuracy``, ... (our
+    trainer's column names) and ``seconds`` (wall-clock since the start of ``train()``).
     """
     import datasets
-    from transformers import PrinterCallback
+    from transformers import PrinterCallback, TrainerCallback
     from trl import DPOTrainer
     from trl.experimental.cpo import CPOTrainer
 
-    cfg = config or DPOConfig()
+    cfg = config or DPOConfig(loss=algo)
+    if cfg.loss != algo:
+        raise ValueError(f"algo is {algo!r} but config.loss is {cfg.loss!r}: they must agree")
+    if reward_fn is not None:
+        raise ValueError("the DPO family learns from pairs: reward_fn must be None")
     max_length = _longest(tokenizer, pairs, cfg)
     dataset = trl_dataset(tokenizer, pairs, cfg)
     trainer_cls = in_order(CPOTrainer if cfg.loss == "simpo" else DPOTrainer)
-    threads = torch_threads(cfg.threads) if cfg.threads else contextlib.nullcontext()
-    with tempfile.TemporaryDirectory() as out, threads, warnings.catch_warnings():
+    start = time.perf_counter()
+    stamps: list[float] = []
+
+    class Clock(TrainerCallback):  # the wall-clock of every logged step, as our History has
+        def on_log(self, args, state, control, logs=None, **kwargs):
+            if logs and "loss" in logs and "train_runtime" not in logs:
+                stamps.append(time.perf_counter() - start)
+
+    with tempfile.TemporaryDirectory() as out, torch_threads(cfg.threads), \
+            warnings.catch_warnings():  # fmt: skip
         # transformers 5 deprecations inside TRL / peft, and CPOTrainer's "experimental" notice
         warnings.simplefilter("ignore", FutureWarning)
         warnings.simplefilter("ignore", UserWarning)
@@ -161,11 +175,11 @@ def train_with_trl(
         if not show_progress:  # TRL's datasets.map calls and its reference pass show bars too
             datasets.disable_progress_bars()
             os.environ["TQDM_DISABLE"] = "1"
-        trainer = trainer_cls(model=policy, args=args, train_dataset=dataset,
-                              processing_class=tokenizer)  # fmt: skip
-        trainer.remove_callback(PrinterCallback)  # no dict printed per step
-        start = time.perf_counter()
         try:
+            trainer = trainer_cls(model=policy, args=args, train_dataset=dataset,
+                                  processing_class=tokenizer, callbacks=[Clock()])  # fmt: skip
+            trainer.remove_callback(PrinterCallback)  # no dict printed per step
+            start = time.perf_counter()
             trainer.train()
         finally:
             if bars:
@@ -175,19 +189,9 @@ def train_with_trl(
             else:
                 os.environ["TQDM_DISABLE"] = tqdm_off
         seconds = time.perf_counter() - start
+    history = History(algo, asdict(cfg), info={"trainer": trainer_cls.__name__})
     logs = [h for h in trainer.state.log_history if "loss" in h and "train_runtime" not in h]
-
-    def column(key: str) -> list[float]:
-        return [float(h[key]) for h in logs if key in h]
-
-    return TRLRun(
-        trainer=trainer_cls.__name__,
-        policy=trainer.accelerator.unwrap_model(trainer.model),
-        loss=column("loss"),
-        rewards_chosen=column("rewards/chosen"),
-        rewards_rejected=column("rewards/rejected"),
-        margin=column("rewards/margins"),
-        accuracy=column("rewards/accuracies"),
-        seconds=seconds,
-        log_history=list(trainer.state.log_history),
-    )
+    for t, h in zip(stamps, logs, strict=True):
+        history.log(seconds=t, **{ours: float(h[k]) for k, ours in COLUMNS.items() if k in h})
+    return TRLRun(algo, trainer_cls.__name__, trainer.accelerator.unwrap_model(trainer.model),
+                  history, seconds, list(trainer.state.log_history))  # fmt: skip
