@@ -287,7 +287,7 @@ def convert(kind: str, records, run: RunArgs) -> list:
 
 # The kinds of training whose trainer splits each minibatch across the launched processes
 # (rlhf_lessons.distributed): under torchrun / accelerate launch they run data-parallel.
-DATA_PARALLEL = {"sft"}
+DATA_PARALLEL = {"sft", "dpo"}
 
 
 def train_run(algo: str, config, run: RunArgs) -> RunLog:

@@ -434,7 +434,31 @@ def demo_sft_run(
     return [{"loss": loss, "step": i + 1} for i, loss in enumerate(history.loss)]
 
 
-DEMOS = {"dpo": demo_dpo_loop, "sft": demo_sft_run}
+def demo_dpo_run(
+    par: Parallel, pairs: int = 24, batch_size: int = 8, steps: int = 6, lr: float = 1e-2,
+    seed: int = 0,
+) -> list[dict]:  # fmt: skip
+    """:func:`~rlhf_lessons.alignment.dpo.train_dpo` itself, data-parallel through ``par``, on
+    a tiny review-world model and random pairs: one dict (loss, accuracy, grad_norm) per step."""
+    from rlhf_lessons.alignment.dpo import DPOConfig, train_dpo
+    from rlhf_lessons.review_world.grammar import build_tokenizer
+    from rlhf_lessons.review_world.tiny_lm import TinyLMConfig, make_model
+
+    tokenizer = build_tokenizer()
+    model = make_model(TinyLMConfig(d_model=16, n_layers=1, n_heads=2, d_ff=32, seed=seed),
+                       tokenizer)  # fmt: skip
+    records = toy_sft_records(2 * pairs, seed)
+    data = [{"prompt": a["prompt"], "chosen": a["completion"], "rejected": b["completion"]}
+            for a, b in zip(records[::2], records[1::2], strict=True)]  # fmt: skip
+    config = DPOConfig(lr=lr, beta=0.5, epochs=4, batch_size=batch_size, max_steps=steps,
+                       max_prompt_length=None, max_completion_length=None, threads=None,
+                       seed=seed)  # fmt: skip
+    history = train_dpo(model, tokenizer, data, config, show_progress=False, parallel=par)
+    return [{"loss": a, "accuracy": b, "grad_norm": c, "step": i + 1} for i, (a, b, c)
+            in enumerate(zip(history.loss, history.accuracy, history.grad_norm, strict=True))]  # fmt: skip
+
+
+DEMOS = {"dpo": demo_dpo_loop, "sft": demo_sft_run, "dpo_trainer": demo_dpo_run}
 
 
 if __name__ == "__main__":

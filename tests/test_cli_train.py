@@ -408,8 +408,8 @@ def test_an_algorithm_without_data_parallel_refuses_several_processes(tmp_path, 
                                                                        monkeypatch):  # fmt: skip
     monkeypatch.setenv("WORLD_SIZE", "2")  # as torchrun --nproc_per_node 2 sets it
     data = _jsonl(tmp_path / "p.jsonl", PAIRS)
-    line = _one_line_error(capsys, "train", "dpo", "--data", data)
-    assert "runs in one process for now" in line and "data-parallel: sft" in line
+    line = _one_line_error(capsys, "train", "grpo", "--data", data)
+    assert "runs in one process for now" in line and "data-parallel: dpo, sft" in line
 
 
 @pytest.mark.slow

@@ -69,6 +69,7 @@ from rlhf_lessons.alignment.simpo import simpo_loss
 from rlhf_lessons.course.device import torch_threads
 from rlhf_lessons.course.progress import progress
 from rlhf_lessons.course.seeding import seed_everything
+from rlhf_lessons.distributed import Parallel
 from rlhf_lessons.lm import Batch, completion_logprobs, sequence_logprobs
 from rlhf_lessons.training import EvalFn, History, Stopwatch, trainable_parameters, warmup_schedule
 
@@ -259,6 +260,7 @@ def train_dpo(
     eval_fn: EvalFn | None = None,
     eval_every: int = 0,
     show_progress: bool = True,
+    parallel: Parallel | None = None,
 ) -> History:
     """Fine-tune ``policy`` (a causal LM or a peft LoRA model, changed in place) on preference
     pairs ``[{"prompt", "chosen", "rejected"}, ...]`` with DPO, IPO, the hinge loss or SimPO.
@@ -270,6 +272,12 @@ def train_dpo(
     2. ``epochs`` passes over the shuffled pairs in minibatches of ``batch_size``: one forward
        pass over both responses of each pair, the loss, an Adam step with clipped gradients.
 
+    Data-parallel when launched with several processes (``torchrun``, ``accelerate launch``;
+    or pass ``parallel``): each process takes its share of every minibatch's pairs and the
+    loss, a mean over pairs, is weighted so one step equals the one-process step
+    (:mod:`rlhf_lessons.distributed`); every process computes the reference log-probs of all
+    pairs. In one process nothing changes.
+
     Returns a :class:`~rlhf_lessons.training.History`, one row per step: the loss's metrics
     (``loss``, ``rewards_chosen``, ``rewards_rejected``, ``margin``, ``accuracy``,
     ``logps_chosen``, ``logps_rejected``), ``grad_norm``, ``lr``, ``epoch`` and ``seconds``;
@@ -277,6 +285,7 @@ def train_dpo(
     """
     cfg = config or DPOConfig()
     params = _check_policy(policy, ref_model)
+    par = parallel if parallel is not None else Parallel.for_trainer()
     history = History(cfg.loss, asdict(cfg))
     with torch_threads(cfg.threads):
         seed_everything(cfg.seed)
@@ -289,23 +298,29 @@ def train_dpo(
 
         policy.eval()  # dropout off: the log-probs must be the model's, not a noisy version
         optimizer = torch.optim.Adam(params, lr=cfg.lr)
-        schedule = warmup_schedule(optimizer, cfg.warmup_steps)
-        steps, device, watch = minibatches(n, cfg), next(policy.parameters()).device, Stopwatch()
+        schedule = warmup_schedule(optimizer, cfg.warmup_steps)  # built before prepare (see par)
+        model, optimizer = par.prepare(policy, optimizer)  # (policy, optimizer) in one process
+        params = [p for p in model.parameters() if p.requires_grad]  # FSDP: its own tensors
+        device = par.device or next(policy.parameters()).device
+        steps, watch = minibatches(n, cfg), Stopwatch()
         if eval_every:
             history.evaluate(eval_fn, policy)
         bar = progress(steps, desc=cfg.loss.upper(), disable=not show_progress)
         for epoch, idx in bar:
             with watch:
+                shard = par.shard(idx)  # this process's pairs (all of them in one process)
+                idx = shard.index
                 rows = batch.rows(torch.cat([idx, idx + n])).trimmed().to(device)
-                chosen, rejected = policy_logps(policy, rows, cfg.average_logps).chunk(2)
+                chosen, rejected = policy_logps(model, rows, cfg.average_logps).chunk(2)
                 refs = (ref_seq[idx].to(device), ref_seq[idx + n].to(device)) if ref else ()
                 loss, metrics = pair_loss(cfg, chosen, rejected, *refs)
                 optimizer.zero_grad()
-                loss.backward()
-                norm = nn.utils.clip_grad_norm_(params, cfg.max_grad_norm)
+                par.backward(loss * shard.scale)  # DDP's average is then the minibatch's mean
+                norm = par.clip_grad_norm_(params, cfg.max_grad_norm)
                 lr = optimizer.param_groups[0]["lr"]
                 optimizer.step()
                 schedule.step()
+                metrics = par.mean(metrics, shard.rows)  # the whole minibatch's, everywhere
             history.log(seconds=watch.seconds, **metrics, grad_norm=float(norm), lr=lr,
                         epoch=epoch)  # fmt: skip
             bar.set_postfix(loss=f"{metrics['loss']:.3f}", acc=f"{metrics['accuracy']:.2f}")
