@@ -25,7 +25,6 @@ the same seed on freshly loaded models) and their loss curves agree to float rou
 
 from __future__ import annotations
 
-import os
 import tempfile
 import time
 import warnings
@@ -37,7 +36,7 @@ import torch
 from rlhf_lessons.alignment.dpo import DPOConfig, pair_order, pair_texts
 from rlhf_lessons.course.device import torch_threads
 from rlhf_lessons.training import History
-from rlhf_lessons.trl_runs import TRLRun, in_order
+from rlhf_lessons.trl_runs import TRLRun, in_order, quiet_bars
 
 _TRL_LOSS = {"dpo": "sigmoid", "ipo": "ipo", "hinge": "hinge"}
 
@@ -144,7 +143,6 @@ def run(
     ``loss``, ``rewards_chosen``, ``rewards_rejected``, ``margin``, ``accuracy``, ... (our
     trainer's column names) and ``seconds`` (wall-clock since the start of ``train()``).
     """
-    import datasets
     from transformers import PrinterCallback, TrainerCallback
     from trl import DPOTrainer
     from trl.experimental.cpo import CPOTrainer
@@ -171,23 +169,13 @@ def run(
         warnings.simplefilter("ignore", FutureWarning)
         warnings.simplefilter("ignore", UserWarning)
         args = trl_config(cfg, len(pairs), max_length, out, show_progress)
-        bars, tqdm_off = datasets.is_progress_bar_enabled(), os.environ.get("TQDM_DISABLE")
-        if not show_progress:  # TRL's datasets.map calls and its reference pass show bars too
-            datasets.disable_progress_bars()
-            os.environ["TQDM_DISABLE"] = "1"
-        try:
+        # TRL's datasets.map calls and its reference pass show bars too
+        with quiet_bars(not show_progress):
             trainer = trainer_cls(model=policy, args=args, train_dataset=dataset,
                                   processing_class=tokenizer, callbacks=[Clock()])  # fmt: skip
             trainer.remove_callback(PrinterCallback)  # no dict printed per step
             start = time.perf_counter()
             trainer.train()
-        finally:
-            if bars:
-                datasets.enable_progress_bars()
-            if tqdm_off is None:
-                os.environ.pop("TQDM_DISABLE", None)
-            else:
-                os.environ["TQDM_DISABLE"] = tqdm_off
         seconds = time.perf_counter() - start
     history = History(algo, asdict(cfg), info={"trainer": trainer_cls.__name__})
     logs = [h for h in trainer.state.log_history if "loss" in h and "train_runtime" not in h]
