@@ -170,9 +170,10 @@ class LayerCache:
     bottom layers read each shared beginning once per call. :meth:`next_token_logits` runs the top
     layers on the cached states (with gradients when asked) and returns the logits of the token
     that follows each text. With ``top_layers=1`` the last layer runs at that one position
-    (:func:`last_layer_at_end`, checked once against the whole layer), and when its keys and
-    values are frozen (an adapter on its queries, output and MLP only) they are cached per text
-    too: a training step then costs about one position of one layer per example.
+    (:func:`last_layer_at_end`, checked once against the whole layer), and its keys and values
+    are cached per text too: whole when they are frozen, and as the frozen base projections
+    when a LoRA adapter sits on k_proj / v_proj (a step adds only the rank-r part). A training
+    step then costs about one position of one layer per example.
     ``bottom_tokens`` counts the tokens the bottom layers have read.
     """
 
