@@ -15,6 +15,7 @@ from rlhf_lessons.judges.judge_bias import (
     few_shot_examples,
     grading_metrics,
     judge_both_orders,
+    judge_sets,
     position_metrics,
     reference_pairs,
     select_records,
@@ -102,6 +103,26 @@ def test_length_judge_is_consistent_and_falls_for_padding():
     assert m["agreement"] == pytest.approx(2 / 3)
     v = attack_metrics(judge_both_orders(LengthJudge(), verbosity_pairs(RECORDS)))
     assert v["attack success"] == 1.0 and v["attack success, swap-and-agree"] == 1.0
+
+
+def test_judge_sets_equals_one_call_per_set():
+    calls = []
+
+    class Counting(LengthJudge):
+        def compare(self, prompts, *args, **kwargs):
+            calls.append(len(prompts))
+            return super().compare(prompts, *args, **kwargs)
+
+    sets = {"pairs": best_worst_pairs(RECORDS), "attack": verbosity_pairs(RECORDS[:2])}
+    runs = judge_sets(Counting(), sets, mode="text")
+    assert calls == [2 * 5]  # one batched call, both orders of all five pairs
+    for name, pairs in sets.items():
+        alone = judge_both_orders(LengthJudge(), pairs, mode="text")
+        assert runs[name].pairs == pairs
+        assert runs[name].first.verdicts == alone.first.verdicts
+        assert runs[name].second.verdicts == alone.second.verdicts
+    with pytest.raises(ValueError, match="non-empty"):
+        judge_sets(LengthJudge(), {"none": []})
 
 
 def test_pairs_from_records():

@@ -51,18 +51,23 @@ def full_last_logits(model, tok, text):
 TEXTS = ["the movie was great", "the plot", "Q: the acting X: good bad awful Y: great [["]
 
 
+def distinct_beginnings(texts):
+    """Tokens the bottom layers must read when every shared beginning is read once."""
+    return len({tuple(t.split()[: k + 1]) for t in texts for k in range(len(t.split()))})
+
+
 def test_top_layers_on_cached_states_give_the_model_logits(word_tokenizer):
     model, tok = make_lm(word_tokenizer)
     for top in (1, 3):
-        cache = LayerCache(model, tok, top_layers=top, batch_size=2, show_progress=False)
+        cache = LayerCache(model, tok, top_layers=top, show_progress=False)
         logits = cache.next_token_logits(TEXTS)
         for i, text in enumerate(TEXTS):  # padded batches, sorted by length: same numbers
             torch.testing.assert_close(logits[i], full_last_logits(model, tok, text),
                                        atol=1e-5, rtol=1e-5)  # fmt: skip
         assert cache.split == 4 - top and len(cache) == 3
-        assert cache.bottom_tokens == sum(len(t.split()) for t in TEXTS)
+        assert cache.bottom_tokens == distinct_beginnings(TEXTS)  # "the" read once
         cache.next_token_logits(TEXTS[:2])  # cached: the bottom layers do not run again
-        assert cache.bottom_tokens == sum(len(t.split()) for t in TEXTS)
+        assert cache.bottom_tokens == distinct_beginnings(TEXTS)
         # top_layers=1: the last layer runs at one position (checked against the whole layer)
         assert cache.one_position is (top == 1)
     view = top_view(model, 2)
@@ -76,15 +81,17 @@ def test_top_layers_on_cached_states_give_the_model_logits(word_tokenizer):
 def test_a_shared_beginning_is_computed_once(word_tokenizer):
     model, tok = make_lm(word_tokenizer)
     start = "user said Q: the movie was good X: the plot was bad Y: "
-    texts = [start + end for end in ("great [[", "awful acting and bad [[", "good [[")]
-    shared = LayerCache(model, tok, top_layers=1, batch_size=2, show_progress=False)
+    ends = ("great [[", "awful acting and bad [[", "awful acting [[", "good [[", "")
+    texts = [start + end for end in ends]  # nested: two also share "awful acting", one is
+    # the beginning of all the others
+    shared = LayerCache(model, tok, top_layers=1, show_progress=False)
     shared.add(texts)
     alone = LayerCache(model, tok, top_layers=1, show_progress=False)
     for text in texts:  # one at a time: nothing shared
         alone.add([text])
         torch.testing.assert_close(shared.states[text], alone.states[text], atol=1e-4, rtol=1e-4)
-    n_start = len(start.split())
-    assert shared.bottom_tokens == n_start + sum(len(t.split()) - n_start for t in texts)
+    assert shared.bottom_tokens == distinct_beginnings(texts)
+    assert shared.bottom_tokens == len(start.split()) + sum(len(e.split()) for e in ends) - 2
     assert alone.bottom_tokens == sum(len(t.split()) for t in texts)
     logits = shared.next_token_logits(texts)
     for i, text in enumerate(texts):
@@ -122,6 +129,26 @@ def test_adapters_live_in_the_top_layers_and_switch(word_tokenizer):
     assert trainable and all("seed1" in n for n in trainable)  # only the active adapter trains
     with pytest.raises(ValueError, match="already has an adapter"):
         add_judge_adapter(policy, cfg, name="seed0")
+
+
+def test_keys_and_values_with_an_adapter_are_the_model_s(word_tokenizer):
+    model, tok = make_lm(word_tokenizer)
+    policy = add_judge_adapter(model, JudgeTuneConfig(top_layers=1, lora_rank=2, seed=0))
+    torch.manual_seed(1)
+    for name, p in policy.named_parameters():
+        if "lora_B" in name:  # B = 0 would hide a missing adapter term
+            p.data.normal_(0, 0.5)
+    cache = LayerCache(policy, tok, top_layers=1, show_progress=False)
+    for _ in range(2):  # the second pass reads the cached base projections
+        logits = cache.next_token_logits(TEXTS, grad=True)
+        for i, text in enumerate(TEXTS):
+            torch.testing.assert_close(logits[i].detach(), full_last_logits(policy, tok, text),
+                                       atol=1e-4, rtol=1e-4)  # fmt: skip
+    assert cache.one_position and all(len(cache.kv[t]) == 3 for t in TEXTS)
+    logits.sum().backward()  # the adapters on k_proj and v_proj get gradients
+    attn = policy.base_model.model.model.layers[-1].self_attn
+    assert attn.k_proj.lora_A["default"].weight.grad.abs().sum() > 0
+    assert attn.v_proj.lora_B["default"].weight.grad.abs().sum() > 0
 
 
 def toy_pairs(n=12):

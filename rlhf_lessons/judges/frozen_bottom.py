@@ -98,27 +98,42 @@ def _pad_heads(xs: Sequence[torch.Tensor]) -> torch.Tensor:
     return out
 
 
-def _common_prefix_length(ids: Sequence[Sequence[int]]) -> int:
-    """Tokens every row starts with, leaving each row at least one token of its own."""
-    n = min(len(i) for i in ids) - 1
-    for k in range(max(n, 0)):
-        if any(i[k] != ids[0][k] for i in ids):
+def _shared_length(a: Sequence[int], b: Sequence[int]) -> int:
+    """How many tokens ``a`` and ``b`` start with in common."""
+    n = min(len(a), len(b))
+    for k in range(n):
+        if a[k] != b[k]:
             return k
-    return max(n, 0)
+    return n
 
 
 def last_layer_keys_values(layer, rotary: nn.Module, h: torch.Tensor,
                            mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:  # fmt: skip
     """The keys (rotary applied) and values of a Llama-style layer at every position:
     h (B, T, H), mask (B, T) -> K, V (B, kv heads, T, head dim)."""
-    from transformers.models.llama.modeling_llama import apply_rotary_pos_emb
-
     attn, (b, t, _) = layer.self_attn, h.shape
     x = layer.input_layernorm(h)
     k = attn.k_proj(x).view(b, t, -1, attn.head_dim).transpose(1, 2)
     v = attn.v_proj(x).view(b, t, -1, attn.head_dim).transpose(1, 2)
+    return _rotate(rotary, k, x, mask), v
+
+
+def _rotate(rotary: nn.Module, k: torch.Tensor, x: torch.Tensor, mask: torch.Tensor):
+    """Rotary position embedding of keys k (B, heads, T, d) at the real tokens' positions."""
+    from transformers.models.llama.modeling_llama import apply_rotary_pos_emb
+
     cos, sin = rotary(x, lm.position_ids(mask))
-    return apply_rotary_pos_emb(k, k, cos, sin)[1], v
+    return apply_rotary_pos_emb(k, k, cos, sin)[1]
+
+
+def _lora_delta(module: nn.Module, x: torch.Tensor) -> torch.Tensor | float:
+    """The active LoRA adapters' part of a peft ``lora.Linear``'s output: sum s B A x."""
+    if module.disable_adapters:
+        return 0.0
+    return sum(
+        (module.lora_B[a](module.lora_A[a](module.lora_dropout[a](x))) * module.scaling[a]
+         for a in module.active_adapters if a in module.lora_A), 0.0,
+    )  # fmt: skip
 
 
 def last_layer_at_end(layer, rotary: nn.Module, h_end: torch.Tensor, position: torch.Tensor,
@@ -149,27 +164,27 @@ def last_layer_at_end(layer, rotary: nn.Module, h_end: torch.Tensor, position: t
 class LayerCache:
     """The hidden states entering layer ``split = L - top_layers`` of ``model``, per text.
 
-    :meth:`add` computes the missing ones (the bottom layers only, in length-sorted batches).
-    The texts of one call usually share a beginning (the system message and the judge's
-    instructions): its keys and values are computed once and reused by every batch, so the
-    bottom layers read each text's own tokens only. :meth:`next_token_logits` runs the top
+    :meth:`add` computes the missing ones (the bottom layers only), one text at a time in token
+    order, reusing the keys and values of the longest beginning a text shares with the text
+    before it (the system message and instructions, the question, the first answer), so the
+    bottom layers read each shared beginning once per call. :meth:`next_token_logits` runs the top
     layers on the cached states (with gradients when asked) and returns the logits of the token
     that follows each text. With ``top_layers=1`` the last layer runs at that one position
-    (:func:`last_layer_at_end`, checked once against the whole layer), and when its keys and
-    values are frozen (an adapter on its queries, output and MLP only) they are cached per text
-    too: a training step then costs about one position of one layer per example.
+    (:func:`last_layer_at_end`, checked once against the whole layer), and its keys and values
+    are cached per text too: whole when they are frozen, and as the frozen base projections
+    when a LoRA adapter sits on k_proj / v_proj (a step adds only the rank-r part). A training
+    step then costs about one position of one layer per example.
     ``bottom_tokens`` counts the tokens the bottom layers have read.
     """
 
-    def __init__(self, model, tokenizer, top_layers: int, batch_size: int = 8,
-                 show_progress: bool = True):  # fmt: skip
+    def __init__(self, model, tokenizer, top_layers: int, show_progress: bool = True):
         layers = decoder_layers(model)
         if not 0 < top_layers < len(layers):
             raise ValueError(f"top_layers must be in 1..{len(layers) - 1}, got {top_layers}")
         self.model, self.tokenizer = model, tokenizer
         self.split = len(layers) - top_layers
         self.top = top_view(model, self.split)
-        self.batch_size, self.show_progress = batch_size, show_progress
+        self.show_progress = show_progress
         self.states: dict[str, torch.Tensor] = {}
         self.kv: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}  # see _frozen_keys_values
         self._kv_signature: tuple = ()
@@ -197,53 +212,44 @@ class LayerCache:
             hook.remove()
         return captured["h"]
 
-    def _prefix(self, ids: list[int], device) -> tuple[torch.Tensor, list]:
-        """The shared beginning's states (P, H) and its keys/values in the bottom layers."""
-        from transformers import DynamicCache
-
-        cache = DynamicCache(config=base_model(self.model).config)
-        x = torch.tensor([ids], device=device)
-        h = self._bottom(x, torch.ones_like(x), None, cache)
-        return h[0], [(cache.layers[i].keys, cache.layers[i].values) for i in range(self.split)]
-
     @torch.no_grad()
     def add(self, texts: Sequence[str]) -> None:
-        """Compute and keep the states of the texts not cached yet."""
+        """Compute and keep the states of the texts not cached yet.
+
+        The texts are taken in token order (sorted as sequences of ids), one at a time: the
+        text before a text in that order is the one that shares the longest beginning with it,
+        so its bottom-layer keys and values up to there are reused and only the rest runs.
+        Judge prompts share a lot: the system message and instructions, a question across both
+        orders of its pair, a question and first answer across pairs that differ in the second.
+        """
         from transformers import DynamicCache
 
         new = list(dict.fromkeys(t for t in texts if t not in self.states))
         if not new:
             return
+        config = base_model(self.model).config
         device = next(base_model(self.model).parameters()).device
         ids = [self.tokenizer(t, add_special_tokens=False)["input_ids"] for t in new]
-        p = _common_prefix_length(ids) if len(ids) > 1 else 0
-        p = p if p >= 8 else 0  # a short shared start is not worth a pass of its own
-        if p:
-            prefix_h, prefix_kv = self._prefix(ids[0][:p], device)
-            self.bottom_tokens += p
-        order = np.argsort([len(i) for i in ids], kind="stable")
-        chunks = range(0, len(order), self.batch_size)
-        for start in progress(chunks, desc="judge: bottom layers, once per text",
-                              disable=not self.show_progress):  # fmt: skip
-            rows = order[start : start + self.batch_size]
-            own = [ids[i][p:] for i in rows]
-            mask = torch.zeros(len(rows), max(map(len, own)), dtype=torch.long)
-            input_ids = torch.zeros_like(mask)  # padding: masked out, any id will do
-            for j, row in enumerate(own):
-                input_ids[j, : len(row)], mask[j, : len(row)] = torch.tensor(row), 1
-            input_ids, mask = input_ids.to(device), mask.to(device)
-            positions, cache = lm.position_ids(mask), None
-            if p:  # the shared beginning as past keys/values, one copy per row
-                kv = [(k.expand(len(rows), -1, -1, -1).contiguous(),
-                       v.expand(len(rows), -1, -1, -1).contiguous()) for k, v in prefix_kv]  # fmt: skip
-                cache = DynamicCache(ddp_cache_data=kv, config=base_model(self.model).config)
-                positions = positions + p
-                mask = torch.cat([mask.new_ones(len(rows), p), mask], 1)
-            h = self._bottom(input_ids, mask, positions, cache)
-            for j, (i, row) in enumerate(zip(rows, own, strict=True)):
-                mine = h[j, : len(row)]
-                self.states[new[i]] = torch.cat([prefix_h, mine]) if p else mine.clone()
-            self.bottom_tokens += sum(map(len, own))
+        before: list[int] = []  # the previous text's ids, its states and bottom keys/values
+        h_before, kv_before = None, []
+        for i in progress(sorted(range(len(new)), key=ids.__getitem__),
+                          desc="judge: bottom layers, once per text",
+                          disable=not self.show_progress):  # fmt: skip
+            row = ids[i]
+            if not row:
+                raise ValueError(f"text {new[i]!r} has no tokens")
+            p = min(_shared_length(before, row), len(row) - 1)  # run at least the last token
+            past = [(k[:, :, :p], v[:, :, :p]) for k, v in kv_before] if p else None
+            cache = DynamicCache(ddp_cache_data=past, config=config)
+            x = torch.tensor([row[p:]], device=device)
+            h = self._bottom(x, torch.ones(1, len(row), dtype=torch.long, device=device),
+                             torch.arange(p, len(row), device=device)[None], cache)[0]  # fmt: skip
+            if p:
+                h = torch.cat([h_before[:p], h])
+            self.states[new[i]] = h
+            before, h_before = row, h
+            kv_before = [(cache.layers[j].keys, cache.layers[j].values) for j in range(self.split)]
+            self.bottom_tokens += len(row) - p
 
     def _frozen_keys_values(self) -> bool:
         """Whether the last layer's keys and values are fixed: no adapter and nothing training
@@ -259,10 +265,42 @@ class LayerCache:
             self.kv, self._kv_signature = {}, signature
         return True
 
+    def _lora_keys_values(self, texts: Sequence[str]):
+        """Keys and values when a LoRA adapter (frozen base weights, frozen input norm) sits on
+        k_proj / v_proj: ``k = W_k x + s B_k A_k x`` with ``x = norm(h)``. ``x``, ``W_k x`` and
+        ``W_v x`` are fixed per text and cached; a step computes only the rank-r part. None
+        when the layer is not of that kind (then everything is recomputed)."""
+        layer = self.top.model.layers[-1]
+        attn, norm = layer.self_attn, layer.input_layernorm
+        projections = (attn.k_proj, attn.v_proj)
+        if any(p.requires_grad for p in norm.parameters()) or hasattr(norm, "lora_A") or any(
+            not hasattr(m, "base_layer") or m.merged or getattr(m, "lora_variant", None)
+            or any(p.requires_grad for p in m.base_layer.parameters()) for m in projections
+        ):  # fmt: skip
+            return None
+        params = [*norm.parameters(), *(p for m in projections for p in m.base_layer.parameters())]
+        signature = ("lora", *((p.data_ptr(), p._version) for p in params))
+        if signature != self._kv_signature:
+            self.kv, self._kv_signature = {}, signature
+        with torch.no_grad():
+            for t in dict.fromkeys(texts):
+                if t not in self.kv:
+                    x = norm(self.states[t])
+                    self.kv[t] = (x, attn.k_proj.base_layer(x), attn.v_proj.base_layer(x))
+        x, mask = _pad([self.kv[t][0] for t in texts])
+        k = _pad([self.kv[t][1] for t in texts])[0] + _lora_delta(attn.k_proj, x)
+        v = _pad([self.kv[t][2] for t in texts])[0] + _lora_delta(attn.v_proj, x)
+        (b, t, _), d = x.shape, attn.head_dim
+        k, v = k.view(b, t, -1, d).transpose(1, 2), v.view(b, t, -1, d).transpose(1, 2)
+        return _rotate(self.top.model.rotary_emb, k, x, mask), v
+
     def _keys_values(self, texts: Sequence[str]) -> tuple[torch.Tensor, torch.Tensor]:
         """Padded (B, kv heads, T, d) keys and values of the last layer for the texts."""
         layer, rotary = self.top.model.layers[-1], self.top.model.rotary_emb
         if not self._frozen_keys_values():
+            lora = self._lora_keys_values(texts)
+            if lora is not None:
+                return lora
             h, mask = _pad([self.states[t] for t in texts])
             return last_layer_keys_values(layer, rotary, h, mask)
         with torch.no_grad():

@@ -34,7 +34,7 @@ bootstrap replicate of its interval (:mod:`rlhf_lessons.judges.checks`):
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -158,13 +158,30 @@ def judge_both_orders(
     b = [p.worse for p in pairs] + [p.better for p in pairs]
     refs = [p.reference for p in pairs] * 2 if use_reference else None
     res = judge.compare(prompts, a, b, config, mode=mode, references=refs, few_shot=few_shot)
+    return SwapRun(list(pairs), _part(res, slice(0, n)), _part(res, slice(n, 2 * n)))
 
-    def part(s: slice) -> PairwiseResult:
-        return PairwiseResult(res.mode, res.verdicts[s], res.reasons[s],
-                              None if res.texts is None else res.texts[s],
-                              None if res.probs is None else res.probs[s])  # fmt: skip
 
-    return SwapRun(list(pairs), part(slice(0, n)), part(slice(n, 2 * n)))
+def _part(res: PairwiseResult, s: slice) -> PairwiseResult:
+    return PairwiseResult(res.mode, res.verdicts[s], res.reasons[s],
+                          None if res.texts is None else res.texts[s],
+                          None if res.probs is None else res.probs[s])  # fmt: skip
+
+
+def judge_sets(judge: Judge, sets: Mapping[str, Sequence[JudgedPair]],
+               **kwargs) -> dict[str, SwapRun]:  # fmt: skip
+    """:func:`judge_both_orders` on several named sets of pairs in ONE batched call, split
+    back by set. The same verdicts as one call per set; a judge that reads shared beginnings
+    once (:class:`~rlhf_lessons.judges.frozen_bottom.CachedJudge`) then also shares them
+    across sets (a held-out pair and the attacks on its better answer start alike)."""
+    if not sets or any(not ps for ps in sets.values()):
+        raise ValueError("sets must map names to non-empty lists of pairs")
+    run = judge_both_orders(judge, [p for ps in sets.values() for p in ps], **kwargs)
+    out, start = {}, 0
+    for name, ps in sets.items():
+        s = slice(start, start + len(ps))
+        out[name] = SwapRun(list(ps), _part(run.first, s), _part(run.second, s))
+        start += len(ps)
+    return out
 
 
 # --- outcomes and metrics ---------------------------------------------------------------------
