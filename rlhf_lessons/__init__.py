@@ -21,7 +21,8 @@ Where each lesson's code is (the folders follow the syllabus):
   ``self_rewarding``, ``spin``, ``pipeline`` (10), ``alol_losses``, ``alol_data``, ``alol`` (11).
 - ``judges/`` - lesson 09: ``prompts`` (templates and parsers), ``llm_judge``, ``judge_bias``,
   ``checks``, ``planted`` (judges with known biases), ``attacks`` (verbosity), ``tuning`` and
-  ``frozen_bottom`` (a fine-tuned judge), ``verdict_pairs`` (both orders -> preference pairs).
+  ``frozen_bottom`` (a fine-tuned judge), ``budget`` (its training budget, chosen on validation
+  rankings), ``verdict_pairs`` (both orders -> preference pairs).
 - ``review_world/`` - the known-reward testbed of lessons 05-11: ``grammar`` (the review
   language), ``tiny_lm`` (its 0.5M-parameter policy), ``true_reward``, ``preferences``,
   ``splits`` (train / validation / test prompts), ``evaluation``, ``frontier``, ``self_judge``.
