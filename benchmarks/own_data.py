@@ -10,8 +10,9 @@ tuned: seed 0, one run each) unless a flag below says otherwise:
    epoch), then ``eval`` on the held-out best-vs-worst pairs (the untrained policy scores 0.5).
 3. ``train grpo``: SmolLM2 with LoRA, the reward model of step 1 as its reward; the held-out
    prompts' mean reward (that reward model's) and KL before and after.
-4. The data-parallel demo loop (:mod:`rlhf_lessons.distributed`) in one process and in two
-   (``torchrun --nproc_per_node 2``): the two loss curves and their wall times.
+4. The data-parallel demo loop and the course's SFT and DPO trainers on a tiny model
+   (:mod:`rlhf_lessons.distributed`) in one process and in two (``torchrun --nproc_per_node
+   2``): the loss curves and the wall times.
 
 Every number is written to ``build/results/own_data.json`` (``values``, read by ``rlhf-lessons
 report``) with each step's command line, wall time and CPU time (user + system of the child
@@ -103,20 +104,26 @@ def grpo_step(out: Path, threads: str, iterations: str) -> dict:
             "kl_after": float(last["kl"]), "eval_prompts": 16}  # fmt: skip
 
 
+DEMOS = [{"demo": "dpo"}, {"demo": "sft"}, {"demo": "dpo_trainer"}]  # rlhf_lessons.distributed
+
+
 def parallel_step(out: Path) -> dict:
-    """The DPO-style demo loop: one process (plain), then two under torchrun."""
-    one = timed([sys.executable, "-m", "rlhf_lessons.distributed", str(out / "one.json")])
+    """The demo loop and the course's SFT and DPO trainers (:data:`DEMOS`) on a tiny model:
+    one process (plain), then two under torchrun; each one's loss curves."""
+    runs = json.dumps(DEMOS)
+    one = timed([sys.executable, "-m", "rlhf_lessons.distributed", str(out / "one.json"), runs])
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = str(s.getsockname()[1])
     two = timed([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
                  "--master_addr", "127.0.0.1", "--master_port", port, "-m",
-                 "rlhf_lessons.distributed", str(out / "two.json")])  # fmt: skip
-    curves = [json.loads((out / f).read_text())["curves"][0] for f in ("one.json", "two.json")]
-    loss1, loss2 = ([r["loss"] for r in c] for c in curves)
-    return {"one_process": {"loss": loss1, **_drop_stdout(one)},
-            "two_processes": {"loss": loss2, **_drop_stdout(two)},
-            "max_loss_difference": max(abs(a - b) for a, b in zip(loss1, loss2, strict=True))}  # fmt: skip
+                 "rlhf_lessons.distributed", str(out / "two.json"), runs])  # fmt: skip
+    curves = [json.loads((out / f).read_text())["curves"] for f in ("one.json", "two.json")]
+    loss = {d["demo"]: [[r["loss"] for r in c[i]] for c in curves] for i, d in enumerate(DEMOS)}
+    return {"one_process": {"loss": {k: v[0] for k, v in loss.items()}, **_drop_stdout(one)},
+            "two_processes": {"loss": {k: v[1] for k, v in loss.items()}, **_drop_stdout(two)},
+            "max_loss_difference": {k: max(abs(a - b) for a, b in zip(*v, strict=True))
+                                    for k, v in loss.items()}}  # fmt: skip
 
 
 def _drop_stdout(step: dict) -> dict:
