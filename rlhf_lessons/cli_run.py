@@ -287,7 +287,7 @@ def convert(kind: str, records, run: RunArgs) -> list:
 
 # The kinds of training whose trainer splits each minibatch across the launched processes
 # (rlhf_lessons.distributed): under torchrun / accelerate launch they run data-parallel.
-DATA_PARALLEL = {"sft", "dpo"}
+DATA_PARALLEL = {"sft", "dpo", "reward"}
 
 
 def train_run(algo: str, config, run: RunArgs) -> RunLog:
@@ -469,7 +469,10 @@ def train_reward(config: RewardArgs, run: RunArgs, log: RunLog, items, evals, de
             model.encoder = get_peft_model(model.encoder, cfg)
         else:
             model.body = get_peft_model(model.body, cfg)
-    log.start(config, run, {"model": name, "lora": lora, "items": len(items)})
+    from rlhf_lessons.distributed import launched_processes
+
+    log.start(config, run, {"model": name, "lora": lora, "items": len(items),
+                            "processes": launched_processes()})  # fmt: skip
     keys = {"mode", "epochs", "lr", "batch_size", "seed", "weight_decay", "max_grad_norm",
             "dropout", "max_steps", "threads"}  # fmt: skip
     settings = RewardModelConfig(**{k: getattr(config, k) for k in keys})
@@ -477,7 +480,8 @@ def train_reward(config: RewardArgs, run: RunArgs, log: RunLog, items, evals, de
     if evals:
         result = evaluate_reward_model(model, evals)
         history.evaluations.append({"step": history.steps, **result.summary()})
-    save_reward_model(model, log.folder)
+    if log.main:  # under torchrun every process holds the same weights: one writes them
+        save_reward_model(model, log.folder)
     log.finish(history)
     return log
 

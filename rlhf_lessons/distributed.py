@@ -214,6 +214,19 @@ class Parallel:
             return float(nn.utils.clip_grad_norm_(list(parameters), max_norm))
         return float(self.accelerator.clip_grad_norm_(list(parameters), max_norm))
 
+    def average_gradients(self, parameters: Iterable[nn.Parameter]) -> None:
+        """Average the gradients across processes by hand: what DDP's backward hooks do, for a
+        model whose loss needs several forward passes per step (DDP's wrapper allows one), such
+        as a reward model scoring a batch in chunks. One all-reduce of all gradients at once.
+        A no-op in one process."""
+        if self.accelerator is None or self.num_processes == 1:
+            return
+        grads = [p.grad for p in parameters if p.grad is not None]
+        if grads:
+            flat = self.accelerator.reduce(torch.cat([g.reshape(-1) for g in grads]), "mean")
+            for g, avg in zip(grads, flat.split([g.numel() for g in grads]), strict=True):
+                g.copy_(avg.view_as(g))
+
     # --- the data ------------------------------------------------------------------------
 
     def scale(self, local: float, total: float) -> float:
@@ -263,6 +276,16 @@ class Parallel:
         for i, k in enumerate(keys, start=1):
             out[k] = (total[i] / total[0]).item() if total[0] > 0 else math.nan
         return out
+
+    def sum(self, values: Mapping[str, float]) -> dict[str, float]:
+        """Each of ``values`` summed over the processes (e.g. counts), the same everywhere."""
+        if self.accelerator is None:
+            return dict(values)
+        keys = sorted(values)
+        local = torch.tensor([float(values[k]) for k in keys], dtype=torch.float64,
+                             device=self.device)  # fmt: skip
+        total = self.accelerator.reduce(local, "sum")
+        return {k: total[i].item() for i, k in enumerate(keys)}
 
     def gather_rows(self, local: torch.Tensor, n: int) -> torch.Tensor:
         """Put back together rows computed by every process on its :meth:`shard_range` of
@@ -458,7 +481,39 @@ def demo_dpo_run(
             in enumerate(zip(history.loss, history.accuracy, history.grad_norm, strict=True))]  # fmt: skip
 
 
-DEMOS = {"dpo": demo_dpo_loop, "sft": demo_sft_run, "dpo_trainer": demo_dpo_run}
+def demo_reward_run(
+    par: Parallel, records: int = 24, batch_size: int = 8, steps: int = 6, lr: float = 1e-2,
+    seed: int = 0, mode: str = "kwise",
+) -> list[dict]:  # fmt: skip
+    """:func:`~rlhf_lessons.rewards.reward_model.train_reward_model` itself, data-parallel
+    through ``par``: a last-token reward head on a tiny review-world model, on rankings of 3
+    random completions (``mode`` "kwise" or "pairs"); one dict (loss, accuracy, margin) per
+    step. Dropout off, so one process and several draw nothing at random."""
+    from rlhf_lessons.review_world.grammar import build_tokenizer
+    from rlhf_lessons.review_world.tiny_lm import TinyLMConfig, make_model
+    from rlhf_lessons.rewards.reward_model import (
+        CausalLMRewardModel,
+        RewardModelConfig,
+        train_reward_model,
+    )
+
+    tokenizer = build_tokenizer()
+    lm = make_model(TinyLMConfig(d_model=16, n_layers=1, n_heads=2, d_ff=32, seed=seed),
+                    tokenizer)  # fmt: skip
+    model = CausalLMRewardModel(lm, tokenizer, format_prompts=False, max_prompt_length=None,
+                                max_completion_length=None, seed=seed)  # fmt: skip
+    texts = toy_sft_records(3 * records, seed)
+    data = [{"prompt": texts[i]["prompt"], "ranked_outputs": [t["completion"] for t in
+             texts[i : i + 3]]} for i in range(0, 3 * records, 3)]  # fmt: skip
+    config = RewardModelConfig(mode=mode, lr=lr, epochs=4, batch_size=batch_size,
+                               max_steps=steps, dropout=False, seed=seed)  # fmt: skip
+    history = train_reward_model(model, None, data, config, show_progress=False, parallel=par)
+    return [{"loss": a, "accuracy": b, "margin": c, "step": i + 1} for i, (a, b, c)
+            in enumerate(zip(history.loss, history.accuracy, history.margin, strict=True))]  # fmt: skip
+
+
+DEMOS = {"dpo": demo_dpo_loop, "sft": demo_sft_run, "dpo_trainer": demo_dpo_run,
+         "reward_trainer": demo_reward_run}  # fmt: skip
 
 
 if __name__ == "__main__":

@@ -409,29 +409,18 @@ def test_an_algorithm_without_data_parallel_refuses_several_processes(tmp_path, 
     monkeypatch.setenv("WORLD_SIZE", "2")  # as torchrun --nproc_per_node 2 sets it
     data = _jsonl(tmp_path / "p.jsonl", PAIRS)
     line = _one_line_error(capsys, "train", "grpo", "--data", data)
-    assert "runs in one process for now" in line and "data-parallel: dpo, sft" in line
+    assert "runs in one process for now" in line and "data-parallel: dpo, reward, sft" in line
 
 
-@pytest.mark.slow
-def test_sft_under_torchrun_follows_the_one_process_run(tmp_path, capsys, tiny_folder):
-    """`torchrun --nproc_per_node 2 -m rlhf_lessons train sft ...`: two processes split every
-    minibatch; the loss curve in metrics.csv equals the one-process run's, and only the first
-    process writes the run folder."""
+def _torchrun_cli(*flags: str) -> None:
+    """`torchrun --nproc_per_node 2 -m rlhf_lessons <flags>` on this checkout, to completion."""
     import os
     import socket
     import subprocess
     import sys
 
-    import pandas as pd
-
     import rlhf_lessons
 
-    records = [{"prompt": p["prompt"], "completion": p["chosen"]} for p in PAIRS * 3]
-    data = _jsonl(tmp_path / "sft.jsonl", records)
-    flags = ["train", "sft", "--data", data, "--model", tiny_folder, "--batch-size", "5",
-             "--epochs", "2", "--lr", "0.01", "--threads", "1", "--warmup-steps", "0"]  # fmt: skip
-    code, _, err = _run(capsys, *flags, "--output-dir", str(tmp_path / "one"))
-    assert code == 0, err
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
@@ -439,17 +428,54 @@ def test_sft_under_torchrun_follows_the_one_process_run(tmp_path, capsys, tiny_f
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([root, os.environ.get("PYTHONPATH", "")])}
     done = subprocess.run(
         [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--nnodes", "1",
-         "--master_addr", "127.0.0.1", "--master_port", str(port), "-m", "rlhf_lessons", *flags,
-         "--output-dir", str(tmp_path / "two")],
+         "--master_addr", "127.0.0.1", "--master_port", str(port), "-m", "rlhf_lessons", *flags],
         env=env, capture_output=True, text=True, timeout=900,
     )  # fmt: skip
     assert done.returncode == 0, done.stderr[-3000:]
+
+
+@pytest.mark.slow
+def test_sft_under_torchrun_follows_the_one_process_run(tmp_path, capsys, tiny_folder):
+    """`torchrun --nproc_per_node 2 -m rlhf_lessons train sft ...`: two processes split every
+    minibatch; the loss curve in metrics.csv equals the one-process run's, and only the first
+    process writes the run folder."""
+    import pandas as pd
+
+    records = [{"prompt": p["prompt"], "completion": p["chosen"]} for p in PAIRS * 3]
+    data = _jsonl(tmp_path / "sft.jsonl", records)
+    flags = ["train", "sft", "--data", data, "--model", tiny_folder, "--batch-size", "5",
+             "--epochs", "2", "--lr", "0.01", "--threads", "1", "--warmup-steps", "0"]  # fmt: skip
+    code, _, err = _run(capsys, *flags, "--output-dir", str(tmp_path / "one"))
+    assert code == 0, err
+    _torchrun_cli(*flags, "--output-dir", str(tmp_path / "two"))
     one = pd.read_csv(tmp_path / "one" / "metrics.csv")["loss"]
     two = pd.read_csv(tmp_path / "two" / "metrics.csv")["loss"]
     assert len(one) == len(two) == 6  # 12 records, minibatches of 5 (5 + 5 + 2), 2 epochs
     assert (one - two).abs().max() < 1e-5
     info = json.loads((tmp_path / "two" / "run.json").read_text())
     assert info["status"] == "done" and info["processes"] == 2
+
+
+@pytest.mark.slow
+def test_trls_dpo_trainer_under_torchrun_follows_our_one_process_run(tmp_path, capsys,
+                                                                     tiny_folder):  # fmt: skip
+    """`torchrun --nproc_per_node 2 -m rlhf_lessons train dpo --engine trl`: TRL's DPOTrainer
+    under the same launcher, each process reading half of every minibatch, follows our
+    one-process run step by step."""
+    import pandas as pd
+
+    data = _jsonl(tmp_path / "p.jsonl", [{**p, "prompt": p["prompt"] + " "} for p in PAIRS * 2])
+    flags = ["train", "dpo", "--data", data, "--model", tiny_folder, "--batch-size", "4",
+             "--epochs", "1", "--lr", "0.01", "--beta", "0.5", "--threads", "1"]  # fmt: skip
+    code, _, err = _run(capsys, *flags, "--output-dir", str(tmp_path / "ours"))
+    assert code == 0, err
+    _torchrun_cli(*flags, "--engine", "trl", "--output-dir", str(tmp_path / "trl"))
+    ours = pd.read_csv(tmp_path / "ours" / "metrics.csv")["loss"]
+    trl = pd.read_csv(tmp_path / "trl" / "metrics.csv")["loss"]
+    assert len(ours) == len(trl) >= 2
+    assert (ours - trl).abs().max() < 1e-4
+    info = json.loads((tmp_path / "trl" / "run.json").read_text())
+    assert info["engine"] == "trl" and info["processes"] == 2
 
 
 def test_engine_trl_runs_trls_dpo_trainer_on_the_same_data_and_config(tmp_path, capsys,

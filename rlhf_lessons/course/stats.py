@@ -176,3 +176,16 @@ def cluster_mean_ci(values, level: float = LEVEL) -> Interval:
     iv = mean_ci(units, level)
     return Interval(float(v.mean()), float(v.mean()) - iv.half_width,
                     float(v.mean()) + iv.half_width, int(units.size), level, "cluster t")  # fmt: skip
+
+
+def rank_correlations(scores: Sequence[float]) -> tuple[float, float]:
+    """Kendall's tau and Spearman's rho between ``scores`` and the true order (best first).
+
+    Scores that are all equal carry no ranking: both are 0 (scipy gives NaN)."""
+    from scipy.stats import kendalltau, spearmanr
+
+    truth = -np.arange(len(scores))  # higher = better, like the scores
+    s = np.asarray(scores, dtype=float)
+    if np.all(s == s[0]):
+        return 0.0, 0.0
+    return float(kendalltau(s, truth).statistic), float(spearmanr(s, truth).statistic)

@@ -53,6 +53,8 @@ from torch.nn.utils.rnn import pad_sequence
 from rlhf_lessons.course.device import torch_threads
 from rlhf_lessons.course.progress import progress
 from rlhf_lessons.course.seeding import seed_everything
+from rlhf_lessons.course.stats import rank_correlations
+from rlhf_lessons.distributed import Parallel
 from rlhf_lessons.rewards.preference_data import ranked_to_pairs, validate_ranked
 from rlhf_lessons.rewards.reward_losses import bradley_terry_loss, kwise_loss
 from rlhf_lessons.training import (
@@ -371,9 +373,7 @@ class RewardModelConfig:
         if not self.lr > 0 or self.epochs < 1 or self.batch_size < 1:
             raise ValueError("RewardModelConfig needs lr > 0, epochs >= 1 and batch_size >= 1")
         if self.max_steps is not None and self.max_steps < 1:
-            raise ValueError(
-                f"RewardModelConfig.max_steps must be >= 1 or None, got {self.max_steps}"
-            )
+            raise ValueError(f"RewardModelConfig.max_steps must be >= 1 or None: {self.max_steps}")
 
 
 def check_records(records: Sequence[Mapping[str, Any]], name: str = "data") -> list:
@@ -456,6 +456,7 @@ def train_reward_model(
     eval_fn: EvalFn | None = None,
     eval_every: int = 0,
     show_progress: bool = True,
+    parallel: Parallel | None = None,
 ) -> History:
     """Train ``model`` (in place) on ranked records ``{"prompt", "ranked_outputs": [best, ...,
     worst], ...}``, K-wise or on shuffled pairs (``config.mode``).
@@ -468,11 +469,19 @@ def train_reward_model(
     ``margin`` of the batch (:mod:`~rlhf_lessons.rewards.reward_losses`), ``sequences`` (forward
     passes) and ``seconds``; ``info``: ``forward_passes``, ``pairs_seen`` (comparisons trained
     on), ``cpu_seconds``, ``train_seconds``. The model is left in eval mode.
+
+    Data-parallel under ``torchrun`` / ``accelerate launch`` (or given ``parallel``): each
+    process scores its share of a batch's rows; gradients are averaged by hand
+    (:meth:`~rlhf_lessons.distributed.Parallel.average_gradients`: ``model.rewards`` may run
+    the forward several times per step, which DDP's wrapper does not allow).
     """
     cfg = config or RewardModelConfig()
     records = check_records(data)
     if tokenizer is not None and getattr(model, "tokenizer", tokenizer) is not tokenizer:
         raise ValueError("tokenizer is not the model's own: the model tokenises its inputs itself")
+    par = parallel if parallel is not None else Parallel.for_trainer()
+    if par.device is not None:
+        model.to(par.device)
     params = trainable_parameters(model, "model")
     _, step_loss = BATCHING[cfg.mode]
     history = History("reward_model", asdict(cfg), info={"forward_passes": 0, "pairs_seen": 0})
@@ -490,17 +499,22 @@ def train_reward_model(
                        disable=not show_progress)  # fmt: skip
         for batch in batches:
             with watch:
-                loss, metrics, passes = step_loss(model, batch)
+                shard = par.shard(torch.arange(len(batch)))  # this process's rows (all in one)
+                loss, metrics, passes = step_loss(model, [batch[i] for i in shard.index])
                 optimizer.zero_grad(set_to_none=True)
-                loss.backward()
+                par.backward(loss * shard.scale)  # averaged: the gradient of the batch's mean
+                par.average_gradients(params)
                 if cfg.max_grad_norm is not None:
                     nn.utils.clip_grad_norm_(params, cfg.max_grad_norm)
                 optimizer.step()
                 schedule.step()
-            history.info["forward_passes"] += passes
-            history.info["pairs_seen"] += int(metrics["pairs"])
-            history.log(seconds=watch.seconds, loss=metrics["loss"], accuracy=metrics["accuracy"],
-                        margin=metrics["margin"], sequences=passes)  # fmt: skip
+                pairs = metrics["pairs"] * (shard.rows > 0)  # the whole batch's numbers:
+                n = par.sum({"pairs": pairs, "passes": passes * (shard.rows > 0)})
+                metrics = {**par.mean({"loss": metrics["loss"]}, shard.rows),
+                           **par.mean({k: metrics[k] for k in ("accuracy", "margin")}, pairs)}  # fmt: skip
+            history.info["forward_passes"] += int(n["passes"])
+            history.info["pairs_seen"] += int(n["pairs"])
+            history.log(seconds=watch.seconds, **metrics, sequences=int(n["passes"]))
             bar.update(1)
             bar.set_postfix(loss=f"{metrics['loss']:.3f}")
             if history.due(eval_every, len(batches)):
@@ -534,19 +548,6 @@ class RewardEval:
     def summary(self) -> dict[str, float]:
         return {"accuracy": self.accuracy, **{f"acc/{c}": a for c, a in self.per_category.items()},
                 "kendall_tau": self.kendall_tau, "spearman": self.spearman}  # fmt: skip
-
-
-def _rank_correlations(scores: Sequence[float]) -> tuple[float, float]:
-    """Kendall's tau and Spearman's rho between scores and the true order (best first).
-
-    A prompt whose scores are all equal carries no ranking: both are 0 (scipy gives NaN)."""
-    from scipy.stats import kendalltau, spearmanr
-
-    truth = -np.arange(len(scores))  # higher = better, like the scores
-    s = np.asarray(scores, dtype=float)
-    if np.all(s == s[0]):
-        return 0.0, 0.0
-    return float(kendalltau(s, truth).statistic), float(spearmanr(s, truth).statistic)
 
 
 def evaluate_reward_model(
@@ -583,7 +584,7 @@ def evaluate_reward_model(
             correct.append(s[i] > s[j])
             right[cat] += s[i] > s[j]
             count[cat] += 1
-        tau, rho = _rank_correlations(s)
+        tau, rho = rank_correlations(s)
         taus.append(tau)
         rhos.append(rho)
     return RewardEval(

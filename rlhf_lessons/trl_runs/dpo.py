@@ -17,7 +17,8 @@ so that, step for step, TRL sees what our trainer sees:
   ``warmup_steps`` (TRL's default decays it linearly to 0; ours does not), gradients clipped at
   ``max_grad_norm``; fp32 on the CPU, dropout off, no gradient checkpointing;
 - the same reference: with a LoRA policy, the base model with the adapter disabled, its
-  log-probs computed once before training (``precompute_ref_log_probs=True``).
+  log-probs computed once before training (``precompute_ref_log_probs=True``);
+- the same global batch under ``torchrun``: each process takes ``batch_size / W`` rows.
 
 Start both runs from the same weights (e.g. :func:`~rlhf_lessons.alignment.lora.add_lora` with
 the same seed on freshly loaded models) and their loss curves agree to float rounding.
@@ -25,6 +26,8 @@ the same seed on freshly loaded models) and their loss curves agree to float rou
 
 from __future__ import annotations
 
+import contextlib
+import shutil
 import tempfile
 import time
 import warnings
@@ -71,11 +74,19 @@ def trl_config(
     from trl import DPOConfig as TRLDPOConfig
     from trl.experimental.cpo import CPOConfig
 
+    from rlhf_lessons.distributed import launched_processes
+
     steps = -(-n_pairs // config.batch_size) * config.epochs
     if config.max_steps is not None:
         steps = min(steps, config.max_steps)
+    # under torchrun each of W processes reads every W-th batch of the ordered dataset, so
+    # batches of batch_size / W rows make each step one of our minibatches
+    world = launched_processes()
+    if config.batch_size % world:
+        raise ValueError(f"batch_size {config.batch_size} does not split over {world} processes:"
+                         f" make it a multiple of {world}")  # fmt: skip
     common = dict(
-        output_dir=output_dir, per_device_train_batch_size=config.batch_size,
+        output_dir=output_dir, per_device_train_batch_size=config.batch_size // world,
         gradient_accumulation_steps=1, num_train_epochs=1, max_steps=steps,
         learning_rate=config.lr, lr_scheduler_type="constant_with_warmup",
         warmup_steps=config.warmup_steps, weight_decay=0.0, max_grad_norm=config.max_grad_norm,
@@ -111,6 +122,25 @@ def _longest(tokenizer, pairs, config: DPOConfig) -> int:
                 "compare them on pairs that neither cuts (raise the limit or drop long pairs)"
             )
     return max(p + r for p, r in zip(p_len, r_len, strict=True))
+
+
+def _on_shared_disk(dataset, stack: contextlib.ExitStack):
+    """``dataset`` saved in one folder that every process reads (under torchrun). TRL's
+    DPOTrainer writes the reference log-probs next to the dataset's files on the main process
+    and reads them back on every process, so they must share that folder; removed on exit."""
+    from accelerate import PartialState
+    from accelerate.utils import broadcast_object_list
+    from datasets import Dataset
+
+    state = PartialState()
+    folder = [tempfile.mkdtemp(prefix="rlhf-lessons-trl-") if state.is_main_process else None]
+    broadcast_object_list(folder, from_process=0)
+    if state.is_main_process:
+        dataset.save_to_disk(f"{folder[0]}/data")
+        stack.callback(shutil.rmtree, folder[0], ignore_errors=True)
+    stack.callback(state.wait_for_everyone)  # runs first: nobody reads a removed folder
+    state.wait_for_everyone()
+    return Dataset.load_from_disk(f"{folder[0]}/data")
 
 
 #: TRL's logged names -> the names of our trainer's History columns
@@ -164,11 +194,13 @@ def run(
                 stamps.append(time.perf_counter() - start)
 
     with tempfile.TemporaryDirectory() as out, torch_threads(cfg.threads), \
-            warnings.catch_warnings():  # fmt: skip
+            warnings.catch_warnings(), contextlib.ExitStack() as stack:  # fmt: skip
         # transformers 5 deprecations inside TRL / peft, and CPOTrainer's "experimental" notice
         warnings.simplefilter("ignore", FutureWarning)
         warnings.simplefilter("ignore", UserWarning)
         args = trl_config(cfg, len(pairs), max_length, out, show_progress)
+        if args.world_size > 1:
+            dataset = _on_shared_disk(dataset, stack)
         # TRL's datasets.map calls and its reference pass show bars too
         with quiet_bars(not show_progress):
             trainer = trainer_cls(model=policy, args=args, train_dataset=dataset,
