@@ -288,6 +288,8 @@ def convert(kind: str, records, run: RunArgs) -> list:
 # The kinds of training whose trainer splits each minibatch across the launched processes
 # (rlhf_lessons.distributed): under torchrun / accelerate launch they run data-parallel.
 DATA_PARALLEL = {"sft", "dpo", "reward"}
+# The algorithms --engine trl runs with TRL's own trainer (rlhf_lessons.trl_runs).
+TRL_ENGINE = ("dpo", "ipo", "hinge", "simpo", "grpo", "rloo")
 
 
 def train_run(algo: str, config, run: RunArgs) -> RunLog:
@@ -305,7 +307,7 @@ def train_run(algo: str, config, run: RunArgs) -> RunLog:
         )
     if run.engine not in ("ours", "trl"):
         raise CLIError(f"--engine must be 'ours' or 'trl', got {run.engine!r}")
-    if run.engine == "trl" and (algo == "cdpo" or run.ref_model):
+    if run.engine == "trl" and (algo not in TRL_ENGINE or run.ref_model):
         raise CLIError("--engine trl runs dpo, ipo, hinge, simpo, grpo and rloo with the model "
                        "before training as the reference: drop --ref-model, or use --engine ours")  # fmt: skip
     items = convert(kind, data_io.read_records(run.data, run.split, run.limit), run)
