@@ -403,13 +403,18 @@ def train_ppo_seeds(
                 # (S, T, N, ...) -> (S, T * N, ...): each seed's batch in one row
                 batch = [x.flatten(1, 2) for x in (ro.obs, ro.actions, ro.logp, ro.values)]
                 batch += [x.transpose(0, 1).flatten(1, 2) for x in (adv, ret)]
+                # advantages are normalised per minibatch; with one minibatch per epoch (the
+                # zoo's settings) that is the whole batch every epoch: normalise it once
+                whole = cfg.minibatch_size == cfg.batch_size
+                if cfg.norm_adv and whole:
+                    batch[4] = normalize(batch[4], dim=-1)  # each seed on its own
                 for mb_obs, mb_act, mb_logp, mb_val, mb_adv, mb_ret in minibatches(
                     batch, cfg.minibatch_size, cfg.epochs, rand
                 ):
                     log_pi, new_values = agent(mb_obs)  # (S, M, 2), (S, M)
                     new_logp = log_pi.gather(-1, mb_act.unsqueeze(-1)).squeeze(-1)
-                    if cfg.norm_adv:
-                        mb_adv = normalize(mb_adv, dim=-1)  # each seed on its own
+                    if cfg.norm_adv and not whole:
+                        mb_adv = normalize(mb_adv, dim=-1)
                     pg_loss, _ = clipped_surrogate_loss(
                         new_logp, mb_logp, mb_adv, clip, metrics=False
                     )
