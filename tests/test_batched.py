@@ -13,7 +13,13 @@ from rlhf_lessons.rl.batched import (
     minibatches,
     stack_seeds,
 )
-from rlhf_lessons.rl.ppo import ActorCritic, PPOConfig, clipped_surrogate_loss, train_ppo_seeds
+from rlhf_lessons.rl.ppo import (
+    ActorCritic,
+    PPOConfig,
+    SeedActorCritic,
+    clipped_surrogate_loss,
+    train_ppo_seeds,
+)
 from rlhf_lessons.rl.reinforce import PolicyNet, ReinforceConfig, train_reinforce_seeds
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -75,6 +81,43 @@ def test_each_seed_gets_its_own_gradient_and_clipping():
                 seed_layer = stacked.get_submodule(name)
                 torch.testing.assert_close(seed_layer.weight.grad[i], layer.weight.grad.T)
                 torch.testing.assert_close(seed_layer.bias.grad[i, 0], layer.bias.grad)
+
+
+def test_seed_actor_critic_computes_each_member_and_its_gradient():
+    """PPO's fused network: seed i's (log pi, V) and their gradients (after clipping by the
+    seed's own norm) are member i's; the critic's padding column gets no gradient."""
+    members = _nets(3, seed=2)
+    fused = SeedActorCritic(members)
+    obs, ret = torch.randn(3, 16, 4), torch.randn(3, 16) * 10
+    log_pi, value = fused(obs)
+    for i, m in enumerate(members):
+        torch.testing.assert_close(log_pi[i], m.log_probs(obs[i]))
+        torch.testing.assert_close(value[i], m.value(obs[i]))
+    obs4 = torch.randn(3, 2, 5, 4)  # extra dimensions between the seed and the features
+    torch.testing.assert_close(fused.value(obs4)[1, 1], members[1].value(obs4[1, 1]))
+    with pytest.raises(ValueError, match="seeds=3"):
+        fused(torch.randn(5, 4))
+
+    actions = torch.randint(0, 2, (3, 16))
+    loss = lambda lp, v, a, r: (v - r).pow(2).mean() - lp.gather(-1, a[..., None]).mean()  # noqa: E731
+    (3 * loss(log_pi, value, actions, ret)).backward()
+    norms = clip_grad_norm_per_seed_(fused.parameters(), max_norm=0.5, seeds=3)
+    assert (
+        fused.weight2.grad[1::2, :, 1].abs().max() == 0 and fused.bias2.grad[1::2, 0, 1].eq(0).all()
+    )
+    for i, m in enumerate(members):
+        loss(m.log_probs(obs[i]), m.value(obs[i]), actions[i], ret[i]).backward()
+        torch.testing.assert_close(norms[i], nn.utils.clip_grad_norm_(m.parameters(), 0.5))
+        torch.testing.assert_close(fused.weight1.grad[2 * i], m.actor[2].weight.grad.T)
+        torch.testing.assert_close(fused.weight1.grad[2 * i + 1], m.critic[2].weight.grad.T)
+        torch.testing.assert_close(fused.bias2.grad[2 * i + 1, 0, :1], m.critic[4].bias.grad)
+
+    with torch.no_grad():
+        for p in fused.parameters():
+            p.add_(0.5)
+    fresh = load_seed_(ActorCritic(), fused, 2)  # the fused network unstacks itself
+    torch.testing.assert_close(fresh.value(obs[2]), fused.value(obs)[2])
+    torch.testing.assert_close(fresh.log_probs(obs[2]), fused.log_probs(obs)[2])
 
 
 def test_seed_streams_do_not_depend_on_the_neighbours():

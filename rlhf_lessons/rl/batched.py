@@ -90,7 +90,10 @@ def stack_seeds(modules: Sequence[nn.Module]) -> nn.Module:
 @torch.no_grad()
 def load_seed_(module: nn.Module, stacked: nn.Module, seed_index: int) -> nn.Module:
     """Copy seed ``seed_index``'s weights from ``stacked`` into the plain ``module`` (in place;
-    returned for convenience)."""
+    returned for convenience). A stacked module with an ``unstack_(module, seed_index)``
+    method of its own (such as :class:`~rlhf_lessons.rl.ppo.SeedActorCritic`) does it."""
+    if hasattr(stacked, "unstack_"):
+        return stacked.unstack_(module, seed_index)
     for name, layer in module.named_modules():
         if isinstance(layer, nn.Linear):
             source = stacked.get_submodule(name)
@@ -101,20 +104,21 @@ def load_seed_(module: nn.Module, stacked: nn.Module, seed_index: int) -> nn.Mod
 
 @torch.no_grad()
 def clip_grad_norm_per_seed_(
-    parameters: Iterable[nn.Parameter], max_norm: float, eps: float = 1e-6
+    parameters: Iterable[nn.Parameter], max_norm: float, eps: float = 1e-6, seeds: int | None = None
 ) -> torch.Tensor:
     """``torch.nn.utils.clip_grad_norm_`` for each seed on its own.
 
-    Every parameter has the seed as its leading dimension; seed ``s``'s gradient norm is taken
-    over its slices of all parameters, and its slices are scaled by
-    ``min(1, max_norm / (norm_s + eps))`` (torch's rule). Returns the (S,) norms before
-    clipping.
+    Every parameter holds the seeds' slices one after another along its leading dimension
+    (``seeds`` of them; default: the leading dimension's size, one slice per row), so
+    ``p.view(seeds, -1)[s]`` is seed ``s``'s. Seed ``s``'s gradient norm is taken over its slices
+    of all parameters, and its slices are scaled by ``min(1, max_norm / (norm_s + eps))``
+    (torch's rule). Returns the (S,) norms before clipping.
     """
     grads = [p.grad for p in parameters if p.grad is not None]
-    per_param = [torch.linalg.vector_norm(g, dim=tuple(range(1, g.dim()))) for g in grads]
-    norms = torch.linalg.vector_norm(torch.stack(per_param), dim=0)  # (S,)
-    scale = (max_norm / (norms + eps)).clamp(max=1.0)
-    torch._foreach_mul_(grads, [scale.view(-1, *[1] * (g.dim() - 1)) for g in grads])
+    rows = [g.view(seeds or g.shape[0], -1) for g in grads]  # (S, numel / S) views
+    norms = torch.linalg.vector_norm(torch.cat(rows, dim=1), dim=1)  # (S,)
+    scale = (max_norm / (norms + eps)).clamp(max=1.0)[:, None]
+    torch._foreach_mul_(rows, [scale] * len(rows))
     return norms
 
 

@@ -158,8 +158,9 @@ class CartPoles:
         reward = np.ones(self.shape, dtype=np.float32)
         if self.autoreset:
             done = terminated | truncated
-            if done.any():
-                self._start(done)
+            if not done.any():
+                return final_obs, reward, terminated, truncated, final_obs
+            self._start(done)
             return self.observations(), reward, terminated, truncated, final_obs
         reward *= self.running
         self.running &= ~(terminated | truncated)
@@ -233,8 +234,7 @@ class CartPoleLog:
     def steps(self, reward: np.ndarray, done: np.ndarray, counted: np.ndarray | None = None):
         """One environment step: ``reward`` and ``done`` (S, N); ``counted`` (S, N) says which
         environments really stepped (default: all)."""
-        counted = np.ones_like(done) if counted is None else counted
-        self.env_steps += counted.sum(1)
+        self.env_steps += done.shape[1] if counted is None else counted.sum(1)
         self.running_return += reward
         for i, j in zip(*np.nonzero(done), strict=True):
             h = self.histories[i]

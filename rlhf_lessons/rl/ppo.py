@@ -29,6 +29,7 @@ from dataclasses import dataclass, replace
 import numpy as np
 import torch
 from torch import nn
+from torch.nn import functional as F
 
 from rlhf_lessons.course.device import torch_threads
 from rlhf_lessons.course.progress import progress
@@ -37,7 +38,6 @@ from rlhf_lessons.rl.batched import (
     SeedRandom,
     clip_grad_norm_per_seed_,
     minibatches,
-    stack_seeds,
 )
 from rlhf_lessons.rl.cartpole import (
     ENV_ID,
@@ -158,6 +158,71 @@ class ActorCritic(nn.Module):
         return self.actor(torch.as_tensor(obs, dtype=torch.float32)).argmax(-1).numpy()
 
 
+class SeedActorCritic(nn.Module):
+    """S :class:`ActorCritic` networks computed as one: every layer is one batched matrix multiply
+    over the 2S networks (each seed's actor and its critic), obs (S, ..., 4).
+
+    The actor and the critic have the same shape up to their last layer (2 outputs vs 1), so
+    both run side by side in the same three ``torch.baddbmm`` calls: half the operations of
+    :func:`~rlhf_lessons.rl.batched.stack_seeds`'s module (which runs them one after the
+    other), and these networks are so small that the count of operations is the cost. The
+    critic's last layer gets a second output column of zeros, which nothing reads: its gradient
+    is 0, so Adam never moves it and it adds nothing to the gradient norm. Parameters are
+    (2S, in, out) weights and (2S, 1, out) biases in seed-major order (seed ``s``'s actor at row
+    ``2s``, its critic at ``2s + 1``), so ``p.view(S, -1)`` is each seed's slice
+    (:func:`~rlhf_lessons.rl.batched.clip_grad_norm_per_seed_` with ``seeds=S``).
+    """
+
+    def __init__(self, members: Sequence[ActorCritic]) -> None:
+        super().__init__()
+        self.seeds = len(members)
+        for k, i in enumerate((0, 2, 4)):  # weight0, bias0 .. from the nn.Sequential's Linears
+            layers = [layer for m in members for layer in (m.actor[i], m.critic[i])]
+            width = max(layer.out_features for layer in layers)  # pad the critic's 1 output to 2
+            weights = [
+                F.pad(layer.weight.detach().T, (0, width - layer.out_features)) for layer in layers
+            ]
+            biases = [
+                F.pad(layer.bias.detach(), (0, width - layer.out_features)) for layer in layers
+            ]
+            setattr(self, f"weight{k}", nn.Parameter(torch.stack(weights)))
+            setattr(self, f"bias{k}", nn.Parameter(torch.stack(biases)[:, None]))
+
+    def forward(self, obs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(S, ..., 4) -> (log pi of every action (S, ..., 2), V(s) (S, ...))."""
+        if obs.shape[0] != self.seeds:
+            raise ValueError(
+                f"SeedActorCritic expects (seeds={self.seeds}, ..., 4), got {tuple(obs.shape)}"
+            )
+        # each seed's observations once for its actor, once for its critic: (2S, B, 4)
+        h = obs.reshape(self.seeds, 1, -1, obs.shape[-1]).expand(-1, 2, -1, -1).flatten(0, 1)
+        h = torch.tanh(torch.baddbmm(self.bias0, h, self.weight0))
+        h = torch.tanh(torch.baddbmm(self.bias1, h, self.weight1))
+        out = torch.baddbmm(self.bias2, h, self.weight2).view(self.seeds, 2, *obs.shape[1:-1], -1)
+        return torch.log_softmax(out[:, 0], dim=-1), out[:, 1, ..., 0]
+
+    def log_probs(self, obs: torch.Tensor) -> torch.Tensor:
+        return self(obs)[0]
+
+    def value(self, obs: torch.Tensor) -> torch.Tensor:
+        return self(obs)[1]
+
+    @torch.no_grad()
+    def act_greedy(self, obs: np.ndarray) -> np.ndarray:
+        return self.log_probs(torch.as_tensor(obs, dtype=torch.float32)).argmax(-1).numpy()
+
+    @torch.no_grad()
+    def unstack_(self, module: ActorCritic, seed_index: int) -> ActorCritic:
+        """Copy seed ``seed_index``'s weights into the plain ``module`` (in place)."""
+        for k, i in enumerate((0, 2, 4)):
+            weight, bias = getattr(self, f"weight{k}"), getattr(self, f"bias{k}")
+            for row, layer in ((0, module.actor[i]), (1, module.critic[i])):
+                n = layer.out_features
+                layer.weight.copy_(weight[2 * seed_index + row, :, :n].T)
+                layer.bias.copy_(bias[2 * seed_index + row, 0, :n])
+        return module
+
+
 def _mean(x: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
     return x.mean() if mask is None else masked_mean(x, mask)
 
@@ -256,30 +321,30 @@ class Rollout:
 
 @torch.no_grad()
 def collect_rollout(
-    envs: CartPoles, agent: ActorCritic, obs: torch.Tensor, rand: SeedRandom, cfg: PPOConfig,
-    log: CartPoleLog,
+    envs: CartPoles, agent: SeedActorCritic, obs: torch.Tensor, rand: SeedRandom,
+    cfg: PPOConfig, log: CartPoleLog,
 ) -> Rollout:  # fmt: skip
     """Step the seed-batched ``agent`` (pi_old) ``cfg.num_steps`` times in ``envs`` from
     ``obs``, sampling each seed's actions with its own random numbers."""
     steps = []
     noise = rand.gumbel(cfg.num_steps, envs.num_envs, 2)  # (S, T, N, 2)
     for t in range(cfg.num_steps):
-        log_pi = agent.log_probs(obs)  # (S, N, 2)
+        log_pi, value = agent(obs)  # (S, N, 2), (S, N): the actor and V(s_t) in one pass
         action = (log_pi + noise[:, t]).argmax(-1)  # Gumbel-max: a sample of pi
         next_obs, reward, terminated, truncated, final_obs = envs.step(action.numpy())
         log.steps(reward, terminated | truncated)
-        steps.append((obs, action, log_pi, reward, terminated | truncated, truncated, final_obs))
+        steps.append((obs, action, log_pi, value, reward, terminated | truncated, truncated,
+                      final_obs))  # fmt: skip
         obs = torch.from_numpy(next_obs)
     # lists over t -> (S, T, N, ...) tensors
-    obs_buf, actions, log_pi, rewards, dones, cut, final_obs = zip(*steps, strict=True)
-    obs_buf, actions, log_pi = (torch.stack(x, dim=1) for x in (obs_buf, actions, log_pi))
+    obs_buf, actions, log_pi, values, rewards, dones, cut, final_obs = zip(*steps, strict=True)
+    obs_buf, actions, log_pi, values = (
+        torch.stack(x, dim=1) for x in (obs_buf, actions, log_pi, values)
+    )
     rewards, dones, cut, final_obs = (
         torch.from_numpy(np.stack(x, axis=1)) for x in (rewards, dones, cut, final_obs)
     )
-    # pi_old's log-prob of each stored action; the critic does not change during the rollout,
-    # so one batched pass gives every V(s_t)
-    logp = log_pi.gather(-1, actions.unsqueeze(-1)).squeeze(-1)
-    values = agent.value(obs_buf)
+    logp = log_pi.gather(-1, actions.unsqueeze(-1)).squeeze(-1)  # pi_old's, of the stored actions
     if cfg.bootstrap_truncated and cut.any():
         # the time limit cut these episodes short: their future is V(final obs), not 0
         rewards += cfg.gamma * agent.value(final_obs) * cut
@@ -312,10 +377,11 @@ def train_ppo_seeds(
     with torch_threads(cfg.threads):
         make = lambda: ActorCritic(hidden=cfg.hidden)  # noqa: E731
         members = rand.build(make) if policy is None else rand.only(policy)
-        agent = stack_seeds(members)
+        agent = SeedActorCritic(members)
         # Adam acts element by element, so one optimizer for all seeds keeps them apart;
         # fused: one kernel for all parameters instead of one per tensor
-        opt = torch.optim.Adam(agent.parameters(), lr=cfg.lr, eps=cfg.adam_eps, fused=True)
+        params = list(agent.parameters())
+        opt = torch.optim.Adam(params, lr=cfg.lr, eps=cfg.adam_eps, fused=True)
         envs = CartPoles(rand.numpy, cfg.num_envs)
         log, watch = CartPoleLog("ppo", rand.seeds, cfg, cfg.num_envs), Stopwatch()
         obs = torch.from_numpy(envs.reset())
@@ -337,18 +403,23 @@ def train_ppo_seeds(
                 # (S, T, N, ...) -> (S, T * N, ...): each seed's batch in one row
                 batch = [x.flatten(1, 2) for x in (ro.obs, ro.actions, ro.logp, ro.values)]
                 batch += [x.transpose(0, 1).flatten(1, 2) for x in (adv, ret)]
+                # advantages are normalised per minibatch; with one minibatch per epoch (the
+                # zoo's settings) that is the whole batch every epoch: normalise it once
+                whole = cfg.minibatch_size == cfg.batch_size
+                if cfg.norm_adv and whole:
+                    batch[4] = normalize(batch[4], dim=-1)  # each seed on its own
                 for mb_obs, mb_act, mb_logp, mb_val, mb_adv, mb_ret in minibatches(
                     batch, cfg.minibatch_size, cfg.epochs, rand
                 ):
-                    log_pi = agent.log_probs(mb_obs)  # (S, M, 2)
+                    log_pi, new_values = agent(mb_obs)  # (S, M, 2), (S, M)
                     new_logp = log_pi.gather(-1, mb_act.unsqueeze(-1)).squeeze(-1)
-                    if cfg.norm_adv:
-                        mb_adv = normalize(mb_adv, dim=-1)  # each seed on its own
+                    if cfg.norm_adv and not whole:
+                        mb_adv = normalize(mb_adv, dim=-1)
                     pg_loss, _ = clipped_surrogate_loss(
                         new_logp, mb_logp, mb_adv, clip, metrics=False
                     )
                     v_loss, _ = value_loss(
-                        agent.value(mb_obs), mb_val, mb_ret, cfg.clip_value, metrics=False
+                        new_values, mb_val, mb_ret, cfg.clip_value, metrics=False
                     )
                     loss = pg_loss + cfg.vf_coef * v_loss
                     if cfg.ent_coef:  # 0 in the zoo's settings: then not even computed
@@ -357,7 +428,7 @@ def train_ppo_seeds(
                     # is the sum of the seeds' own losses: each seed gets its own gradient
                     opt.zero_grad()
                     (S * loss).backward()
-                    clip_grad_norm_per_seed_(agent.parameters(), cfg.max_grad_norm)
+                    clip_grad_norm_per_seed_(params, cfg.max_grad_norm, seeds=S)
                     opt.step()
                 stats = update_stats(agent, batch, clip)
             log.log(watch.seconds, lr=lr, clip=clip, **stats)
@@ -369,7 +440,7 @@ def train_ppo_seeds(
 
 
 @torch.no_grad()
-def update_stats(agent: ActorCritic, batch: list[torch.Tensor], clip: float) -> dict:
+def update_stats(agent: SeedActorCritic, batch: list[torch.Tensor], clip: float) -> dict:
     """How far an iteration's update moved each seed's policy on its own batch, (S,) each:
     ``approx_kl`` (k3 estimate of KL(pi_old || pi_new), see :mod:`rlhf_lessons.rl.kl`),
     ``clipfrac`` (share of ratios outside the clip range) and ``entropy`` of pi_new."""
