@@ -42,7 +42,10 @@ BUDGETS = {  # name: (training rankings per category, epochs, LoRA targets)
     "8/cat, 32 epochs": (8, 32, ALL_LINEAR),
 }
 
-TRIED = ("8/cat, 16 epochs", "16/cat, 16 epochs")  # the lesson's choice was made from these
+# The lesson's choice was made from these, with the reply instruction after the answers
+# (PAIRWISE_TEMPLATE) and the loss over the whole vocabulary; the lesson now uses PROMPT and
+# the loss over the verdict options (JudgeTuneConfig.options), which this script also uses.
+TRIED = ("8/cat, 16 epochs", "16/cat, 16 epochs")
 
 
 def main(argv=None) -> pd.DataFrame:
