@@ -64,6 +64,9 @@ def test_top_layers_on_cached_states_give_the_model_logits(word_tokenizer):
         for i, text in enumerate(TEXTS):  # padded batches, sorted by length: same numbers
             torch.testing.assert_close(logits[i], full_last_logits(model, tok, text),
                                        atol=1e-5, rtol=1e-5)  # fmt: skip
+        # only some vocabulary entries (the output layer's rows of those tokens): the same
+        torch.testing.assert_close(cache.next_token_logits(TEXTS, tokens=[5, 3]), logits[:, [5, 3]],
+                                   atol=1e-5, rtol=1e-5)  # fmt: skip
         assert cache.split == 4 - top and len(cache) == 3
         assert cache.bottom_tokens == distinct_beginnings(TEXTS)  # "the" read once
         cache.next_token_logits(TEXTS[:2])  # cached: the bottom layers do not run again
@@ -201,6 +204,30 @@ def test_train_judge_learns_the_verdict_and_shares_the_cache(word_tokenizer):
     assert again.info["bottom_tokens"] == 0 and again.steps == 2
     policy.set_adapter("seed0")  # the first seed's judge is still there
     assert position_metrics(judge_both_orders(judge, pairs, CONFIG)) == after
+
+
+@pytest.mark.parametrize("options", [("A", "B", "C"), None])
+def test_train_judge_loss_is_over_the_verdict_options(word_tokenizer, options):
+    model, tok = make_lm(word_tokenizer)
+    judge = Judge(model, tok, show_progress=False)
+    data = verdict_data(judge, toy_pairs(3), CONFIG)
+    targets = torch.tensor([tok.convert_tokens_to_ids(r["target"]) for r in data])
+    logits = torch.stack([full_last_logits(model, tok, r["context"]) for r in data])
+    if options is None:  # the whole vocabulary
+        expected = torch.nn.functional.cross_entropy(logits, targets)
+    else:  # the softmax over A, B, C: the distribution the log-prob judge reads
+        keep = [tok.convert_tokens_to_ids(o) for o in options]
+        index = torch.tensor([keep.index(t) for t in targets.tolist()])
+        expected = torch.nn.functional.cross_entropy(logits[:, keep], index)
+    cfg = JudgeTuneConfig(top_layers=1, batch_size=len(data), max_steps=1, options=options)
+    policy = add_judge_adapter(model, cfg)  # B = 0: the first step's loss is the model's
+    history = train_judge(policy, tok, data, cfg, show_progress=False)
+    assert history.loss[0] == pytest.approx(expected.item(), rel=1e-4)
+    with pytest.raises(ValueError, match="not among"):
+        train_judge(policy, tok, data, JudgeTuneConfig(top_layers=1, options=("B", "C")),
+                    show_progress=False)  # fmt: skip
+    with pytest.raises(ValueError, match="at least two"):
+        JudgeTuneConfig(options=("A",))
 
 
 def test_train_judge_refuses_what_would_make_the_cache_stale(word_tokenizer):

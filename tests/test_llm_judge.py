@@ -7,6 +7,7 @@ import torch
 from rlhf_lessons import lm
 from rlhf_lessons.judges.llm_judge import (
     ADDITIVE_5_POINT,
+    PAIRWISE_INSTRUCTIONS_FIRST,
     PAIRWISE_REFERENCE_TEMPLATE,
     SINGLE_1_TO_10,
     Judge,
@@ -145,6 +146,16 @@ def test_parse_verdict():
     assert parse_verdict("[A]").reason == "no verdict" and parse_verdict("[A]").verdict is None
     assert parse_verdict("[[A]] or maybe [[B]]").reason == "ambiguous"
     assert parse_verdict("verdict B", WORD_PAIRWISE).verdict == "B"
+
+
+def test_instructions_first_prompt_ends_with_the_answers():
+    config = PairwiseConfig(PAIRWISE_INSTRUCTIONS_FIRST)
+    assert config.split_verdicts() == ("[[", ["A", "B", "C"])
+    one, two = config.format("Q?", "yes", "no"), config.format("Q?", "no", "yes")
+    assert one.endswith("Answer B: no") and two.endswith("Answer B: yes")
+    # every instruction (the reply format included) comes before the question
+    start = one.index("Question: Q?")
+    assert one[:start] == two[:start] and "[[A]]" in one[:start] and "[[" not in one[start:]
 
 
 def test_pairwise_config():

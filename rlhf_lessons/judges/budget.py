@@ -21,6 +21,7 @@ from rlhf_lessons.course.data import load_preferences, validation_split
 from rlhf_lessons.judges.checks import bootstrap
 from rlhf_lessons.judges.frozen_bottom import CachedJudge, LayerCache
 from rlhf_lessons.judges.judge_bias import best_worst_pairs, judge_both_orders, select_records
+from rlhf_lessons.judges.llm_judge import PAIRWISE_INSTRUCTIONS_FIRST, PairwiseConfig
 from rlhf_lessons.judges.tuning import (
     ALL_LINEAR,
     JudgeTuneConfig,
@@ -31,6 +32,7 @@ from rlhf_lessons.judges.tuning import (
 from rlhf_lessons.models import load_causal_lm
 
 SYSTEM = "You are a careful, impartial judge of answers."  # lesson 09's
+PROMPT = PairwiseConfig(PAIRWISE_INSTRUCTIONS_FIRST)  # lesson 09's
 NO_KV = tuple(m for m in ALL_LINEAR if m not in ("k_proj", "v_proj"))
 BUDGETS = {  # name: (training rankings per category, epochs, LoRA targets)
     "32/cat, 16 epochs": (32, 16, ALL_LINEAR),
@@ -40,7 +42,10 @@ BUDGETS = {  # name: (training rankings per category, epochs, LoRA targets)
     "8/cat, 32 epochs": (8, 32, ALL_LINEAR),
 }
 
-TRIED = ("8/cat, 16 epochs", "16/cat, 16 epochs")  # the lesson's choice was made from these
+# The lesson's choice was made from these, with the reply instruction after the answers
+# (PAIRWISE_TEMPLATE) and the loss over the whole vocabulary; the lesson now uses PROMPT and
+# the loss over the verdict options (JudgeTuneConfig.options), which this script also uses.
+TRIED = ("8/cat, 16 epochs", "16/cat, 16 epochs")
 
 
 def main(argv=None) -> pd.DataFrame:
@@ -55,14 +60,14 @@ def main(argv=None) -> pd.DataFrame:
     cache = LayerCache(model, tok, top_layers=1, show_progress=False)
     judge = CachedJudge(model, tok, cache, system=SYSTEM, show_progress=False)
     val_pairs = best_worst_pairs(validation)
-    zero = judge_both_orders(judge, val_pairs)
+    zero = judge_both_orders(judge, val_pairs, PROMPT)
     rows, policy = [], model
     rows.append({"budget": "zero-shot", "steps": 0,
                  "agreement": bootstrap("agreement", zero),
                  "position pull": bootstrap("position pull", zero)})  # fmt: skip
     for name in args.budgets:
         per_category, epochs, targets = BUDGETS[name]
-        data = verdict_data(judge, best_worst_pairs(select_records(fit, per_category)))
+        data = verdict_data(judge, best_worst_pairs(select_records(fit, per_category)), PROMPT)
         runs, steps, start = [], 0, time.process_time()
         for seed in args.seeds:
             cfg = JudgeTuneConfig(top_layers=1, epochs=epochs, target_modules=targets, seed=seed)
@@ -77,7 +82,7 @@ def main(argv=None) -> pd.DataFrame:
             h = train_judge(policy, tok, data, cfg, cache=cache, show_progress=False)
             steps = len(h.loss)
             judge.model = policy
-            runs.append(judge_both_orders(judge, val_pairs))
+            runs.append(judge_both_orders(judge, val_pairs, PROMPT))
         rows.append({"budget": name, "steps": steps,
                      "cpu seconds": round(time.process_time() - start, 1),
                      "agreement": bootstrap("agreement", runs),

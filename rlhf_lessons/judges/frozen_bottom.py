@@ -161,6 +161,17 @@ def last_layer_at_end(layer, rotary: nn.Module, h_end: torch.Tensor, position: t
     return y + layer.mlp(layer.post_attention_layernorm(y))
 
 
+def output_logits(lm_head: nn.Module, x: torch.Tensor, tokens: Sequence[int] | None = None):
+    """``lm_head(x)`` (..., V), or only its entries ``tokens`` (..., len(tokens)), computed
+    from those rows of the output weight (a plain linear layer; an adapted one runs whole)."""
+    if tokens is None or not isinstance(lm_head, nn.Linear) or hasattr(lm_head, "lora_A"):
+        out = lm_head(x)
+        return out if tokens is None else out[..., list(tokens)]
+    rows = torch.as_tensor(list(tokens), device=x.device)
+    bias = None if lm_head.bias is None else lm_head.bias[rows]
+    return F.linear(x, lm_head.weight[rows], bias)
+
+
 class LayerCache:
     """The hidden states entering layer ``split = L - top_layers`` of ``model``, per text.
 
@@ -313,16 +324,19 @@ class LayerCache:
             [self.kv[t][1] for t in texts]
         )
 
-    def _one_position_logits(self, texts: Sequence[str], mask, last) -> torch.Tensor:
+    def _one_position_logits(self, texts: Sequence[str], mask, last, tokens=None) -> torch.Tensor:
         top = self.top.model
         h_end = torch.stack([self.states[t][-1] for t in texts])
         k, v = self._keys_values(texts)
         y = last_layer_at_end(top.layers[-1], top.rotary_emb, h_end, last.view(-1), k, v, mask)
-        return self.top.lm_head(top.norm(y)).float()
+        return output_logits(self.top.lm_head, top.norm(y), tokens).float()
 
-    def next_token_logits(self, texts: Sequence[str], grad: bool = False) -> torch.Tensor:
+    def next_token_logits(self, texts: Sequence[str], grad: bool = False,
+                          tokens: Sequence[int] | None = None) -> torch.Tensor:  # fmt: skip
         """(N, V) logits of the token after each text, from the top layers on the cached
-        states (computing missing states first). One batch: the caller chunks."""
+        states (computing missing states first). One batch: the caller chunks. ``tokens``:
+        only those vocabulary entries, (N, len(tokens)) (the output layer then multiplies by
+        those rows of its weight only, the bulk of a training step's cost otherwise)."""
         self.add(texts)
         mask = _pad([self.states[t][:, :1] for t in texts])[1]
         last = (mask.sum(-1) - 1).view(-1, 1)  # each row's last real position
@@ -334,8 +348,9 @@ class LayerCache:
                         self._one_position_logits(texts, mask, last), whole, atol=1e-4,
                         rtol=1e-4))  # fmt: skip
             if self.one_position:
-                return self._one_position_logits(texts, mask, last)
-            return self._whole_top(texts, mask, last)
+                return self._one_position_logits(texts, mask, last, tokens)
+            logits = self._whole_top(texts, mask, last)
+            return logits if tokens is None else logits[:, list(tokens)]
 
     def _whole_top(self, texts: Sequence[str], mask, last) -> torch.Tensor:
         h = _pad([self.states[t] for t in texts])[0]

@@ -42,6 +42,7 @@ from rlhf_lessons.course.progress import progress
 from rlhf_lessons.judges.prompts import (  # noqa: F401 (re-exported: the lesson's public names)
     ADDITIVE_5_POINT,
     ADDITIVE_TEMPLATE,
+    PAIRWISE_INSTRUCTIONS_FIRST,
     PAIRWISE_REFERENCE_TEMPLATE,
     PAIRWISE_TEMPLATE,
     PARSE_REASONS,

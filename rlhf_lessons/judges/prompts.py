@@ -37,6 +37,20 @@ PAIRWISE_TEMPLATE = (
     "Reply [[A]] if A is better, [[B]] if B is better, or [[C]] for a tie."
 )
 
+#: The same prompt with the reply instruction first, as MT-Bench's judge prompt has it (its
+#: system prompt holds every instruction; the answers end the prompt). Every judge prompt then
+#: starts with the same instructions, so a judge that reads shared beginnings once
+#: (:class:`~rlhf_lessons.judges.frozen_bottom.LayerCache`) reads them once in all, and only
+#: the question and the answers are new in each prompt (lesson 09 uses it).
+PAIRWISE_INSTRUCTIONS_FIRST = (
+    "Which of two answers to a question is better: more helpful, correct and to the point? "
+    "Do not let their order or length decide. "
+    "Reply [[A]] if A is better, [[B]] if B is better, or [[C]] for a tie.\n\n"
+    "Question: {prompt}\n\n"
+    "Answer A: {response_a}\n\n"
+    "Answer B: {response_b}"
+)
+
 PAIRWISE_REFERENCE_TEMPLATE = (
     "Which of two answers to a question is better: more helpful, correct and to the point? "
     "Compare both with the correct reference answer. Do not let their order or length "

@@ -13,11 +13,16 @@ verdict the ranking implies (``A`` when the better answer is shown first, else `
 orders carry the same pair with opposite answers, so preferring a position cannot lower the
 loss.
 
-The loss (:func:`verdict_loss`) is supervised fine-tuning on the verdict token:
+The loss (:func:`verdict_loss`) is supervised fine-tuning on the verdict token, with the
+softmax over the verdict options the judge is read by (``JudgeTuneConfig.options``,
+``A``, ``B``, ``C``; ``None``: the whole vocabulary):
 
-    L = -(1/B) sum_b log pi(y_b | x_b),    x_b = judge prompt + "[[",  y_b in {"A", "B"}
+    L = -(1/B) sum_b log p(y_b | x_b),   p(v | x) = exp l_v(x) / sum_{u in {A, B, C}} exp l_u(x)
 
-with logits (B, V) at the one position after ``x_b`` and targets (B,) token ids. Only a LoRA
+with ``x_b`` = judge prompt + "[[", ``y_b`` in {"A", "B"}, logits (B, K) at the one position
+after ``x_b`` and targets (B,) option indices. ``p`` is exactly the distribution the log-prob
+judge reads its verdict from (:mod:`rlhf_lessons.judges.llm_judge`), and it needs K rows of
+the output layer instead of its whole vocabulary (49,152 rows for SmolLM2). Only a LoRA
 adapter (Hu et al. 2021, arXiv 2106.09685) on the top ``top_layers`` decoder layers trains, so
 the bottom layers run once per text (:class:`~rlhf_lessons.judges.frozen_bottom.LayerCache`)
 and each step runs only the top layers; several seeds share that one bottom pass.
@@ -63,6 +68,7 @@ class JudgeTuneConfig:
     lora_rank: int = 8
     lora_alpha: int = 16
     target_modules: tuple[str, ...] = ALL_LINEAR
+    options: tuple[str, ...] | None = ("A", "B", "C")  # the loss's softmax; None: vocabulary
     seed: int = 0
     threads: int | None = None
 
@@ -75,6 +81,9 @@ class JudgeTuneConfig:
             raise ValueError(
                 f"JudgeTuneConfig.max_steps must be >= 1 or None, got {self.max_steps}"
             )
+        if self.options is not None and len(set(self.options)) < 2:
+            raise ValueError("JudgeTuneConfig.options must be None or at least two different "
+                             f"verdict options, got {self.options!r}")  # fmt: skip
 
 
 def verdict_data(judge: Judge, pairs: Sequence[JudgedPair],
@@ -92,7 +101,8 @@ def verdict_data(judge: Judge, pairs: Sequence[JudgedPair],
 
 
 def verdict_loss(logits: torch.Tensor, targets: torch.Tensor) -> tuple[torch.Tensor, dict]:
-    """Mean NLL of the verdict token. logits (B, V), targets (B,) token ids -> scalar."""
+    """Mean NLL of the verdict. logits (B, K) over the K options (or the vocabulary), targets
+    (B,) indices into them -> scalar."""
     loss = F.cross_entropy(logits, targets)
     return loss, {
         "loss": loss.item(),
@@ -142,6 +152,26 @@ def _check_top_only(policy: nn.Module, split: int) -> None:
                 )
 
 
+def _one_token(tokenizer, text: str, what: str) -> int:
+    ids = tokenizer(text, add_special_tokens=False)["input_ids"]
+    if len(ids) != 1:
+        raise ValueError(f"{what} {text!r} must be one token, got {len(ids)}")
+    return ids[0]
+
+
+def _option_targets(options, tokenizer, targets: torch.Tensor):
+    """The option tokens (None: the vocabulary) and the targets as indices among them."""
+    if options is None:
+        return None, targets
+    tokens = [_one_token(tokenizer, o, "JudgeTuneConfig.options entry") for o in options]
+    index = {t: i for i, t in enumerate(tokens)}
+    missing = sorted({int(t) for t in targets} - set(index))
+    if missing:
+        raise ValueError(f"targets {tokenizer.decode(missing)!r} are not among "
+                         f"JudgeTuneConfig.options {options!r}")  # fmt: skip
+    return tokens, torch.tensor([index[int(t)] for t in targets])
+
+
 def _check_data(data: Sequence[Mapping], tokenizer) -> tuple[list[str], torch.Tensor]:
     if isinstance(data, Mapping | str) or not data:
         raise ValueError("data must be a non-empty list of {'context', 'target'} records "
@@ -150,12 +180,7 @@ def _check_data(data: Sequence[Mapping], tokenizer) -> tuple[list[str], torch.Te
     for i, r in enumerate(data):
         if not isinstance(r, Mapping) or not {"context", "target"} <= set(r):
             raise ValueError(f"data[{i}] must be a dict with 'context' and 'target', got {r!r:.80}")
-        tok = tokenizer(r["target"], add_special_tokens=False)["input_ids"]
-        if len(tok) != 1:
-            raise ValueError(
-                f"data[{i}]['target'] {r['target']!r} must be one token, got {len(tok)}"
-            )
-        ids.append(tok[0])
+        ids.append(_one_token(tokenizer, r["target"], f"data[{i}]['target']"))
     return [r["context"] for r in data], torch.tensor(ids)
 
 
@@ -181,6 +206,7 @@ def train_judge(
     """
     cfg = config or JudgeTuneConfig()
     contexts, targets = _check_data(data, tokenizer)
+    tokens, targets = _option_targets(cfg.options, tokenizer, targets)
     params = trainable_parameters(policy)
     if cache is None:
         cache = LayerCache(policy, tokenizer, cfg.top_layers, show_progress=show_progress)
@@ -211,7 +237,7 @@ def train_judge(
         bar = progress(total=total, desc="judge SFT (top layers)", disable=not show_progress)
         for idx in itertools.islice(minibatches, total):
             with watch:
-                logits = cache.next_token_logits([contexts[i] for i in idx], grad=True)
+                logits = cache.next_token_logits([contexts[i] for i in idx], True, tokens)
                 loss, m = verdict_loss(logits, targets[idx].to(logits.device))
                 optimizer.zero_grad()
                 loss.backward()
