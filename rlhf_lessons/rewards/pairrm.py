@@ -27,8 +27,13 @@ measurements, are in :mod:`rlhf_lessons.rewards.pairrm_eval`.
 Here the ranker is built on all-MiniLM-L6-v2 (22.7M parameters) through llm-blender's own
 builders, trained with llm-blender's own forward and loss in a short loop of ours
 (:func:`train_pair_ranker`), saved as a folder that ``Blender().loadranker(folder)`` loads.
-With ``frozen=`` (a :class:`~rlhf_lessons.rewards.frozen_bottom.FrozenBottom`) only the top
-layers and the head train, and the frozen bottom's output is computed once per sequence.
+One change to llm-blender's start: ``resize_token_embeddings`` gives the four new prefix tokens
+one and the same embedding (the vocabulary's mean), so at the start the head's two inputs h_i and
+h_j differ mostly by position and the loss can sit at ln 2; :func:`build_pair_ranker` starts them
+from distinct words instead (:func:`init_prefix_embeddings`; ``prefix_init="mean"`` keeps
+llm-blender's start). With ``frozen=`` (a
+:class:`~rlhf_lessons.rewards.frozen_bottom.FrozenBottom`) only the top layers and the head
+train, and the frozen bottom's output is computed once per sequence.
 :mod:`rlhf_lessons.rewards.blender_compat` makes llm-blender 0.0.2 run with transformers 5.
 """
 
