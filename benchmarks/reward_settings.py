@@ -10,13 +10,18 @@ The held-out split (what the lesson reports on) is not read.
 Lesson 08 (PairRanker, ``--lesson 08``): rankers are trained on review-world samples of
 training prompts (``train_prompts(n, seed)``, ranked by the true reward) and scored on N = 4
 samples of each of the 64 *validation* prompts (``validation_prompts()``): pairwise accuracy
-with both orders, and the best-of-4 gain over a random pick. The test prompts are not read.
+with both orders, and the best-of-4 gain over a random pick. The test prompts are not read,
+and the seeds used to choose (5000 and up) are not the lesson's (0-2, or RLHF_LESSONS_SEEDS).
+Each setting changes one thing from llm-blender's ranker as built: where the new prefix tokens'
+embeddings start (the vocabulary's mean, which transformers' ``resize_token_embeddings`` gives
+all four, or distinct words: ``build_pair_ranker(prefix_init=...)``), the head's learning rate
+with a warm-up, llm-blender's own training settings, the number of epochs.
 
 Each line printed is one run: setting, seed, validation accuracy, training CPU seconds; a summary
 per setting gives the mean and 95% interval over seeds. Run from the repository root::
 
     .venv/bin/python benchmarks/reward_settings.py --lesson 04 --seeds 0 1 2 3
-    .venv/bin/python benchmarks/reward_settings.py --lesson 08 --seeds 0 1
+    .venv/bin/python benchmarks/reward_settings.py --lesson 08 --seeds 5000 5001 5002
 
 It takes several minutes of one core per setting; the grids are the ones explored for the
 lessons' defaults.
@@ -36,10 +41,21 @@ LESSON04 = [  # (frozen layers, mode, lr, batch size)
     (5, "kwise", 3e-4, 2), (5, "kwise", 1e-3, 2), (5, "kwise", 3e-3, 2), (5, "kwise", 3e-3, 8),
     (5, "pairs", 3e-4, 8), (5, "pairs", 1e-3, 8), (5, "pairs", 3e-3, 8), (5, "pairs", 3e-3, 27),
 ]  # fmt: skip
-LESSON08 = [  # (frozen layers or None for a full fine-tune, lr, epochs, training prompts)
-    (5, 3e-4, 2, 128), (5, 1e-3, 2, 128), (4, 1e-3, 2, 128), (4, 3e-3, 2, 128), (4, 3e-3, 1, 128),
-    (None, 3e-4, 2, 96), (None, 3e-4, 3, 96), (None, 1e-4, 3, 96),
+# Lesson 08: one change at a time from llm-blender's ranker as it builds it (the prefix tokens start
+# at the vocabulary's mean embedding), every layer trained, 96 training prompts:
+# (name, prefix_init, PairRankerConfig fields, frozen bottom layers or None)
+LESSON08 = [
+    ("mean start (as built), lr 1e-4, 3 epochs", "mean", dict(lr=1e-4, epochs=3), None),
+    ("word start, lr 1e-4, 3 epochs", "words", dict(lr=1e-4, epochs=3), None),
+    ("mean start, head lr 1e-3, warm-up 7 steps", "mean",
+     dict(lr=1e-4, epochs=3, head_lr=1e-3, warmup_steps=7), None),
+    ("mean start, llm-blender's lr 1e-5, 5 epochs, no clipping", "mean",
+     dict(lr=1e-5, epochs=5, max_grad_norm=None), None),
+    ("word start, lr 1e-4, 1 epoch", "words", dict(lr=1e-4, epochs=1), None),
+    ("word start, lr 2e-4, 1 epoch", "words", dict(lr=2e-4, epochs=1), None),
+    ("mean start, frozen bottom 5, lr 1e-3, 2 epochs", "mean", dict(lr=1e-3, epochs=2), 5),
 ]  # fmt: skip
+LESSON08_PROMPTS = 96
 
 
 def lesson04(seeds: list[int]) -> dict:
@@ -97,22 +113,21 @@ def lesson08(seeds: list[int]) -> dict:
     reference = build_pair_ranker("minilm", source_maxlength=32, candidate_maxlength=32, seed=0)
     folder = cache_dir() / "models" / "reward-settings"
     out: dict = {}
-    for frozen, lr, epochs, n_prompts in LESSON08:
-        bottom = None if frozen is None else FrozenBottom(reference.ranker.pretrained_model, frozen)
-        for seed in seeds:
-            data = sample_ranked_completions(sft, tok, train_prompts(n_prompts, seed), k=4,
-                                             max_new_tokens=16, seed=seed)  # fmt: skip
+    for seed in seeds:
+        data = sample_ranked_completions(sft, tok, train_prompts(LESSON08_PROMPTS, seed), k=4,
+                                         max_new_tokens=16, seed=seed)  # fmt: skip
+        for key, prefix_init, fields, frozen in LESSON08:
+            bottom = None if frozen is None else FrozenBottom(reference.ranker.pretrained_model,
+                                                              frozen)  # fmt: skip
             bundle = build_pair_ranker("minilm", source_maxlength=32, candidate_maxlength=32,
-                                       seed=seed, frozen=bottom)  # fmt: skip
-            config = PairRankerConfig(lr=lr, epochs=epochs, batch_size=4, by_length=True, seed=seed)
+                                       seed=seed, frozen=bottom, prefix_init=prefix_init)  # fmt: skip
+            config = PairRankerConfig(batch_size=4, by_length=True, seed=seed, **fields)
             history = train_pair_ranker(bundle.ranker, bundle.tokenizer, data, config,
                                         show_progress=False)  # fmt: skip
             save_pair_ranker(bundle, folder)
             cmp = compare_all(load_blender(folder, frozen=bottom), cands.prompts, cands.texts)
             acc = pair_eval(cmp, cands.rewards.tolist()).accuracy
             gain = (cands.picked(full_matrix_picks(cmp)) - cands.random_pick).mean().item()
-            layers = "every layer trains" if frozen is None else f"frozen {frozen}"
-            key = f"{layers}, lr {lr:g}, {epochs} epoch(s), {n_prompts} prompts"
             out.setdefault(key, []).append(acc)
             print(f"{key}, seed {seed}: validation accuracy {acc:.3f}, best-of-4 gain "
                   f"{gain:+.3f}, training {history.cpu_seconds:.1f} CPU s", flush=True)  # fmt: skip

@@ -349,3 +349,46 @@ def test_train_pair_ranker_leaves_ln2_and_every_trainable_part_gets_gradient(tin
     assert last < 0.8 * math.log(2), (
         f"the loss stayed near ln 2 ({last:.3f}): the ranker did not fit"
     )
+
+
+def test_prefix_tokens_start_identical_under_mean_resizing_and_distinct_from_words(tiny_backbone):  # noqa: F811
+    """The diagnosis of lesson 08's ln 2 plateau, as a fact: transformers' mean resizing gives
+    the four new prefix tokens one and the same embedding; ``prefix_init="words"`` gives each the
+    embedding of its word."""
+    new = list(pr.PREFIX_WORDS)
+    mean = pr.build_pair_ranker(tiny_backbone, source_maxlength=16, candidate_maxlength=16,
+                                prefix_init="mean")  # fmt: skip
+    ids = mean.tokenizer.convert_tokens_to_ids(new)
+    rows = mean.ranker.pretrained_model.get_input_embeddings().weight[ids].detach()
+    assert torch.allclose(rows, rows[0].expand_as(rows), atol=1e-4)  # all four alike
+    words = pr.build_pair_ranker(tiny_backbone, source_maxlength=16, candidate_maxlength=16)
+    emb = words.ranker.pretrained_model.get_input_embeddings().weight.detach()
+    for token, word in pr.PREFIX_WORDS.items():
+        pieces = words.tokenizer(word, add_special_tokens=False)["input_ids"]
+        tid = words.tokenizer.convert_tokens_to_ids(token)
+        assert torch.allclose(emb[tid], emb[pieces].mean(0))
+    c1, c2 = words.tokenizer.convert_tokens_to_ids(["<|candidate1|>", "<|candidate2|>"])
+    assert not torch.allclose(emb[c1], emb[c2])
+    with pytest.raises(ValueError, match="prefix_init"):
+        pr.build_pair_ranker(tiny_backbone, source_maxlength=16, candidate_maxlength=16,
+                             prefix_init="zeros")  # fmt: skip
+
+
+def test_warmup_decay_schedule_and_head_lr():
+    w = torch.nn.Parameter(torch.zeros(1))
+    head = torch.nn.Parameter(torch.zeros(1))
+    opt = torch.optim.SGD([{"params": [w]}, {"params": [head], "lr": 10.0}], lr=1.0)
+    sched = pr.warmup_decay_schedule(opt, warmup_steps=3, total_steps=7)
+    seen = []
+    for _ in range(7):
+        seen.append([g["lr"] for g in opt.param_groups])
+        opt.step()
+        sched.step()
+    assert [s[0] for s in seen] == pytest.approx([0.25, 0.5, 0.75, 1.0, 0.75, 0.5, 0.25])
+    assert [s[1] for s in seen] == pytest.approx([10 * s[0] for s in seen])  # head: its own lr
+    no_warm = pr.warmup_decay_schedule(opt, 0, 4)  # without warm-up: the linear decay from lr
+    assert no_warm.lr_lambdas[0](0) == 1.0 and no_warm.lr_lambdas[0](2) == 0.5
+    with pytest.raises(ValueError, match="warmup_steps"):
+        pr.PairRankerConfig(warmup_steps=-1)
+    with pytest.raises(ValueError, match="head_lr"):
+        pr.PairRankerConfig(head_lr=0.0)

@@ -27,8 +27,13 @@ measurements, are in :mod:`rlhf_lessons.rewards.pairrm_eval`.
 Here the ranker is built on all-MiniLM-L6-v2 (22.7M parameters) through llm-blender's own
 builders, trained with llm-blender's own forward and loss in a short loop of ours
 (:func:`train_pair_ranker`), saved as a folder that ``Blender().loadranker(folder)`` loads.
-With ``frozen=`` (a :class:`~rlhf_lessons.rewards.frozen_bottom.FrozenBottom`) only the top
-layers and the head train, and the frozen bottom's output is computed once per sequence.
+One change to llm-blender's start: ``resize_token_embeddings`` gives the four new prefix tokens
+one and the same embedding (the vocabulary's mean), so at the start the head's two inputs h_i and
+h_j differ mostly by position and the loss can sit at ln 2; :func:`build_pair_ranker` starts them
+from distinct words instead (:func:`init_prefix_embeddings`; ``prefix_init="mean"`` keeps
+llm-blender's start). With ``frozen=`` (a
+:class:`~rlhf_lessons.rewards.frozen_bottom.FrozenBottom`) only the top layers and the head
+train, and the frozen bottom's output is computed once per sequence.
 :mod:`rlhf_lessons.rewards.blender_compat` makes llm-blender 0.0.2 run with transformers 5.
 """
 
@@ -64,7 +69,6 @@ from rlhf_lessons.training import (
     EvalFn,
     History,
     Stopwatch,
-    linear_decay_schedule,
     trainable_parameters,
 )
 
@@ -171,6 +175,37 @@ def max_logits_scores(cmp: torch.Tensor | np.ndarray) -> torch.Tensor:
 
 # --- building the ranker with llm-blender's builders ---------------------------------------------
 
+#: Words whose embeddings start the new prefix tokens (``prefix_init="words"``): distinct, and
+#: the two candidate slots different from each other.
+PREFIX_WORDS = {"<|source|>": "source", "<|candidate1|>": "first", "<|candidate2|>": "second",
+                "<|candidate|>": "candidate"}  # fmt: skip
+
+
+def init_prefix_embeddings(
+    encoder: nn.Module, tokenizer, words: Mapping[str, str] = PREFIX_WORDS
+) -> dict[str, str]:
+    """Start each new prefix token's embedding at the embedding of an existing word.
+
+    ``resize_token_embeddings`` (transformers >= 4.46, ``mean_resizing=True``) starts every new
+    row at the *mean* of the vocabulary's embeddings, plus noise of 1e-9 times their covariance:
+    the four prefix tokens get the same vector, about a tenth of a real token's norm. The head
+    reads the states at ``<|candidate1|>`` and ``<|candidate2|>``, which then differ only by
+    position. Starting them from distinct words (the mean of a word's word pieces) gives each
+    slot its own vector, as a pretrained token has. Returns {token: word} as applied.
+    """
+    emb = encoder.get_input_embeddings().weight
+    with torch.no_grad():
+        for token, word in words.items():
+            token_id = tokenizer.convert_tokens_to_ids(token)
+            pieces = tokenizer(word, add_special_tokens=False)["input_ids"]
+            if token_id is None or token_id == tokenizer.unk_token_id or not pieces:
+                raise ValueError(
+                    f"cannot start {token!r} from {word!r}: the token is not in the tokenizer or "
+                    "the word has no word pieces (build the collator first, which adds the tokens)"
+                )
+            emb[token_id] = emb[pieces].mean(0)
+    return dict(words)
+
 
 @dataclass
 class PairRankerBundle:
@@ -193,6 +228,7 @@ def build_pair_ranker(
     drop_out: float = 0.05,
     seed: int = 0,
     frozen=None,
+    prefix_init: str = "words",
 ) -> PairRankerBundle:
     """Build an untrained PairRanker on ``backbone`` with llm-blender's own builders.
 
@@ -212,6 +248,9 @@ def build_pair_ranker(
         frozen: a :class:`~rlhf_lessons.rewards.frozen_bottom.FrozenBottom` cut from another
             ranker's encoder (``bundle.ranker.pretrained_model``): its embeddings and bottom
             layers are frozen into this ranker and looked up (see that module).
+        prefix_init: ``"words"`` starts the new prefix tokens from distinct words
+            (:func:`init_prefix_embeddings`); ``"mean"`` keeps what ``resize_token_embeddings``
+            gives them (all four the vocabulary's mean embedding), as llm-blender does.
     """
     from rlhf_lessons.models import resolve
 
@@ -234,6 +273,10 @@ def build_pair_ranker(
     collator = build_collator("pairranker", tokenizer, source_maxlength, candidate_maxlength)
     seed_everything(seed)
     ranker = build_ranker("pairranker", "bert", path, None, config, tokenizer)
+    if prefix_init == "words":
+        init_prefix_embeddings(ranker.pretrained_model, tokenizer)
+    elif prefix_init != "mean":
+        raise ValueError(f"prefix_init must be 'words' or 'mean', got {prefix_init!r}")
     if frozen is not None:
         frozen.attach(ranker.pretrained_model)
     return PairRankerBundle(ranker.eval(), tokenizer, collator, config)
@@ -340,6 +383,21 @@ def same_k_batches(
     return batches
 
 
+def warmup_decay_schedule(optimizer, warmup_steps: int, total_steps: int):
+    """Linear warm-up over ``warmup_steps``, then linear decay to 0 at ``total_steps`` (Hugging
+    Face's ``linear`` schedule, which llm-blender's Trainer uses); each group's own lr scales."""
+    if total_steps < 1 or warmup_steps < 0:
+        raise ValueError(f"need total_steps >= 1 and warmup_steps >= 0, got {total_steps}, "
+                         f"{warmup_steps}")  # fmt: skip
+
+    def factor(step: int) -> float:
+        if step < warmup_steps:
+            return (step + 1) / (warmup_steps + 1)
+        return max(0.0, (total_steps - step) / max(1, total_steps - warmup_steps))
+
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+
+
 @contextmanager
 def count_sequences(ranker: nn.Module):
     """Count the sequences the ranker's encoder reads (one per ordered pair compared): a forward
@@ -369,6 +427,8 @@ class PairRankerConfig:
     max_steps: int | None = None
     max_grad_norm: float | None = 1.0
     weight_decay: float = 0.0
+    warmup_steps: int = 0  # linear warm-up before the linear decay
+    head_lr: float | None = None  # the head's learning rate (None: lr)
     by_length: bool = False  # batch prompts of similar length together (less padding)
     seed: int = 0  # batch order, dropout, llm-blender's left/right shuffling
     threads: int | None = None
@@ -376,6 +436,8 @@ class PairRankerConfig:
     def __post_init__(self) -> None:
         if not self.lr > 0 or self.epochs < 1 or self.batch_size < 1:
             raise ValueError("PairRankerConfig needs lr > 0, epochs >= 1 and batch_size >= 1")
+        if self.warmup_steps < 0 or (self.head_lr is not None and not self.head_lr > 0):
+            raise ValueError("PairRankerConfig needs warmup_steps >= 0 and head_lr > 0 (or None)")
         if self.max_steps is not None and self.max_steps < 1:
             raise ValueError(
                 f"PairRankerConfig.max_steps must be >= 1 or None, got {self.max_steps}"
@@ -421,9 +483,15 @@ def train_pair_ranker(
         gen = random.Random(cfg.seed)
         epoch = lambda: same_k_batches(records, cfg.batch_size, gen, cfg.by_length)  # noqa: E731
         batches = [b for _ in range(cfg.epochs) for b in epoch()][: cfg.max_steps]
-        optimizer = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay,
+        head = {id(p) for p in ranker.head_layer.parameters()}
+        groups = [
+            {"params": [p for p in params if id(p) not in head]},
+            {"params": [p for p in params if id(p) in head], "lr": cfg.head_lr or cfg.lr},
+        ]
+        optimizer = torch.optim.AdamW([g for g in groups if g["params"]], lr=cfg.lr,
+                                      weight_decay=cfg.weight_decay,
                                       fused=params[0].device.type in ("cpu", "cuda"))  # fmt: skip
-        schedule = linear_decay_schedule(optimizer, len(batches))
+        schedule = warmup_decay_schedule(optimizer, cfg.warmup_steps, len(batches))
         watch, cpu_start = Stopwatch(), time.process_time()
         if eval_every:
             history.evaluate(eval_fn, ranker)
