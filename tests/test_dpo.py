@@ -445,3 +445,20 @@ def test_implicit_reward_accuracy_scores_each_pair(tiny_lm):
     acc = implicit_reward_accuracy(policy, tok, PAIRS, reference=tiny_lm[0])
     assert len(acc["correct"]) == len(PAIRS) and set(acc["correct"]) <= {0.0, 0.5, 1.0}
     assert acc["accuracy"] == pytest.approx(sum(acc["correct"]) / len(PAIRS))
+
+
+def test_ranking_accuracy_from_logps_equals_implicit_reward_accuracy(tiny_lm):
+    # lesson 06 computes the held-out log-probs once and ranks from them: the same numbers
+    from rlhf_lessons.alignment.dpo import ranking_accuracy, response_logps
+
+    policy, tok, _ = _train(tiny_lm, lr=1e-2, epochs=5, batch_size=3)
+    cfg = DPOConfig(beta=0.5)
+    ref = precompute_reference_logps(tiny_lm[0], tokenize_preferences(tok, PAIRS, 32, 32))
+    ref_w, ref_l = ref.sum.chunk(2)
+    after_w, after_l = response_logps(policy, tok, PAIRS)
+    fast = ranking_accuracy(cfg.beta * (after_w - ref_w), cfg.beta * (after_l - ref_l))
+    assert fast == implicit_reward_accuracy(policy, tok, PAIRS, reference=ref, config=cfg)
+    tie = ranking_accuracy(torch.zeros(4), torch.zeros(4))
+    assert tie["accuracy"] == 0.5 and tie["ties"] == 1.0
+    with pytest.raises(ValueError, match="same pairs"):
+        ranking_accuracy(torch.zeros(3), torch.zeros(4))

@@ -427,6 +427,19 @@ def implicit_reward_accuracy(
         config = DPOConfig(loss=loss, beta=beta, max_prompt_length=max_prompt_length,
                            max_completion_length=max_completion_length, threads=threads)  # fmt: skip
     chosen, rejected = implicit_rewards(policy, tokenizer, pairs, reference, config, chunk_size)
+    return ranking_accuracy(chosen, rejected)
+
+
+def ranking_accuracy(chosen: torch.Tensor, rejected: torch.Tensor) -> dict:
+    """:func:`implicit_reward_accuracy`'s dict from (N,) rewards of the chosen and of the
+    rejected responses, already computed (e.g. ``beta * (log pi - log pi_ref)`` from the log-probs
+    of :func:`response_logps`, so that one forward pass serves both): a pair is right when its
+    chosen reward is higher, a tie counts 1/2."""
+    if chosen.shape != rejected.shape or chosen.ndim != 1:
+        raise ValueError(
+            f"chosen and rejected must be (N,) rewards of the same pairs, got shapes "
+            f"{tuple(chosen.shape)} and {tuple(rejected.shape)}"
+        )
     correct = (chosen > rejected).float() + 0.5 * (chosen == rejected).float()
     return {
         "accuracy": correct.mean().item(),
