@@ -10,7 +10,7 @@ tuned: seed 0, one run each) unless a flag below says otherwise:
    epoch), then ``eval`` on the held-out best-vs-worst pairs (the untrained policy scores 0.5).
 3. ``train grpo``: SmolLM2 with LoRA, the reward model of step 1 as its reward; the held-out
    prompts' mean reward (that reward model's) and KL before and after.
-4. The data-parallel demo loop and the course's SFT and DPO trainers on a tiny model
+4. The data-parallel demo loop and the course's SFT, DPO and reward-model trainers on tiny models
    (:mod:`rlhf_lessons.distributed`) in one process and in two (``torchrun --nproc_per_node
    2``): the loss curves and the wall times.
 
@@ -104,11 +104,12 @@ def grpo_step(out: Path, threads: str, iterations: str) -> dict:
             "kl_after": float(last["kl"]), "eval_prompts": 16}  # fmt: skip
 
 
-DEMOS = [{"demo": "dpo"}, {"demo": "sft"}, {"demo": "dpo_trainer"}]  # rlhf_lessons.distributed
+# rlhf_lessons.distributed's demos: the loop, and the course's SFT, DPO and reward-model trainers
+DEMOS = [{"demo": "dpo"}, {"demo": "sft"}, {"demo": "dpo_trainer"}, {"demo": "reward_trainer"}]
 
 
 def parallel_step(out: Path) -> dict:
-    """The demo loop and the course's SFT and DPO trainers (:data:`DEMOS`) on a tiny model:
+    """The demo loop and the course's SFT, DPO and reward trainers (:data:`DEMOS`), tiny models:
     one process (plain), then two under torchrun; each one's loss curves."""
     runs = json.dumps(DEMOS)
     one = timed([sys.executable, "-m", "rlhf_lessons.distributed", str(out / "one.json"), runs])
