@@ -392,3 +392,40 @@ def test_warmup_decay_schedule_and_head_lr():
         pr.PairRankerConfig(warmup_steps=-1)
     with pytest.raises(ValueError, match="head_lr"):
         pr.PairRankerConfig(head_lr=0.0)
+
+
+def test_memoised_comparisons_make_the_bubble_pass_free_and_change_nothing(blender):
+    prompts = ["say hi", "name a colour", "two plus two?"]
+    cands = [["hi!", "go away.", "hello there, friend.", "bye."],
+             ["red.", "seven.", "blue.", "a chair."],
+             ["four.", "five.", "twenty-two, or so I am told.", "a fish."]]  # fmt: skip
+    plain_cmp = pe.compare_all(blender, prompts, cands, batch_size=5)
+    plain_bubble = pe.top_by_bubble(blender, prompts, cands, seed=3)
+    with pe.memoised_comparisons(blender.ranker) as memo:
+        cmp = pe.compare_all(blender, prompts, cands, batch_size=5)
+        with pr.count_sequences(blender.ranker) as encoded:
+            bubble = pe.top_by_bubble(blender, prompts, cands, seed=3)
+    n = 4
+    assert memo["encoded"] == cmp.sequences == len(prompts) * n * (n - 1)
+    assert encoded["sequences"] == 0  # every comparison of the bubble pass was in the matrix
+    assert bubble.sequences == len(prompts) * 2 * (n - 1)  # still counted as asked
+    assert memo["asked"] == cmp.sequences + bubble.sequences
+    assert bubble.picks.tolist() == plain_bubble.picks.tolist()
+    for a, b in zip(cmp.logits, plain_cmp.logits, strict=True):
+        assert np.allclose(a, b, atol=1e-5, equal_nan=True)
+    assert "_forward" not in vars(blender.ranker)  # the wrappers are gone
+
+
+def test_compare_all_does_not_depend_on_its_batching(blender):
+    # compare_all sorts the comparisons by length before batching: the matrix must not depend on
+    # the batch size (up to float rounding)
+    prompts = ["say hi", "two plus two?"]
+    cands = [["hi!", "a much longer and friendlier hello to you.", "bye."],
+             ["four.", "five.", "twenty-two."]]  # fmt: skip
+    one = pe.compare_all(blender, prompts, cands, batch_size=1)
+    many = pe.compare_all(blender, prompts, cands, batch_size=16)
+    x, a, b = ["say hi"], [cands[0][1]], [cands[0][2]]
+    direct = blender.compare(x, a, b, return_logits=True, mode="[A,B]", disable_tqdm=True)
+    assert abs(one.logits[0][1, 2] - float(direct[0])) < 1e-5
+    for u, v in zip(one.logits, many.logits, strict=True):
+        assert np.allclose(u, v, atol=1e-5, equal_nan=True)
