@@ -518,8 +518,11 @@ def train_pair_ranker(
 
     Returns a :class:`~rlhf_lessons.training.History`: per step ``loss``, ``pairs`` and
     ``seconds``; ``info``: ``pairs_seen``, ``sequences`` (encoded), ``cpu_seconds`` and
-    ``train_seconds``. The ranker
-    is left in eval mode.
+    ``train_seconds``. The ranker is left in eval mode.
+
+    Two savings that leave the training as it is: every batch is tokenised once, before the
+    first step, and only the input-embedding rows the batches use are handed to the optimizer
+    (:func:`train_rows_in_use`; an ``eval_fn`` called during training sees that table).
     """
     from llm_blender.pair_ranker.model_util import build_collator
 
@@ -577,6 +580,7 @@ def train_pair_ranker(
         history.info["sequences"] = counter["sequences"]
         history.info["cpu_seconds"] = time.process_time() - cpu_start
         history.info["train_seconds"] = watch.seconds
-        ranker.eval()
+    ranker.eval()  # the full embedding table is back in place
+    with torch_threads(cfg.threads):
         history.evaluate(eval_fn, ranker)
     return history
