@@ -1,6 +1,7 @@
 """PairRanker (lesson 08): the loss against hand values and llm-blender's own code, the
 aggregation facts, training plumbing, forward-pass counts and Blender's API on a tiny BERT."""
 
+import contextlib
 import copy
 import math
 import random
@@ -392,3 +393,69 @@ def test_warmup_decay_schedule_and_head_lr():
         pr.PairRankerConfig(warmup_steps=-1)
     with pytest.raises(ValueError, match="head_lr"):
         pr.PairRankerConfig(head_lr=0.0)
+
+
+def test_memoised_comparisons_make_the_bubble_pass_free_and_change_nothing(blender):
+    prompts = ["say hi", "name a colour", "two plus two?"]
+    cands = [["hi!", "go away.", "hello there, friend.", "bye."],
+             ["red.", "seven.", "blue.", "a chair."],
+             ["four.", "five.", "twenty-two, or so I am told.", "a fish."]]  # fmt: skip
+    plain_cmp = pe.compare_all(blender, prompts, cands, batch_size=5)
+    plain_bubble = pe.top_by_bubble(blender, prompts, cands, seed=3)
+    with pe.memoised_comparisons(blender.ranker) as memo:
+        cmp = pe.compare_all(blender, prompts, cands, batch_size=5)
+        with pr.count_sequences(blender.ranker) as encoded:
+            bubble = pe.top_by_bubble(blender, prompts, cands, seed=3)
+    n = 4
+    assert memo["encoded"] == cmp.sequences == len(prompts) * n * (n - 1)
+    assert encoded["sequences"] == 0  # every comparison of the bubble pass was in the matrix
+    assert bubble.sequences == len(prompts) * 2 * (n - 1)  # still counted as asked
+    assert memo["asked"] == cmp.sequences + bubble.sequences
+    assert bubble.picks.tolist() == plain_bubble.picks.tolist()
+    for a, b in zip(cmp.logits, plain_cmp.logits, strict=True):
+        assert np.allclose(a, b, atol=1e-5, equal_nan=True)
+    assert "_forward" not in vars(blender.ranker)  # the wrappers are gone
+
+
+def test_compare_all_does_not_depend_on_its_batching(blender):
+    # compare_all sorts the comparisons by length before batching: the matrix must not depend on
+    # the batch size (up to float rounding)
+    prompts = ["say hi", "two plus two?"]
+    cands = [["hi!", "a much longer and friendlier hello to you.", "bye."],
+             ["four.", "five.", "twenty-two."]]  # fmt: skip
+    one = pe.compare_all(blender, prompts, cands, batch_size=1)
+    many = pe.compare_all(blender, prompts, cands, batch_size=16)
+    x, a, b = ["say hi"], [cands[0][1]], [cands[0][2]]
+    direct = blender.compare(x, a, b, return_logits=True, mode="[A,B]", disable_tqdm=True)
+    assert abs(one.logits[0][1, 2] - float(direct[0])) < 1e-5
+    for u, v in zip(one.logits, many.logits, strict=True):
+        assert np.allclose(u, v, atol=1e-5, equal_nan=True)
+
+
+def test_training_only_the_embedding_rows_in_use_is_the_same_training(tiny_backbone, monkeypatch):  # noqa: F811
+    # AdamW without weight decay never moves a row whose gradient is always 0: training only the
+    # rows the batches use must give the same ranker as training the whole table
+    cfg = pr.PairRankerConfig(epochs=2, lr=1e-2, batch_size=2, seed=0)
+    trained = []
+    for compact in (True, False):
+        if not compact:
+            monkeypatch.setattr(pr, "train_rows_in_use", lambda *a, **k: contextlib.nullcontext())
+        b = pr.build_pair_ranker(tiny_backbone, source_maxlength=16, candidate_maxlength=16)
+        before = b.ranker.pretrained_model.get_input_embeddings().weight.detach().clone()
+        pr.train_pair_ranker(b.ranker, b.tokenizer, RECORDS, cfg, show_progress=False)
+        emb = b.ranker.pretrained_model.get_input_embeddings()
+        assert isinstance(emb, torch.nn.Embedding) and emb.weight.requires_grad  # put back
+        moved = (emb.weight.detach() != before).any(-1)
+        assert 0 < int(moved.sum()) < len(moved)  # some rows trained, the unused did not move
+        trained.append({k: v.detach().clone() for k, v in b.ranker.state_dict().items()})
+    assert trained[0].keys() == trained[1].keys()
+    for k in trained[0]:
+        assert torch.allclose(trained[0][k], trained[1][k], atol=1e-5), k
+
+
+def test_rows_in_use_reads_unused_rows_from_the_full_table():
+    full = torch.nn.Embedding(10, 3, padding_idx=0)
+    compact = pr._RowsInUse(full, torch.tensor([0, 2, 5]))
+    ids = torch.tensor([[0, 2, 7], [5, 9, 2]])
+    assert torch.equal(compact(ids), full(ids))
+    assert compact.small.padding_idx == 0 and [p.shape for p in compact.parameters()] == [(3, 3)]

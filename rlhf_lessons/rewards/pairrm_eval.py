@@ -10,6 +10,10 @@
   ``[A,B]+[B,A]`` (``ab - ba``) is antisymmetric by construction.
 - :func:`top_by_bubble`: ``Blender.get_best_of_n(..., pairrm_cmp_type="bubble")``, one
   bubble-sort pass with both orders of each neighbour pair: 2(N-1) passes for the top pick.
+- :func:`memoised_comparisons`: while it is on, an ordered comparison the ranker has already
+  encoded is looked up, not encoded again. Every comparison a bubble pass asks for is in the full
+  matrix, so after :func:`compare_all` the bubble pass costs no forward pass; what a procedure
+  asks for is still counted (:func:`count_comparisons`).
 - :class:`PlantedRanker`: a stand-in ranker with a known skill and a known left-slot bias, to
   check that :func:`pair_eval` measures what was planted before it measures a trained ranker.
 - :func:`sample_candidates`: N samples per prompt from a policy, with their true rewards, for
@@ -19,8 +23,8 @@
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Mapping, Sequence
-from contextlib import nullcontext
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
 from itertools import combinations
 from typing import Any
@@ -28,7 +32,83 @@ from typing import Any
 import numpy as np
 import torch
 
-from rlhf_lessons.rewards.pairrm import check_records, count_sequences, max_logits_scores
+from rlhf_lessons.rewards.pairrm import check_records, max_logits_scores
+
+# --- counting and memoising the ranker's comparisons ---------------------------------------------
+
+
+@contextmanager
+def _wrapped_forward(ranker, wrap: Callable) -> Iterator[None]:
+    """Replace ``ranker._forward`` (llm-blender's one call that encodes a batch of ordered
+    comparisons, used by ``compare``, ``rank`` and the bubble pass) by ``wrap(previous)`` for the
+    duration; wrappers nest, and the previous one is put back on exit."""
+    own = "_forward" in vars(ranker)
+    previous = ranker._forward
+    ranker._forward = wrap(previous)
+    try:
+        yield
+    finally:
+        if own:
+            ranker._forward = previous
+        else:
+            del ranker._forward
+
+
+@contextmanager
+def count_comparisons(ranker) -> Iterator[dict[str, int]]:
+    """Count the ordered comparisons asked of ``ranker`` (rows given to its ``_forward``), whether
+    they are then encoded or looked up (:func:`memoised_comparisons`). Yields a dict whose
+    ``"sequences"`` grows."""
+    counter = {"sequences": 0}
+
+    def wrap(previous):
+        def _forward(source_ids, *args, **kwargs):
+            counter["sequences"] += int(source_ids.shape[0])
+            return previous(source_ids, *args, **kwargs)
+
+        return _forward
+
+    with _wrapped_forward(ranker, wrap):
+        yield counter
+
+
+def _row_key(ids: torch.Tensor, mask: torch.Tensor) -> tuple[int, ...]:
+    return tuple(ids[mask.bool()].tolist())  # the tokens without the batch's padding
+
+
+@contextmanager
+def memoised_comparisons(ranker) -> Iterator[dict[str, int]]:
+    """While on, each ordered comparison (prompt, left, right: their tokens without padding) is
+    encoded once; asked again, its logit is looked up. Evaluation only (calls with quality scores,
+    i.e. training with a loss, pass through untouched). The logits are the ranker's own, as
+    computed in the batch that first asked for them (a comparison's logit depends on its batch
+    only by float rounding). Yields ``{"asked", "encoded"}`` counts of comparisons."""
+    memo: dict[tuple, torch.Tensor] = {}
+    stats = {"asked": 0, "encoded": 0}
+
+    def wrap(previous):
+        def _forward(source_ids, source_mask, ids1, mask1, ids2, mask2, scores1=None,
+                     scores2=None):  # fmt: skip
+            if scores1 is not None or scores2 is not None:
+                return previous(source_ids, source_mask, ids1, mask1, ids2, mask2, scores1, scores2)
+            keys = [(_row_key(source_ids[b], source_mask[b]), _row_key(ids1[b], mask1[b]),
+                     _row_key(ids2[b], mask2[b])) for b in range(source_ids.shape[0])]  # fmt: skip
+            new = [b for b, key in enumerate(keys) if key not in memo]
+            if new:
+                rows = torch.tensor(new, device=source_ids.device)
+                out = previous(source_ids[rows], source_mask[rows], ids1[rows], mask1[rows],
+                               ids2[rows], mask2[rows])  # fmt: skip
+                for b, logit in zip(new, out["logits"], strict=True):
+                    memo.setdefault(keys[b], logit)
+            stats["asked"] += len(keys)
+            stats["encoded"] += len(new)
+            logits = torch.stack([memo[key] for key in keys])
+            return {"loss": torch.zeros((), device=logits.device), "logits": logits}
+
+        return _forward
+
+    with _wrapped_forward(ranker, wrap):
+        yield stats
 
 
 @dataclass
@@ -45,16 +125,23 @@ def compare_all(
     blender, prompts: Sequence[str], candidates: Sequence[Sequence[str]], batch_size: int = 16
 ) -> Comparisons:
     """All N(N-1) ordered comparisons of each prompt's candidates, in one ``blender.compare``
-    call with ``mode="[A,B]"`` (the logit that A, on the left, is better)."""
+    call with ``mode="[A,B]"`` (the logit that A, on the left, is better). The comparisons go to
+    ``compare`` shortest first, so that each batch holds sequences of similar length (a batch is
+    padded to its longest); the logits are put back in order."""
     if len(prompts) != len(candidates) or not prompts:
         raise ValueError(f"got {len(prompts)} prompts and {len(candidates)} candidate lists")
     jobs = [(p, i, j) for p, c in enumerate(candidates) for i in range(len(c))
             for j in range(len(c)) if i != j]  # fmt: skip
     if not jobs:
         raise ValueError("every prompt has fewer than 2 candidates: nothing to compare")
-    ranker = getattr(blender, "ranker", None)  # a PlantedRanker has none: no encoder to count
+    jobs.sort(
+        key=lambda job: (
+            len(prompts[job[0]]) + len(candidates[job[0]][job[1]]) + len(candidates[job[0]][job[2]])
+        )
+    )  # fmt: skip  (stable: ties keep their order)
+    ranker = getattr(blender, "ranker", None)  # a PlantedRanker has none: nothing to count
     counting = (
-        count_sequences(ranker) if ranker is not None else nullcontext({"sequences": len(jobs)})
+        count_comparisons(ranker) if ranker is not None else nullcontext({"sequences": len(jobs)})
     )
     with counting as seen:
         flat = blender.compare([prompts[p] for p, _, _ in jobs],
@@ -218,7 +305,7 @@ class TopChoice:
     """Which candidate a ranking procedure picks per prompt, and what it cost."""
 
     picks: np.ndarray  # (P,) index of the chosen candidate
-    sequences: int  # forward passes (sequences through the encoder)
+    sequences: int  # ordered comparisons asked for (forward passes, unless memoised)
     seconds: float
 
 
@@ -227,10 +314,11 @@ def top_by_bubble(blender, prompts: Sequence[str], candidates: Sequence[Sequence
     """``blender.get_best_of_n(..., pairrm_cmp_type="bubble")``: one bubble-sort pass over a
     random order of the candidates, each neighbour pair compared in both orders, so 2(N-1)
     forward passes per prompt. ``seed`` fixes the random order (llm-blender draws it from
-    torch's global generator)."""
+    torch's global generator). Inside :func:`memoised_comparisons`, after :func:`compare_all` on
+    the same candidates, every comparison it asks for is looked up: same picks, no new pass."""
     torch.manual_seed(seed)
     start = time.perf_counter()
-    with count_sequences(blender.ranker) as counter:
+    with count_comparisons(blender.ranker) as counter:
         best = blender.get_best_of_n(list(prompts), [list(c) for c in candidates],
                                      pairrm_cmp_type="bubble", batch_size=batch_size)  # fmt: skip
     # get_best_of_n returns the text; equal texts are interchangeable, so take the first index
@@ -244,7 +332,7 @@ def top_by_full_matrix(blender, prompts: Sequence[str], candidates: Sequence[Seq
     scored with :func:`~rlhf_lessons.rewards.pairrm.max_logits_scores`; the pick is the
     highest score. (:func:`compare_all` + :func:`full_matrix_picks` pick the same.)"""
     start = time.perf_counter()
-    with count_sequences(blender.ranker) as counter:
+    with count_comparisons(blender.ranker) as counter:
         scores = blender.rank(list(prompts), [list(c) for c in candidates], return_scores=True,
                               batch_size=batch_size, disable_tqdm=True)  # fmt: skip
     return TopChoice(np.asarray(scores).argmax(-1), counter["sequences"],
