@@ -1,7 +1,6 @@
 """PairRanker (lesson 08): the loss against hand values and llm-blender's own code, the
 aggregation facts, training plumbing, forward-pass counts and Blender's API on a tiny BERT."""
 
-import contextlib
 import copy
 import math
 import random
@@ -430,32 +429,3 @@ def test_compare_all_does_not_depend_on_its_batching(blender):
     assert abs(one.logits[0][1, 2] - float(direct[0])) < 1e-5
     for u, v in zip(one.logits, many.logits, strict=True):
         assert np.allclose(u, v, atol=1e-5, equal_nan=True)
-
-
-def test_training_only_the_embedding_rows_in_use_is_the_same_training(tiny_backbone, monkeypatch):  # noqa: F811
-    # AdamW without weight decay never moves a row whose gradient is always 0: training only the
-    # rows the batches use must give the same ranker as training the whole table
-    cfg = pr.PairRankerConfig(epochs=2, lr=1e-2, batch_size=2, seed=0)
-    trained = []
-    for compact in (True, False):
-        if not compact:
-            monkeypatch.setattr(pr, "train_rows_in_use", lambda *a, **k: contextlib.nullcontext())
-        b = pr.build_pair_ranker(tiny_backbone, source_maxlength=16, candidate_maxlength=16)
-        before = b.ranker.pretrained_model.get_input_embeddings().weight.detach().clone()
-        pr.train_pair_ranker(b.ranker, b.tokenizer, RECORDS, cfg, show_progress=False)
-        emb = b.ranker.pretrained_model.get_input_embeddings()
-        assert isinstance(emb, torch.nn.Embedding) and emb.weight.requires_grad  # put back
-        moved = (emb.weight.detach() != before).any(-1)
-        assert 0 < int(moved.sum()) < len(moved)  # some rows trained, the unused did not move
-        trained.append({k: v.detach().clone() for k, v in b.ranker.state_dict().items()})
-    assert trained[0].keys() == trained[1].keys()
-    for k in trained[0]:
-        assert torch.allclose(trained[0][k], trained[1][k], atol=1e-5), k
-
-
-def test_rows_in_use_reads_unused_rows_from_the_full_table():
-    full = torch.nn.Embedding(10, 3, padding_idx=0)
-    compact = pr._RowsInUse(full, torch.tensor([0, 2, 5]))
-    ids = torch.tensor([[0, 2, 7], [5, 9, 2]])
-    assert torch.equal(compact(ids), full(ids))
-    assert compact.small.padding_idx == 0 and [p.shape for p in compact.parameters()] == [(3, 3)]

@@ -416,58 +416,6 @@ def count_sequences(ranker: nn.Module):
         handle.remove()
 
 
-class _RowsInUse(nn.Module):
-    """An input embedding whose rows in use (``rows``) are a small trainable table; the others
-    are read, unchanged, from the full table (see :func:`train_rows_in_use`)."""
-
-    def __init__(self, full: nn.Embedding, rows: torch.Tensor) -> None:
-        super().__init__()
-        self.full = [full]  # in a list: not a submodule, so its table is not a parameter here
-        self.register_buffer("index", torch.full((full.num_embeddings,), -1, dtype=torch.long,
-                                                 device=rows.device), persistent=False)  # fmt: skip
-        self.index[rows] = torch.arange(len(rows), device=rows.device)
-        pad = full.padding_idx
-        self.small = nn.Embedding(len(rows), full.embedding_dim, device=full.weight.device,
-                                  dtype=full.weight.dtype,
-                                  padding_idx=int(self.index[pad]) if pad is not None
-                                  and self.index[pad] >= 0 else None)  # fmt: skip
-        with torch.no_grad():
-            self.small.weight.copy_(full.weight[rows])
-
-    def forward(self, ids: torch.Tensor) -> torch.Tensor:
-        small_ids = self.index[ids]
-        out = self.small(small_ids.clamp(min=0))
-        if bool((small_ids < 0).any()):  # a token no training input uses (e.g. in an eval_fn)
-            out = torch.where((small_ids >= 0)[..., None], out, self.full[0](ids).detach())
-        return out
-
-
-@contextmanager
-def train_rows_in_use(encoder: nn.Module, ids: torch.Tensor, weight_decay: float = 0.0):
-    """Train only the input-embedding rows that ``ids`` (every token id the training batches
-    hold) use; on exit, write them back into the full table.
-
-    The same training, cheaper: a row that no input uses gets a zero gradient at every step, so
-    with AdamW and no weight decay its moments stay 0 and it never moves, and zero rows add
-    nothing to the gradient norm that clipping reads. The optimizer then steps a table of the
-    rows in use instead of the whole vocabulary's (30k rows) at every step. Does nothing when the
-    embedding is frozen or with weight decay (which would move the unused rows too).
-    """
-    full = encoder.get_input_embeddings()
-    if not full.weight.requires_grad or weight_decay != 0.0:
-        yield
-        return
-    rows = torch.unique(ids.to(full.weight.device))
-    compact = _RowsInUse(full, rows)
-    encoder.set_input_embeddings(compact)
-    try:
-        yield
-    finally:
-        with torch.no_grad():
-            full.weight[rows] = compact.small.weight
-        encoder.set_input_embeddings(full)
-
-
 @dataclass(frozen=True)
 class PairRankerConfig:
     """Settings of :func:`train_pair_ranker`: AdamW, the learning rate decaying linearly to 0
@@ -520,9 +468,8 @@ def train_pair_ranker(
     ``seconds``; ``info``: ``pairs_seen``, ``sequences`` (encoded), ``cpu_seconds`` and
     ``train_seconds``. The ranker is left in eval mode.
 
-    Two savings that leave the training as it is: every batch is tokenised once, before the
-    first step, and only the input-embedding rows the batches use are handed to the optimizer
-    (:func:`train_rows_in_use`; an ``eval_fn`` called during training sees that table).
+    Every batch is tokenised once, before the first step (the collator draws no random
+    numbers, so the training is the same as tokenising at each step).
     """
     from llm_blender.pair_ranker.model_util import build_collator
 
@@ -535,12 +482,8 @@ def train_pair_ranker(
     gen = random.Random(cfg.seed)
     epoch = lambda: same_k_batches(records, cfg.batch_size, gen, cfg.by_length)  # noqa: E731
     order = [b for _ in range(cfg.epochs) for b in epoch()][: cfg.max_steps]
-    # tokenised once (the collator draws no random numbers); the embedding trains the rows used
-    batches = [collator([dataset[i] for i in idx]) for idx in order]
-    used = torch.cat([b[k].flatten() for b in batches for k in ("source_ids", "candidate_ids")])
-    used = torch.cat([used, torch.tensor([tokenizer.cand1_prefix_id, tokenizer.cand2_prefix_id])])
-    with (torch_threads(cfg.threads), count_sequences(ranker) as counter,
-          train_rows_in_use(ranker.pretrained_model, used, cfg.weight_decay)):  # fmt: skip
+    batches = [collator([dataset[i] for i in idx]) for idx in order]  # tokenised once
+    with torch_threads(cfg.threads), count_sequences(ranker) as counter:
         seed_everything(cfg.seed)  # drives llm-blender's left/right shuffling and the dropout
         params = trainable_parameters(ranker, "ranker")
         head = {id(p) for p in ranker.head_layer.parameters()}
@@ -580,7 +523,6 @@ def train_pair_ranker(
         history.info["sequences"] = counter["sequences"]
         history.info["cpu_seconds"] = time.process_time() - cpu_start
         history.info["train_seconds"] = watch.seconds
-    ranker.eval()  # the full embedding table is back in place
-    with torch_threads(cfg.threads):
+        ranker.eval()
         history.evaluate(eval_fn, ranker)
     return history
