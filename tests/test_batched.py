@@ -6,12 +6,15 @@ import torch
 from torch import nn
 
 from rlhf_lessons.rl.batched import (
+    SeedAdam,
     SeedLinear,
     SeedRandom,
+    TanhMLP,
     clip_grad_norm_per_seed_,
     load_seed_,
     minibatches,
     stack_seeds,
+    tanh_mlp,
 )
 from rlhf_lessons.rl.ppo import (
     ActorCritic,
@@ -118,6 +121,40 @@ def test_seed_actor_critic_computes_each_member_and_its_gradient():
     fresh = load_seed_(ActorCritic(), fused, 2)  # the fused network unstacks itself
     torch.testing.assert_close(fresh.value(obs[2]), fused.value(obs)[2])
     torch.testing.assert_close(fresh.log_probs(obs[2]), fused.log_probs(obs)[2])
+
+
+def test_tanh_mlp_forward_and_written_out_backward_match_autograd():
+    torch.manual_seed(0)
+    shapes = [(3, 4, 8), (3, 1, 8), (3, 8, 8), (3, 1, 8), (3, 8, 2), (3, 1, 2)]
+    ws = [torch.randn(s, dtype=torch.float64, requires_grad=True) for s in shapes]
+    x = torch.randn(3, 5, 4, dtype=torch.float64, requires_grad=True)
+    torch.autograd.gradcheck(TanhMLP.apply, (x, *ws))  # the backward is the forward's gradient
+    plain = tanh_mlp(x, *ws)  # torch.tanh and autograd's own backward
+    torch.testing.assert_close(TanhMLP.apply(x, *ws), plain)
+    grads = torch.autograd.grad(plain.square().sum(), (x, *ws))
+    fused = torch.autograd.grad(TanhMLP.apply(x, *ws).square().sum(), (x, *ws))
+    for a, b in zip(fused, grads, strict=True):
+        torch.testing.assert_close(a, b)
+
+
+def test_seed_adam_is_torch_adam():
+    torch.manual_seed(0)
+    ours = [nn.Parameter(torch.randn(2, 3, 4)), nn.Parameter(torch.randn(2, 1, 4))]
+    theirs = [nn.Parameter(p.detach().clone()) for p in ours]
+    opt = SeedAdam(ours, lr=1e-2, eps=1e-5)
+    ref = torch.optim.Adam(theirs, lr=1e-2, eps=1e-5)
+    for step in range(5):
+        lr = 1e-2 * (1 - step / 5)  # a schedule, set as the trainers set it
+        opt.lr, ref.param_groups[0]["lr"] = lr, lr
+        for params, o in ((ours, opt), (theirs, ref)):
+            o.zero_grad()
+            sum((p * torch.arange(p.numel()).view(p.shape)).sin().sum() for p in params).backward()
+            o.step()
+        for a, b in zip(ours, theirs, strict=True):
+            torch.testing.assert_close(a, b)
+    opt.zero_grad()
+    with pytest.raises(ValueError, match="gradient"):
+        opt.step()
 
 
 def test_seed_streams_do_not_depend_on_the_neighbours():

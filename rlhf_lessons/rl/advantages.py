@@ -83,16 +83,17 @@ def gae(
         )
     if not (0.0 <= gamma <= 1.0 and 0.0 <= gae_lambda <= 1.0):
         raise ValueError(f"gamma and gae_lambda must be in [0, 1], got {gamma}, {gae_lambda}")
-    num_steps = rewards.shape[0]
-    advantages = torch.zeros_like(rewards)
+    alive = 1.0 - dones
+    next_values = torch.cat((values[1:], last_value[None]))  # V(s_{t+1})
+    # every delta_t at once; only the discounted sum runs step by step
+    deltas = rewards + gamma * next_values * alive - values
+    decay = gamma * gae_lambda * alive  # (gamma lambda) (1 - d_t): 0 cuts at an episode end
+    advantages = torch.empty_like(deltas)
     next_adv = torch.zeros_like(last_value)
-    next_value = last_value
-    for t in range(num_steps - 1, -1, -1):
-        alive = 1.0 - dones[t]
-        delta = rewards[t] + gamma * next_value * alive - values[t]
-        next_adv = delta + gamma * gae_lambda * alive * next_adv
+    for t in range(rewards.shape[0] - 1, -1, -1):
+        # A_t = delta_t + gamma lambda (1 - d_t) A_{t+1}
+        next_adv = torch.addcmul(deltas[t], decay[t], next_adv)
         advantages[t] = next_adv
-        next_value = values[t]
     return advantages, advantages + values
 
 

@@ -29,6 +29,7 @@ from typing import TypeVar
 import numpy as np
 import torch
 from torch import nn
+from torch.optim.adam import adam
 
 T = TypeVar("T")
 
@@ -100,6 +101,89 @@ def load_seed_(module: nn.Module, stacked: nn.Module, seed_index: int) -> nn.Mod
             layer.weight.copy_(source.weight[seed_index].T)
             layer.bias.copy_(source.bias[seed_index, 0])
     return module
+
+
+def _tanh_(x: torch.Tensor) -> torch.Tensor:
+    """tanh(x / 2), in place, for ``x`` that holds 2 * pre-activation: tanh(z) = 2 sigmoid(2z) - 1.
+    The same function as ``torch.tanh`` (to float rounding), by a cheaper CPU kernel."""
+    return torch.sigmoid_(x).mul_(2.0).sub_(1.0)
+
+
+def tanh_mlp(x, w0, b0, w1, b1, w2, b2) -> torch.Tensor:
+    """:class:`TanhMLP`'s forward in plain tensor ops (no gradient wanted: rollouts and
+    evaluation, where the autograd Function's own call overhead would dominate)."""
+    h = torch.tanh(torch.baddbmm(b0, x, w0))
+    h = torch.tanh(torch.baddbmm(b1, h, w1))
+    return torch.baddbmm(b2, h, w2)
+
+
+class TanhMLP(torch.autograd.Function):
+    """Batched 2-hidden-layer tanh MLPs, with the backward written out (one autograd node
+    instead of eight: for networks this small each node's overhead outweighs its arithmetic).
+
+    Forward, for every network n at once (``torch.baddbmm``): ``h1 = tanh(x W0 + b0)``,
+    ``h2 = tanh(h1 W1 + b1)``, ``out = h2 W2 + b2``. Shapes: ``x`` (n, B, in), weights
+    (n, in, out), biases (n, 1, out). Backward, with ``g = dL/d out`` and tanh' = 1 - tanh^2:
+    ``dW2 = h2^T g``, ``db2 = sum_B g``, ``g1 = (g W2^T) (1 - h2^2)``, ``dW1 = h1^T g1``,
+    ``db1 = sum_B g1``, ``g0 = (g1 W1^T) (1 - h1^2)``, ``dW0 = x^T g0``, ``db0 = sum_B g0``,
+    ``dx = g0 W0^T``. ``tests/test_batched.py`` checks both against autograd.
+    """
+
+    @staticmethod
+    def forward(ctx, x, w0, b0, w1, b1, w2, b2):
+        # baddbmm's beta = alpha = 2 give 2 * pre-activation, for _tanh_ (exact: a power of 2)
+        h1 = _tanh_(torch.baddbmm(b0, x, w0, beta=2.0, alpha=2.0))
+        h2 = _tanh_(torch.baddbmm(b1, h1, w1, beta=2.0, alpha=2.0))
+        ctx.save_for_backward(x, w0, w1, w2, h1, h2)
+        return torch.baddbmm(b2, h2, w2)
+
+    @staticmethod
+    def backward(ctx, g):
+        x, w0, w1, w2, h1, h2 = ctx.saved_tensors
+        tanh_grad = torch.ops.aten.tanh_backward  # (g, y) -> g * (1 - y^2)
+        g1 = tanh_grad(torch.bmm(g, w2.mT), h2)
+        g0 = tanh_grad(torch.bmm(g1, w1.mT), h1)
+        dx = torch.bmm(g0, w0.mT) if ctx.needs_input_grad[0] else None
+        return (
+            dx,
+            torch.bmm(x.mT, g0), g0.sum(1, keepdim=True),
+            torch.bmm(h1.mT, g1), g1.sum(1, keepdim=True),
+            torch.bmm(h2.mT, g), g.sum(1, keepdim=True),
+        )  # fmt: skip
+
+
+class SeedAdam:
+    """Adam (Kingma & Ba 2015) as ``torch.optim.Adam(params, lr=lr, eps=eps, fused=True)``
+    computes it: :meth:`step` calls torch's functional ``adam`` with the same fused kernel,
+    without the :class:`torch.optim.Optimizer` wrapper's per-call bookkeeping (hooks, profiler
+    records, state look-ups), which costs more than the update of networks this small. Set
+    :attr:`lr` to schedule the learning rate. Adam acts element by element, so one optimizer
+    for all seeds keeps them apart. ``tests/test_batched.py`` checks it against torch's Adam.
+    """
+
+    def __init__(
+        self, params: Iterable[nn.Parameter], lr: float, eps: float = 1e-8,
+        betas: tuple[float, float] = (0.9, 0.999),
+    ) -> None:  # fmt: skip
+        self.params = list(params)
+        self.lr, self.eps, self.betas = lr, eps, betas
+        self.exp_avg = [torch.zeros_like(p) for p in self.params]
+        self.exp_avg_sq = [torch.zeros_like(p) for p in self.params]
+        self.steps = [torch.zeros(()) for _ in self.params]
+
+    def zero_grad(self) -> None:
+        for p in self.params:
+            p.grad = None
+
+    @torch.no_grad()
+    def step(self) -> None:
+        if any(p.grad is None for p in self.params):
+            raise ValueError("SeedAdam.step: every parameter needs a gradient (call backward)")
+        adam(
+            self.params, [p.grad for p in self.params], self.exp_avg, self.exp_avg_sq, [],
+            self.steps, fused=True, amsgrad=False, beta1=self.betas[0], beta2=self.betas[1],
+            lr=self.lr, weight_decay=0.0, eps=self.eps, maximize=False,
+        )  # fmt: skip
 
 
 @torch.no_grad()

@@ -35,9 +35,12 @@ from rlhf_lessons.course.device import torch_threads
 from rlhf_lessons.course.progress import progress
 from rlhf_lessons.rl.advantages import gae, masked_mean, normalize
 from rlhf_lessons.rl.batched import (
+    SeedAdam,
     SeedRandom,
+    TanhMLP,
     clip_grad_norm_per_seed_,
     minibatches,
+    tanh_mlp,
 )
 from rlhf_lessons.rl.cartpole import (
     ENV_ID,
@@ -163,7 +166,8 @@ class SeedActorCritic(nn.Module):
     over the 2S networks (each seed's actor and its critic), obs (S, ..., 4).
 
     The actor and the critic have the same shape up to their last layer (2 outputs vs 1), so
-    both run side by side in the same three ``torch.baddbmm`` calls: half the operations of
+    both run side by side in the same three ``torch.baddbmm`` calls
+    (:class:`~rlhf_lessons.rl.batched.TanhMLP`, one autograd node): half the operations of
     :func:`~rlhf_lessons.rl.batched.stack_seeds`'s module (which runs them one after the
     other), and these networks are so small that the count of operations is the cost. The
     critic's last layer gets a second output column of zeros, which nothing reads: its gradient
@@ -196,9 +200,10 @@ class SeedActorCritic(nn.Module):
             )
         # each seed's observations once for its actor, once for its critic: (2S, B, 4)
         h = obs.reshape(self.seeds, 1, -1, obs.shape[-1]).expand(-1, 2, -1, -1).flatten(0, 1)
-        h = torch.tanh(torch.baddbmm(self.bias0, h, self.weight0))
-        h = torch.tanh(torch.baddbmm(self.bias1, h, self.weight1))
-        out = torch.baddbmm(self.bias2, h, self.weight2).view(self.seeds, 2, *obs.shape[1:-1], -1)
+        # training: one autograd node for the three layers; rollouts and evaluation: plain ops
+        mlp = TanhMLP.apply if torch.is_grad_enabled() else tanh_mlp
+        out = mlp(h, self.weight0, self.bias0, self.weight1, self.bias1, self.weight2, self.bias2)
+        out = out.view(self.seeds, 2, *obs.shape[1:-1], -1)
         return torch.log_softmax(out[:, 0], dim=-1), out[:, 1, ..., 0]
 
     def log_probs(self, obs: torch.Tensor) -> torch.Tensor:
@@ -351,6 +356,33 @@ def collect_rollout(
     return Rollout(obs_buf, actions, logp, values, rewards, dones.float(), next_obs=obs)
 
 
+def annealed(cfg: PPOConfig, it: int) -> tuple[float, float]:
+    """``(lr, clip_eps)`` at iteration ``it``: linear schedules as in CleanRL and the zoo, the
+    full value at the first update and 1/N of it at the last (or constant if not annealed)."""
+    frac = 1.0 - it / cfg.iterations
+    return (
+        cfg.lr * (frac if cfg.anneal_lr else 1.0),
+        cfg.clip_eps * (frac if cfg.anneal_clip else 1.0),
+    )
+
+
+@torch.no_grad()
+def training_batch(ro: Rollout, agent: SeedActorCritic, cfg: PPOConfig) -> list[torch.Tensor]:
+    """A rollout as each seed's training batch, ``[obs, actions, logp, values, advantages,
+    returns]``, (S, T * N, ...) each: GAE advantages and returns (bootstrapped from V of where
+    the environments stand, ``ro.next_obs``), then each seed's T x N steps in one row.
+    Advantages are normalised per minibatch; with one minibatch per epoch (the zoo's settings)
+    that is the whole batch every epoch, so it is done here, once (each seed on its own)."""
+    # gae runs along time: (T, S, N) views
+    adv, ret = gae(*(x.transpose(0, 1) for x in (ro.rewards, ro.values, ro.dones)),
+                   agent.value(ro.next_obs), cfg.gamma, cfg.gae_lambda)  # fmt: skip
+    batch = [x.flatten(1, 2) for x in (ro.obs, ro.actions, ro.logp, ro.values)]
+    batch += [x.transpose(0, 1).flatten(1, 2) for x in (adv, ret)]
+    if cfg.norm_adv and cfg.minibatch_size == cfg.batch_size:
+        batch[4] = normalize(batch[4], dim=-1)
+    return batch
+
+
 def train_ppo_seeds(
     seeds: Sequence[int],
     config: PPOConfig | None = None,
@@ -362,8 +394,9 @@ def train_ppo_seeds(
 ) -> list[History]:
     """Train one CartPole agent per seed with PPO, all seeds in one batched computation.
 
-    Each iteration: :func:`collect_rollout` with pi_old, GAE, then ``epochs`` passes of
-    clipped-surrogate + value-loss Adam steps over minibatches of each seed's batch. The seeds
+    Each iteration: :func:`collect_rollout` with pi_old, GAE (:func:`training_batch`), then
+    ``epochs`` passes of clipped-surrogate + value-loss Adam steps over minibatches of each
+    seed's batch. The seeds
     share nothing but the arithmetic (:mod:`rlhf_lessons.rl.batched`). A greedy evaluation
     (``greedy_return``, plus ``eval_fn(policy)`` if given) runs before training and every
     ``eval_every`` iterations if ``eval_every`` > 0, and after the last one. ``policy`` (one
@@ -378,10 +411,8 @@ def train_ppo_seeds(
         make = lambda: ActorCritic(hidden=cfg.hidden)  # noqa: E731
         members = rand.build(make) if policy is None else rand.only(policy)
         agent = SeedActorCritic(members)
-        # Adam acts element by element, so one optimizer for all seeds keeps them apart;
-        # fused: one kernel for all parameters instead of one per tensor
         params = list(agent.parameters())
-        opt = torch.optim.Adam(params, lr=cfg.lr, eps=cfg.adam_eps, fused=True)
+        opt = SeedAdam(params, lr=cfg.lr, eps=cfg.adam_eps)  # torch's Adam, all seeds in one
         envs = CartPoles(rand.numpy, cfg.num_envs)
         log, watch = CartPoleLog("ppo", rand.seeds, cfg, cfg.num_envs), Stopwatch()
         obs = torch.from_numpy(envs.reset())
@@ -390,31 +421,18 @@ def train_ppo_seeds(
         for it in progress(range(cfg.iterations), desc=f"PPO, {S} seeds", unit="iteration",
                            disable=not show_progress):  # fmt: skip
             with watch:
-                # linear schedules as in CleanRL: full value at the first update, 1/N at the last
-                frac = 1.0 - it / cfg.iterations
-                opt.param_groups[0]["lr"] = lr = cfg.lr * (frac if cfg.anneal_lr else 1.0)
-                clip = cfg.clip_eps * (frac if cfg.anneal_clip else 1.0)
-
+                lr, clip = annealed(cfg, it)
+                opt.lr = lr
                 ro = collect_rollout(envs, agent, obs, rand, cfg, log)
                 obs = ro.next_obs
-                with torch.no_grad():  # gae runs along time: (T, S, N) views
-                    adv, ret = gae(*(x.transpose(0, 1) for x in (ro.rewards, ro.values, ro.dones)),
-                                   agent.value(obs), cfg.gamma, cfg.gae_lambda)  # fmt: skip
-                # (S, T, N, ...) -> (S, T * N, ...): each seed's batch in one row
-                batch = [x.flatten(1, 2) for x in (ro.obs, ro.actions, ro.logp, ro.values)]
-                batch += [x.transpose(0, 1).flatten(1, 2) for x in (adv, ret)]
-                # advantages are normalised per minibatch; with one minibatch per epoch (the
-                # zoo's settings) that is the whole batch every epoch: normalise it once
-                whole = cfg.minibatch_size == cfg.batch_size
-                if cfg.norm_adv and whole:
-                    batch[4] = normalize(batch[4], dim=-1)  # each seed on its own
+                batch = training_batch(ro, agent, cfg)  # GAE; (S, T * N, ...): a row per seed
                 for mb_obs, mb_act, mb_logp, mb_val, mb_adv, mb_ret in minibatches(
                     batch, cfg.minibatch_size, cfg.epochs, rand
                 ):
                     log_pi, new_values = agent(mb_obs)  # (S, M, 2), (S, M)
                     new_logp = log_pi.gather(-1, mb_act.unsqueeze(-1)).squeeze(-1)
-                    if cfg.norm_adv and not whole:
-                        mb_adv = normalize(mb_adv, dim=-1)
+                    if cfg.norm_adv and cfg.minibatch_size < cfg.batch_size:
+                        mb_adv = normalize(mb_adv, dim=-1)  # (a whole batch: done once)
                     pg_loss, _ = clipped_surrogate_loss(
                         new_logp, mb_logp, mb_adv, clip, metrics=False
                     )
