@@ -250,10 +250,11 @@ def sft_eval_fn(tokenizer, records, config):
 
 
 def rl_eval_fn(tokenizer, prompts_, ref, reward_fn, config):
-    """Mean reward and KL to the reference of one sample per held-out prompt, and the change of
-    the reward since the first evaluation with its 95% interval (``reward_change``, ``_low``,
-    ``_high``: the t-interval of the per-prompt differences). Every evaluation samples the same
-    prompts with the same seed, so two evaluations differ by the policy only."""
+    """Mean reward and KL to the reference of one sample per held-out prompt; from the second
+    evaluation on, also the change of the reward since the first, with its 95% interval
+    (``reward_change``, ``_low``, ``_high``: the t-interval of the per-prompt differences).
+    Every evaluation samples the same prompts with the same seed, so two evaluations differ by
+    the policy only (``--eval-every`` > 0 gives the first one before training)."""
     from rlhf_lessons.alignment.rollouts import collect_rollout
     from rlhf_lessons.course.stats import diff_ci
 
@@ -264,11 +265,11 @@ def rl_eval_fn(tokenizer, prompts_, ref, reward_fn, config):
                              config.temperature, seed=config.seed)  # fmt: skip
         kl = ((ro.logp - ro.ref_logp) * ro.mask).sum(-1)
         rewards = ro.raw_scores.tolist()
-        if not first:  # the baseline of every later evaluation
-            first.append(rewards)
         row = {"reward": ro.raw_scores.mean().item(), "kl": kl.mean().item(),
                "length": ro.lengths().float().mean().item()}  # fmt: skip
-        if len(rewards) >= 2:
+        if not first:  # the baseline of every later evaluation
+            first.append(rewards)
+        elif len(rewards) >= 2:
             change = diff_ci(rewards, first[0], paired=True)
             row.update(reward_change=change.mean, reward_change_low=change.low,
                        reward_change_high=change.high)  # fmt: skip
