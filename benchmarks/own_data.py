@@ -8,8 +8,11 @@ tuned: seed 0, one run each) unless a flag below says otherwise:
    ``eval --baseline`` on ``heldout.jsonl``: held-out pairwise accuracy, trained and untrained.
 2. ``train dpo``: SmolLM2 with a rank-8 LoRA adapter on each ranking's best-vs-worst pair (one
    epoch), then ``eval`` on the held-out best-vs-worst pairs (the untrained policy scores 0.5).
-3. ``train grpo``: SmolLM2 with LoRA, the reward model of step 1 as its reward; the held-out
-   prompts' mean reward (that reward model's) and KL before and after.
+3. ``train grpo``: SmolLM2 with LoRA, the reward model of step 1 as its reward, at the learning
+   rate and budget in :data:`GRPO_LR` / :data:`GRPO_ITERATIONS`; every held-out prompt's reward
+   (that reward model's, one sample, the same sampling seed) before and after, their paired
+   change with its 95% interval, and the KL. ``--grpo-validation`` first re-runs the choice of
+   those settings on a validation split of the training prompts (:func:`grpo_validation_step`).
 4. The data-parallel demo loop and the course's SFT, DPO and reward-model trainers on tiny models
    (:mod:`rlhf_lessons.distributed`) in one process and in two (``torchrun --nproc_per_node
    2``): the loss curves and the wall times.
