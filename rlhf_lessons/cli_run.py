@@ -250,15 +250,30 @@ def sft_eval_fn(tokenizer, records, config):
 
 
 def rl_eval_fn(tokenizer, prompts_, ref, reward_fn, config):
-    """Mean reward and KL to the reference of one sample per held-out prompt (fixed seed)."""
+    """Mean reward and KL to the reference of one sample per held-out prompt; from the second
+    evaluation on, also the change of the reward since the first, with its 95% interval
+    (``reward_change``, ``_low``, ``_high``: the t-interval of the per-prompt differences).
+    Every evaluation samples the same prompts with the same seed, so two evaluations differ by
+    the policy only (``--eval-every`` > 0 gives the first one before training)."""
     from rlhf_lessons.alignment.rollouts import collect_rollout
+    from rlhf_lessons.course.stats import diff_ci
+
+    first: list[list[float]] = []
 
     def evaluate(policy) -> dict:
         ro = collect_rollout(policy, ref, tokenizer, prompts_, reward_fn, config.max_new_tokens,
                              config.temperature, seed=config.seed)  # fmt: skip
         kl = ((ro.logp - ro.ref_logp) * ro.mask).sum(-1)
-        return {"reward": ro.raw_scores.mean().item(), "kl": kl.mean().item(),
-                "length": ro.lengths().float().mean().item()}  # fmt: skip
+        rewards = ro.raw_scores.tolist()
+        row = {"reward": ro.raw_scores.mean().item(), "kl": kl.mean().item(),
+               "length": ro.lengths().float().mean().item()}  # fmt: skip
+        if not first:  # the baseline of every later evaluation
+            first.append(rewards)
+        elif len(rewards) >= 2:
+            change = diff_ci(rewards, first[0], paired=True)
+            row.update(reward_change=change.mean, reward_change_low=change.low,
+                       reward_change_high=change.high)  # fmt: skip
+        return row
 
     return evaluate
 

@@ -308,12 +308,22 @@ def test_rl_with_a_saved_reward_model(tmp_path, capsys, tiny_folder, tiny_reward
     code, printed, err = _run(
         capsys, "train", algo, "--data", data, "--model", tiny_folder, "--reward-model",
         tiny_reward_folder, "--output-dir", str(out), "--iterations", "2", "--max-new-tokens",
-        "4", "--lora-r", "4", "--threads", "1", "--eval-data", data, *budget,
+        "4", "--lora-r", "4", "--threads", "1", "--eval-data", data, "--eval-every", "2", *budget,
     )  # fmt: skip
     assert code == 0, err
     assert "held-out: reward" in printed and (out / "adapter_config.json").is_file()
     assert (out / "value_head.safetensors").is_file() == (algo == "ppo")
     assert len((out / "metrics.csv").read_text().splitlines()) == 3
+    import pandas as pd
+
+    # the same prompts, sampled with the same seed at each evaluation: the change since step 0 is
+    # the paired per-prompt difference, with its interval
+    evals = pd.read_csv(out / "evaluations.csv")
+    assert evals["step"].tolist() == [0, 2]
+    first, last = evals.iloc[0], evals.iloc[-1]
+    assert pd.isna(first[["reward_change", "reward_change_low", "reward_change_high"]]).all()
+    assert last["reward_change"] == pytest.approx(last["reward"] - first["reward"], abs=1e-5)
+    assert last["reward_change_low"] <= last["reward_change"] <= last["reward_change_high"]
 
 
 def test_tensorboard_scalars(tmp_path):

@@ -11,6 +11,8 @@ rewrites the generated blocks of ``README.md``:
 - ``<!-- value NN path fmt -->`` ... ``<!-- /value -->``: one recorded value inline, e.g.
   ``<!-- value 06 smol.after .3f -->`` (``path`` walks ``values`` by dots; a claim's mean is
   ``claims.<name>``);
+  ``<!-- value own_data grpo.reward_change .3f -->`` quotes ``build/results/own_data.json``
+  (``benchmarks/own_data.py``);
 - ``<!-- runtimes -->`` ... ``<!-- /runtimes -->``: the per-lesson wall times.
 
 ``rlhf-lessons report --check`` renders from the committed ``docs/results/`` and fails when the
@@ -28,7 +30,13 @@ from pathlib import Path
 from rlhf_lessons.course.results import load_results
 
 CLAIMS = re.compile(r"(<!-- claims (\d\d) -->\n).*?(<!-- /claims -->)", re.S)
-VALUE = re.compile(r"(<!-- value (\d\d) ([\w.\-]+) ?([^ ]*?) -->).*?(<!-- /value -->)", re.S)
+VALUE = re.compile(
+    r"(<!-- value (\d\d|own_data) ([\w.\-]+) ?([^ ]*?) -->).*?(<!-- /value -->)", re.S
+)
+#: Results files that are not a lesson's, quoted by ``<!-- value <name> ... -->`` the same way:
+#: ``own_data.json`` is written by ``benchmarks/own_data.py`` (the "Use it on your own data"
+#: examples at their real budgets).
+EXTRA_RESULTS = ("own_data",)
 RUNTIMES = re.compile(r"(<!-- runtimes -->\n).*?(<!-- /runtimes -->)", re.S)
 
 
@@ -145,7 +153,17 @@ def render_committed(root: Path) -> str:
     docs = root / "docs" / "results"
     course_file = docs / "course.json"
     course = json.loads(course_file.read_text()) if course_file.exists() else None
-    return render((root / "README.md").read_text(), load_results(docs), course)
+    return render((root / "README.md").read_text(), with_extra_results(docs), course)
+
+
+def with_extra_results(folder: Path) -> dict[str, dict]:
+    """The lessons' results in ``folder`` and the :data:`EXTRA_RESULTS` files present there."""
+    found = load_results(folder)
+    for name in EXTRA_RESULTS:
+        path = Path(folder) / f"{name}.json"
+        if path.exists():
+            found[name] = json.loads(path.read_text())
+    return found
 
 
 def check(root: Path) -> str:
