@@ -20,7 +20,8 @@ def pytest_configure(config):
 # --dist loadfile --no-loadscope-reorder), handing files out in collection order. Longest first,
 # so that the end of the run is many short files shared by both workers rather than one worker
 # finishing a long notebook alone: the notebooks, slowest first (order taken from CI's
-# --durations), then the slow test files, then the rest in their usual order.
+# --durations), then the slow test files (from tests --durations=60), then the rest in their
+# usual order.
 _SLOWEST_FIRST = [
     "notebooks/08_pairrm.ipynb",
     "notebooks/09_llm_judge.ipynb",
@@ -33,8 +34,19 @@ _SLOWEST_FIRST = [
     "notebooks/11_offline_rl_alol.ipynb",
     "notebooks/01_reinforce_cartpole.ipynb",
     "notebooks/03_kl_divergence.ipynb",
+    "tests/test_cli_train.py",
+    "tests/test_readme_example.py",
     "tests/test_lm_ppo.py",
+    "tests/test_alol.py",
     "tests/test_batched.py",
+    "tests/test_dpo.py",
+    "tests/test_reward_model.py",
+    "tests/test_reinforce.py",
+    "tests/test_naive_ppo.py",
+    "tests/test_distributed.py",
+    "tests/test_rloo_grpo.py",
+    "tests/test_ppo.py",
+    "tests/test_jupyterlab.py",
 ]
 
 
