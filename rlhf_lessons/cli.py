@@ -73,20 +73,27 @@ def _lessons(args: argparse.Namespace) -> int:
 
     if not args.no_prepare:
         # the models first, once: notebooks running side by side would each convert or train them
-        _prepare_models(argparse.Namespace(refresh=False))
+        _prepare_models(argparse.Namespace(refresh=False, ship=False))
     reports = run_lessons(Path(args.notebooks), Path(args.build), args.only, workers=args.workers)
     return 0 if all(r.checkpoint == "passed" for r in reports) else 1
 
 
 def _prepare_models(args: argparse.Namespace) -> int:
-    from rlhf_lessons.models import minilm_path, smollm2_path
-    from rlhf_lessons.review_world.tiny_lm import sft_model_path
+    from rlhf_lessons.models import install_shipped_model, minilm_path, ship_model, smollm2_path
+    from rlhf_lessons.review_world.tiny_lm import model_folder, sft_model_path
 
     # each step shows a bar the first time (the GGUF conversion, the review model's training)
     print(f"SmolLM2-135M-Instruct: {smollm2_path(refresh=args.refresh)}", flush=True)
     print(f"all-MiniLM-L6-v2:      {minilm_path()}", flush=True)
-    # lessons 05-11's review model: trained once (~1.5 min on one core), then loaded from disk
-    print(f"review SFT model:      {sft_model_path()}", flush=True)
+    # lessons 05-11's review model: copied from data/models when a copy of this source ships,
+    # else trained once (~1.5 min on one core); then loaded from disk
+    if install_shipped_model(model_folder().name) is not None:
+        print(f"review SFT model:      {model_folder()} (the shipped copy)", flush=True)
+    else:  # its source changed since the copy shipped: `prepare-models --ship` updates it
+        print(f"review SFT model:      no shipped copy of {model_folder().name}: training")
+        print(f"review SFT model:      {sft_model_path()}", flush=True)
+    if getattr(args, "ship", False):
+        print(f"shipped:               {ship_model(sft_model_path(), 'review-gpt-')}")
     return 0
 
 
@@ -163,6 +170,9 @@ def build_parser() -> argparse.ArgumentParser:
         "prepare-models", help="convert SmolLM2 and train the review model once (cached)"
     )
     pm.add_argument("--refresh", action="store_true", help="convert again even if cached")
+    pm.add_argument(
+        "--ship", action="store_true", help="copy the review model to data/models (maintainers)"
+    )
     pm.set_defaults(func=_prepare_models)
 
     rp = sub.add_parser(

