@@ -79,7 +79,7 @@ def _lessons(args: argparse.Namespace) -> int:
 
 
 def _prepare_models(args: argparse.Namespace) -> int:
-    from rlhf_lessons.models import install_shipped_model, minilm_path, ship_model, smollm2_path
+    from rlhf_lessons.models import minilm_path, ship_model, shipped_models_dir, smollm2_path
     from rlhf_lessons.review_world.tiny_lm import model_folder, sft_model_path
 
     # each step shows a bar the first time (the GGUF conversion, the review model's training)
@@ -87,8 +87,8 @@ def _prepare_models(args: argparse.Namespace) -> int:
     print(f"all-MiniLM-L6-v2:      {minilm_path()}", flush=True)
     # lessons 05-11's review model: copied from data/models when a copy of this source ships,
     # else trained once (~1.5 min on one core); then loaded from disk
-    if install_shipped_model(model_folder().name) is not None:
-        print(f"review SFT model:      {model_folder()} (the shipped copy)", flush=True)
+    if (shipped_models_dir() / model_folder().name).is_dir():
+        print(f"review SFT model:      {sft_model_path()} (the shipped copy)", flush=True)
     else:  # its source changed since the copy shipped: `prepare-models --ship` updates it
         print(f"review SFT model:      no shipped copy of {model_folder().name}: training")
         print(f"review SFT model:      {sft_model_path()}", flush=True)

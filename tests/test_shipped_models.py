@@ -2,6 +2,8 @@
 
 import json
 
+import pytest
+
 from rlhf_lessons import models
 
 
@@ -45,3 +47,25 @@ def test_the_shipped_review_model_is_one_folder_of_the_default_config():
     assert {"config.json", "model.safetensors", "tokenizer.json"} <= {
         p.name for p in folders[0].iterdir()
     }
+
+
+def test_the_shipped_review_model_was_trained_from_this_source():
+    # config_hash covers the config and the training source: a stale copy would make every fresh
+    # machine (and CI) train the model again. After changing tiny_lm.py or review_corpus.py, run
+    # `python -m rlhf_lessons prepare-models --ship` and commit data/models/.
+    from rlhf_lessons.review_world.tiny_lm import model_folder
+
+    shipped = [p.name for p in models.shipped_models_dir().glob("review-gpt-*")]
+    assert shipped == [model_folder().name], "run `python -m rlhf_lessons prepare-models --ship`"
+
+
+def test_sft_model_path_takes_the_shipped_copy(tmp_cache, tmp_path, monkeypatch):
+    from rlhf_lessons.review_world import tiny_lm
+
+    shipped = tmp_path / "shipped" / tiny_lm.model_folder().name
+    shipped.mkdir(parents=True)
+    (shipped / tiny_lm.METRICS_FILE).write_text("{}")
+    monkeypatch.setattr(models, "shipped_models_dir", lambda: shipped.parent)
+    monkeypatch.setattr(tiny_lm, "train_tiny_lm", lambda *a, **k: pytest.fail("trained"))
+    assert tiny_lm.sft_model_path(show_progress=False) == tmp_cache / "models" / shipped.name
+    assert (tmp_cache / "models" / shipped.name / tiny_lm.METRICS_FILE).read_text() == "{}"

@@ -296,9 +296,15 @@ def sft_model_path(
     refresh: bool = False, config: TinyLMConfig = TinyLMConfig(), show_progress: bool = True
 ) -> Path:
     """The folder of the trained review-gpt (HF model + tokenizer + ``training.json``), training
-    it first if it is missing or ``refresh`` is set. The folder is written to a temporary name
-    and renamed, so an interrupted run never leaves half a model behind."""
+    it first if it is missing or ``refresh`` is set. A copy trained from this very source ships
+    in ``data/models/`` (:func:`rlhf_lessons.models.install_shipped_model`): when its name
+    matches, it is copied instead of trained. The folder is written to a temporary name and
+    renamed, so an interrupted run never leaves half a model behind."""
+    from rlhf_lessons.models import install_shipped_model
+
     target = model_folder(config)
+    if not refresh and install_shipped_model(target.name) is not None:
+        return target
     if (target / METRICS_FILE).exists() and not refresh:
         return target
     model, tokenizer, metrics = train_tiny_lm(config, show_progress=show_progress)
