@@ -20,7 +20,7 @@ import math
 import os
 import platform
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -35,16 +35,23 @@ def read_run_info(folder: str | Path) -> dict:
         return {}
 
 
-def _plain(value: Any) -> Any:
+def jsonable(value: Any) -> Any:
+    """``value`` as plain JSON values, for every results file of the package: mappings,
+    lists, dataclasses (and objects with ``as_dict``, such as intervals), numpy and torch
+    numbers and arrays; NaN and infinities become ``null``, anything else its ``str``."""
+    if hasattr(value, "as_dict"):
+        return jsonable(value.as_dict())
     if dataclasses.is_dataclass(value) and not isinstance(value, type):
-        return {k: _plain(v) for k, v in dataclasses.asdict(value).items()}
-    if isinstance(value, dict):
-        return {str(k): _plain(v) for k, v in value.items()}
+        return jsonable(dataclasses.asdict(value))
+    if isinstance(value, Mapping):
+        return {str(k): jsonable(v) for k, v in value.items()}
     if isinstance(value, list | tuple):
-        return [_plain(v) for v in value]
-    if isinstance(value, float) and not math.isfinite(value):
-        return None
-    return value if isinstance(value, str | int | float | bool | type(None)) else str(value)
+        return [jsonable(v) for v in value]
+    if hasattr(value, "tolist"):  # numpy / torch arrays and numbers
+        return jsonable(value.tolist())
+    if isinstance(value, float):
+        return float(value) if math.isfinite(value) else None
+    return value if isinstance(value, str | int | bool | type(None)) else str(value)
 
 
 def versions() -> dict:
@@ -74,7 +81,7 @@ class RunLog:
 
     def _write(self) -> None:
         if self.main:
-            (self.folder / RUN_FILE).write_text(json.dumps(_plain(self.info), indent=1))
+            (self.folder / RUN_FILE).write_text(json.dumps(jsonable(self.info), indent=1))
 
     def start(self, config, run, info: dict) -> None:
         """Record the settings before training (``status: running``)."""
@@ -99,7 +106,7 @@ class RunLog:
             tokenizer.save_pretrained(folder)
         if not final:
             (folder / RUN_FILE).write_text(
-                json.dumps(_plain({**self.info, "step": step}), indent=1)
+                json.dumps(jsonable({**self.info, "step": step}), indent=1)
             )
         return folder
 

@@ -19,21 +19,26 @@ Every trainer reads the same way, whatever it trains::
 
 The scaffolding every trainer needs is here, once: :func:`trainable_parameters` (the policy
 must have something to train), :func:`warmup_schedule` (linear warm-up, then constant),
-:class:`Stopwatch` (training time without evaluation), :meth:`History.evaluate` and
-:meth:`History.log`. Threads: :func:`rlhf_lessons.course.device.torch_threads` with the
+:func:`minibatch_order` and :func:`total_steps` (which rows each step trains on, and how many
+steps), :func:`optimizer_step` (zero, backward, clip, step), :class:`Stopwatch` (training time
+without evaluation), :meth:`History.log` (one row per step) and :meth:`History.loop` (the
+progress bar and the evaluations around a trainer's loop). Threads: :func:`rlhf_lessons.course.device.torch_threads` with the
 config's ``threads`` (``None`` leaves them as they are).
 """
 
 from __future__ import annotations
 
+import itertools
 import math
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 import torch
 from torch import nn
+
+from rlhf_lessons.course.progress import progress
 
 #: One name for one thing, across every config of the course (a glossary, checked by a test).
 NAMES = {
@@ -91,6 +96,63 @@ def linear_decay_schedule(
     if total_steps < 1:
         raise ValueError(f"total_steps must be >= 1, got {total_steps}")
     return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: max(0.0, 1.0 - s / total_steps))
+
+
+def total_steps(examples: int, batch_size: int, epochs: int, max_steps: int | None = None) -> int:
+    """Optimizer steps of ``epochs`` passes over ``examples`` in minibatches of ``batch_size``
+    (the last one of a pass may be smaller), at most ``max_steps`` (None: no cap)."""
+    total = math.ceil(examples / batch_size) * epochs
+    return min(total, max_steps or total)
+
+
+def minibatch_order(
+    lengths: torch.Tensor,
+    batch_size: int,
+    epochs: int,
+    group_by_length: bool,
+    generator: torch.Generator,
+) -> list[torch.Tensor]:
+    """Each epoch's minibatches of row indices: a fresh shuffle cut into ``batch_size`` pieces,
+    or, with ``group_by_length``, Hugging Face's ``group_by_length``: each shuffled window of 50
+    minibatches is sorted by length before it is cut, and the minibatches are shuffled again
+    (every row once per epoch, as before; rows of similar length train together, so a padded
+    minibatch wastes less compute). ``lengths`` (N,): only its size counts without grouping."""
+    order = []
+    for _ in range(epochs):
+        perm = torch.randperm(len(lengths), generator=generator)
+        if not group_by_length:
+            order += list(perm.split(batch_size))
+            continue
+        window = 50 * batch_size
+        groups = [w[lengths[w].argsort(descending=True, stable=True)] for w in perm.split(window)]
+        batches = [b for w in groups for b in w.split(batch_size)]
+        order += [batches[i] for i in torch.randperm(len(batches), generator=generator)]
+    return order
+
+
+def optimizer_step(
+    loss: torch.Tensor,
+    optimizer: torch.optim.Optimizer,
+    params: Sequence[nn.Parameter],
+    max_grad_norm: float,
+    schedule: torch.optim.lr_scheduler.LRScheduler | None = None,
+    parallel: Any = None,
+) -> float:
+    """One step on ``loss``: zero the gradients, back-propagate (through ``parallel``, a
+    :class:`~rlhf_lessons.distributed.Parallel`, when given), clip them to the global norm
+    ``max_grad_norm``, step the optimizer, then its ``schedule``. Returns the gradient norm
+    before clipping."""
+    optimizer.zero_grad()
+    if parallel is None:
+        loss.backward()
+        norm = float(nn.utils.clip_grad_norm_(params, max_grad_norm))
+    else:
+        parallel.backward(loss)
+        norm = parallel.clip_grad_norm_(params, max_grad_norm)
+    optimizer.step()
+    if schedule is not None:
+        schedule.step()
+    return norm
 
 
 class Stopwatch:
@@ -151,6 +213,37 @@ class History:
         for column in self.rows.values():
             if len(column) == n:
                 column.append(math.nan)
+
+    def loop(
+        self,
+        steps: Iterable,
+        total: int,
+        policy: nn.Module,
+        eval_fn: EvalFn | None = None,
+        eval_every: int = 0,
+        *,
+        desc: str,
+        show_progress: bool = True,
+        show: Sequence[str] = ("loss",),
+    ) -> Iterator:
+        """The bookkeeping around a trainer's loop, written once: yields the first ``total``
+        items of ``steps`` (minibatches, ...); the loop's body trains on each one and logs
+        its row with :meth:`log`. Around the body: ``eval_fn`` before training (with
+        ``eval_every``), every ``eval_every`` steps and after the last one; a progress bar
+        (``desc``) showing the last row's ``show`` metrics."""
+        if eval_every:
+            self.evaluate(eval_fn, policy)
+        bar = progress(total=total, desc=desc, disable=not show_progress)
+        try:
+            for item in itertools.islice(steps, total):
+                yield item
+                bar.update(1)
+                bar.set_postfix({k: f"{self.rows[k][-1]:.3f}" for k in show if k in self.rows})
+                if self.due(eval_every, total):
+                    self.evaluate(eval_fn, policy)
+        finally:
+            bar.close()
+        self.evaluate(eval_fn, policy)
 
     def evaluate(self, eval_fn: EvalFn | None, policy: nn.Module) -> None:
         """Run ``eval_fn(policy)`` (if given) and record it at the current step. The policy is

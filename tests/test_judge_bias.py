@@ -1,7 +1,6 @@
 import numpy as np
 import pytest
 
-from rlhf_lessons.course.data import load_preferences
 from rlhf_lessons.judges.attacks import attack_pairs, repetitive_list, sentences
 from rlhf_lessons.judges.judge_bias import (
     METRICS,
@@ -12,15 +11,13 @@ from rlhf_lessons.judges.judge_bias import (
     attack_metrics,
     best_worst_pairs,
     bias_table,
-    few_shot_examples,
-    grading_metrics,
     judge_both_orders,
     judge_sets,
     position_metrics,
     reference_pairs,
     select_records,
 )
-from rlhf_lessons.judges.llm_judge import PairwiseConfig, PairwiseResult
+from rlhf_lessons.judges.llm_judge import PairwiseResult
 from rlhf_lessons.judges.planted import LengthJudge
 
 
@@ -153,28 +150,6 @@ def test_repetitive_list_adds_no_new_content():
     assert repetitive_list("Yes.") == "Yes.\n\nKey points:\n1. In other words, Yes."
     pairs = verbosity_pairs(RECORDS)
     assert pairs[0].better == "a b" and pairs[0].worse == repetitive_list("a b")
-
-
-def test_few_shot_examples_alternate_positions():
-    shots = few_shot_examples(load_preferences("train"))
-    assert [reply for _, reply in shots] == ["[[A]]", "[[B]]"]
-    train = {r["prompt"]: r for r in load_preferences("train")}
-    for (user, _), slot in zip(shots, ("A", "B"), strict=True):
-        prompt = user.split("Question: ")[1].split("\n\n")[0]
-        best = train[prompt]["ranked_outputs"][0]
-        assert f"Answer {slot}: {best}" in user
-    custom = PairwiseConfig(verdicts=("<A>", "<B>", "<C>"))
-    assert [r for _, r in few_shot_examples(RECORDS, custom)] == ["<A>", "<B>"]
-    with pytest.raises(ValueError, match="no record of category 'refusal'"):
-        few_shot_examples(RECORDS, categories=("refusal",))
-
-
-def test_grading_metrics_by_hand():
-    m = grading_metrics([4, 3, np.nan, 2], [1, 3, 2, 5])
-    assert m["agreement"] == 1 / 4 and m["ties"] == 1 / 4 and m["error"] == 1 / 4
-    assert m["agreement (decided)"] == 1 / 2  # of the two valid non-tied pairs, one is right
-    with pytest.raises(ValueError, match="equal-length"):
-        grading_metrics([1, 2], [1])
 
 
 def test_bias_table_has_the_paper_row():

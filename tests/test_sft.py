@@ -2,7 +2,7 @@
 
 import torch
 
-from rlhf_lessons.alignment.sft import minibatch_order
+from rlhf_lessons.training import minibatch_order
 
 
 def test_minibatches_cover_every_row_once_per_epoch_with_or_without_grouping():

@@ -13,6 +13,8 @@ from rlhf_lessons.training import (
     NAMES,
     History,
     Stopwatch,
+    optimizer_step,
+    total_steps,
     trainable_parameters,
     warmup_schedule,
 )
@@ -48,6 +50,34 @@ def test_history_evaluations_carry_the_step_and_due_skips_the_last():
     h.evaluate(None, model)  # no eval_fn: nothing recorded
     assert len(h.evaluations) == 3
     assert list(h.evaluations_frame().index) == [0, 2, 4]
+
+
+def test_history_loop_evaluates_before_every_and_after_and_caps_the_steps():
+    model, h, seen = nn.Linear(2, 2), History("sft", {}), []
+    for item in h.loop(iter(range(10)), 4, model, lambda m: {"step_seen": len(seen)}, 2,
+                       desc="test", show_progress=False):  # fmt: skip
+        seen.append(item)
+        h.log(seconds=0.0, loss=float(item))
+    assert seen == [0, 1, 2, 3]  # the first `total` items of an endless source
+    assert [e["step"] for e in h.evaluations] == [0, 2, 4]
+    quiet = History("sft", {})
+    for item in quiet.loop([1, 2], 2, model, lambda m: {}, 0, desc="test", show_progress=False):
+        quiet.log(loss=item)
+    assert [e["step"] for e in quiet.evaluations] == [2]  # eval_every=0: only after the last
+
+
+def test_total_steps_and_optimizer_step():
+    assert total_steps(10, 4, 3) == 9 and total_steps(10, 4, 3, max_steps=5) == 5
+    model = nn.Linear(2, 1)
+    before = model.weight.detach().clone()
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    schedule = warmup_schedule(opt, 2)
+    loss = 100 * model(torch.ones(1, 2)).sum()
+    norm = optimizer_step(loss, opt, list(model.parameters()), 1.0, schedule)
+    assert norm == pytest.approx(100 * math.sqrt(3))  # d/dw, d/db of 100 (w1 + w2 + b)
+    step = before - model.weight.detach()
+    assert step.norm() < 0.1 * 1.0 * 0.5 + 1e-6  # clipped to norm 1, lr halved by warm-up
+    assert opt.param_groups[0]["lr"] == pytest.approx(0.1)  # the schedule stepped
 
 
 def test_trainable_parameters_names_the_fix():

@@ -29,12 +29,10 @@ of the data); ``scale_steps=False`` turns that off.
 
 from __future__ import annotations
 
-import itertools
 import math
 from dataclasses import asdict, dataclass
 
 import torch
-from torch import nn
 
 from rlhf_lessons.alignment.alol_data import OfflineRLData
 from rlhf_lessons.alignment.alol_losses import (
@@ -48,10 +46,16 @@ from rlhf_lessons.alignment.alol_losses import (
     check_clip_eps,
 )
 from rlhf_lessons.course.device import torch_threads
-from rlhf_lessons.course.progress import progress
 from rlhf_lessons.course.seeding import seed_everything
 from rlhf_lessons.lm import token_logprobs
-from rlhf_lessons.training import EvalFn, History, Stopwatch, trainable_parameters, warmup_schedule
+from rlhf_lessons.training import (
+    EvalFn,
+    History,
+    Stopwatch,
+    optimizer_step,
+    trainable_parameters,
+    warmup_schedule,
+)
 
 SAMPLINGS = ("auto", "good_priority", "uniform", "advantage", "reward")
 
@@ -205,10 +209,8 @@ def train_alol(
         optimizer = torch.optim.Adam(params, lr=cfg.lr)
         schedule = warmup_schedule(optimizer, cfg.warmup_steps)
         device, watch = next(policy.parameters()).device, Stopwatch()
-        if eval_every:
-            history.evaluate(eval_fn, policy)
-        bar = progress(total=total, desc=cfg.method, disable=not show_progress)
-        for idx in itertools.islice(sampler, total):
+        for idx in history.loop(sampler, total, policy, eval_fn, eval_every, desc=cfg.method,
+                                show_progress=show_progress, show=("loss", "nll")):  # fmt: skip
             with watch:
                 mb = data.batch.rows(idx).trimmed().to(device)
                 ref_logp = data.ref_logp[idx, : mb.input_ids.shape[1]].to(device)
@@ -216,17 +218,7 @@ def train_alol(
                 loss, m = alol_objective(cfg.method, token_logprobs(policy, mb),
                                          mb.completion_mask, ref_logp, data.rewards[idx].to(device),
                                          adv, cfg.clip_eps, cfg.beta, cfg.min_prob)  # fmt: skip
-                optimizer.zero_grad()
-                loss.backward()
-                norm = nn.utils.clip_grad_norm_(params, cfg.max_grad_norm)
-                optimizer.step()
-                schedule.step()
+                norm = optimizer_step(loss, optimizer, params, cfg.max_grad_norm, schedule)
             history.log(seconds=watch.seconds, **m, batch_reward=data.rewards[idx].mean(),
                         batch_advantage=advantages[idx].mean(), grad_norm=norm)  # fmt: skip
-            bar.update(1)
-            bar.set_postfix(loss=f"{m['loss']:.3f}", nll=f"{m['nll']:.2f}")
-            if history.due(eval_every, total):
-                history.evaluate(eval_fn, policy)
-        bar.close()
-        history.evaluate(eval_fn, policy)
     return history

@@ -67,11 +67,17 @@ from rlhf_lessons.alignment.lora import (  # noqa: F401 - re-exported
 )
 from rlhf_lessons.alignment.simpo import simpo_loss
 from rlhf_lessons.course.device import torch_threads
-from rlhf_lessons.course.progress import progress
 from rlhf_lessons.course.seeding import seed_everything
 from rlhf_lessons.distributed import Parallel
 from rlhf_lessons.lm import Batch, completion_logprobs, sequence_logprobs
-from rlhf_lessons.training import EvalFn, History, Stopwatch, trainable_parameters, warmup_schedule
+from rlhf_lessons.training import (
+    EvalFn,
+    History,
+    Stopwatch,
+    optimizer_step,
+    trainable_parameters,
+    warmup_schedule,
+)
 
 LOSSES = ("dpo", "ipo", "hinge", "simpo")
 DEFAULT_BETA = {"dpo": 0.1, "ipo": 0.1, "hinge": 0.1, "simpo": 2.0}
@@ -303,10 +309,9 @@ def train_dpo(
         params = [p for p in model.parameters() if p.requires_grad]  # FSDP: its own tensors
         device = par.device or next(policy.parameters()).device
         steps, watch = minibatches(n, cfg), Stopwatch()
-        if eval_every:
-            history.evaluate(eval_fn, policy)
-        bar = progress(steps, desc=cfg.loss.upper(), disable=not show_progress)
-        for epoch, idx in bar:
+        for epoch, idx in history.loop(steps, len(steps), policy, eval_fn, eval_every,
+                                       desc=cfg.loss.upper(), show_progress=show_progress,
+                                       show=("loss", "accuracy")):  # fmt: skip
             with watch:
                 shard = par.shard(idx)  # this process's pairs (all of them in one process)
                 idx = shard.index
@@ -314,19 +319,12 @@ def train_dpo(
                 chosen, rejected = policy_logps(model, rows, cfg.average_logps).chunk(2)
                 refs = (ref_seq[idx].to(device), ref_seq[idx + n].to(device)) if ref else ()
                 loss, metrics = pair_loss(cfg, chosen, rejected, *refs)
-                optimizer.zero_grad()
-                par.backward(loss * shard.scale)  # DDP's average is then the minibatch's mean
-                norm = par.clip_grad_norm_(params, cfg.max_grad_norm)
                 lr = optimizer.param_groups[0]["lr"]
-                optimizer.step()
-                schedule.step()
+                # DDP's average of the scaled losses is then the minibatch's mean
+                norm = optimizer_step(loss * shard.scale, optimizer, params, cfg.max_grad_norm,
+                                      schedule, par)  # fmt: skip
                 metrics = par.mean(metrics, shard.rows)  # the whole minibatch's, everywhere
-            history.log(seconds=watch.seconds, **metrics, grad_norm=float(norm), lr=lr,
-                        epoch=epoch)  # fmt: skip
-            bar.set_postfix(loss=f"{metrics['loss']:.3f}", acc=f"{metrics['accuracy']:.2f}")
-            if history.due(eval_every, len(steps)):
-                history.evaluate(eval_fn, policy)
-        history.evaluate(eval_fn, policy)
+            history.log(seconds=watch.seconds, **metrics, grad_norm=norm, lr=lr, epoch=epoch)
     return history
 
 

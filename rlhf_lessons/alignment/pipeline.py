@@ -69,26 +69,12 @@ from rlhf_lessons.alignment.spin import SPINConfig, spin_pairs
 from rlhf_lessons.course.cache import save_folder_atomically
 from rlhf_lessons.course.device import torch_threads
 from rlhf_lessons.course.seeding import seed_everything
+from rlhf_lessons.run_log import jsonable
 from rlhf_lessons.training import History, RewardFn
 
 STAGE_FILE = "stage.json"
 DATA_FILE = "data.json"
 RUN_FILE = "run.json"
-
-
-def _jsonable(x):
-    """Counters, numpy numbers and NaN-holding arrays as plain JSON values."""
-    if isinstance(x, Mapping):
-        return {str(k): _jsonable(v) for k, v in x.items()}
-    if isinstance(x, list | tuple):
-        return [_jsonable(v) for v in x]
-    if isinstance(x, np.ndarray):
-        return _jsonable(x.tolist())
-    if isinstance(x, np.integer):
-        return int(x)
-    if isinstance(x, float | np.floating):
-        return None if math.isnan(x) else float(x)
-    return x
 
 
 @dataclass
@@ -291,7 +277,7 @@ class StageRecord:
 def _history_json(history: History | None) -> dict | None:
     if history is None:
         return None
-    return _jsonable({"algo": history.algo, "config": history.config, "rows": history.rows,
+    return jsonable({"algo": history.algo, "config": history.config, "rows": history.rows,
                       "info": history.info})  # fmt: skip
 
 
@@ -397,7 +383,7 @@ def run_pipeline(model, tokenizer, stages: Sequence[Stage], output_dir: str | Pa
         if initial_path.exists():
             initial = json.loads(initial_path.read_text())
         else:
-            initial = _jsonable(eval_fn(model))
+            initial = jsonable(eval_fn(model))
             initial_path.write_text(json.dumps(initial))
 
     records: list[StageRecord] = []
@@ -424,13 +410,13 @@ def run_pipeline(model, tokenizer, stages: Sequence[Stage], output_dir: str | Pa
         output = stage.run(model, tokenizer, show_progress)
         seconds = time.perf_counter() - start
         model.eval()
-        evaluation = _jsonable(eval_fn(model)) if eval_fn is not None else None
+        evaluation = jsonable(eval_fn(model)) if eval_fn is not None else None
         info = {"index": i, "name": stage.name, "kind": stage.kind, "seconds": seconds,
-                "metrics": _jsonable(output.metrics), "history": _history_json(output.history),
+                "metrics": jsonable(output.metrics), "history": _history_json(output.history),
                 "evaluation": evaluation}  # fmt: skip
         # a LoRA stage saves its adapter (before merging it), a full-weight stage the model
         save_folder_atomically(folder, model, tokenizer,
-                               {DATA_FILE: json.dumps(_jsonable(output.data)),
+                               {DATA_FILE: json.dumps(jsonable(output.data)),
                                 STAGE_FILE: json.dumps(info)})  # fmt: skip
         if lora:
             model = model.merge_and_unload().eval()

@@ -13,8 +13,6 @@ with ``m`` (B, T) the completion mask of a minibatch of B right-padded prompt + 
 
 from __future__ import annotations
 
-import itertools
-import math
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass
 
@@ -22,10 +20,18 @@ import torch
 
 from rlhf_lessons import lm
 from rlhf_lessons.course.device import torch_threads
-from rlhf_lessons.course.progress import progress
 from rlhf_lessons.course.seeding import seed_everything
 from rlhf_lessons.distributed import Parallel
-from rlhf_lessons.training import EvalFn, History, Stopwatch, trainable_parameters, warmup_schedule
+from rlhf_lessons.training import (
+    EvalFn,
+    History,
+    Stopwatch,
+    minibatch_order,
+    optimizer_step,
+    total_steps,
+    trainable_parameters,
+    warmup_schedule,
+)
 
 
 @dataclass(frozen=True)
@@ -71,31 +77,6 @@ def check_sft_data(data: Sequence[Mapping], what: str = "data") -> list[dict]:
         if not r["completion"].strip():
             raise ValueError(f"{what}[{i}]: 'completion' is empty; drop the record")
     return out
-
-
-def minibatch_order(
-    lengths: torch.Tensor,
-    batch_size: int,
-    epochs: int,
-    group_by_length: bool,
-    generator: torch.Generator,
-) -> list[torch.Tensor]:
-    """Each epoch's minibatches of row indices: a fresh shuffle cut into ``batch_size`` pieces,
-    or, with ``group_by_length``, Hugging Face's ``group_by_length``: each shuffled window of 50
-    minibatches is sorted by length before it is cut, and the minibatches are shuffled again
-    (every row once per epoch, as before; rows of similar length train together, so a padded
-    minibatch wastes less compute)."""
-    order = []
-    for _ in range(epochs):
-        perm = torch.randperm(len(lengths), generator=generator)
-        if not group_by_length:
-            order += list(perm.split(batch_size))
-            continue
-        window = 50 * batch_size
-        groups = [w[lengths[w].argsort(descending=True, stable=True)] for w in perm.split(window)]
-        batches = [b for w in groups for b in w.split(batch_size)]
-        order += [batches[i] for i in torch.randperm(len(batches), generator=generator)]
-    return order
 
 
 def sft_loss(logp: torch.Tensor, completion_mask: torch.Tensor) -> tuple[torch.Tensor, dict]:
@@ -145,33 +126,21 @@ def train_sft(
         params = trainable_parameters(model)
         device = par.device or next(policy.parameters()).device
         generator = torch.Generator().manual_seed(cfg.seed)
-        total = math.ceil(len(data) / cfg.batch_size) * cfg.epochs
-        total = min(total, cfg.max_steps or total)
+        total = total_steps(len(data), cfg.batch_size, cfg.epochs, cfg.max_steps)
         minibatches = minibatch_order(batch.attention_mask.sum(-1), cfg.batch_size, cfg.epochs,
                                       cfg.group_by_length, generator)  # fmt: skip
         policy.eval()  # no dropout: the loss is the model's own likelihood
         watch = Stopwatch()
-        if eval_every:
-            history.evaluate(eval_fn, policy)
-        bar = progress(total=total, desc="SFT", disable=not show_progress)
-        for idx in itertools.islice(minibatches, total):
+        for idx in history.loop(minibatches, total, policy, eval_fn, eval_every, desc="SFT",
+                                show_progress=show_progress):  # fmt: skip
             with watch:
                 shard = par.shard(idx)  # this process's rows (all of them in one process)
                 rows = batch.rows(shard.index).trimmed().to(device)
                 loss, m = sft_loss(lm.token_logprobs(model, rows), rows.completion_mask)
                 tokens = rows.completion_mask.sum().item() if shard.rows else 0
-                optimizer.zero_grad()
                 # a mean over this process's tokens, weighted to the minibatch's token mean
-                par.backward(loss * par.scale(tokens, batch.completion_mask[idx].sum().item()))
-                par.clip_grad_norm_(params, cfg.max_grad_norm)
-                optimizer.step()
-                schedule.step()
+                weight = par.scale(tokens, batch.completion_mask[idx].sum().item())
+                optimizer_step(loss * weight, optimizer, params, cfg.max_grad_norm, schedule, par)
                 m = par.mean(m, tokens)  # the whole minibatch's loss, the same everywhere
             history.log(seconds=watch.seconds, **m)
-            bar.update(1)
-            bar.set_postfix(loss=f"{m['loss']:.3f}")
-            if history.due(eval_every, total):
-                history.evaluate(eval_fn, policy)
-        bar.close()
-        history.evaluate(eval_fn, policy)
     return history

@@ -20,7 +20,6 @@ asserts them::
 from __future__ import annotations
 
 import json
-import math
 import os
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -29,6 +28,7 @@ from typing import Any
 from rlhf_lessons.course.budget import fast_mode
 from rlhf_lessons.course.seeds import ENV_VAR as SEEDS_VAR
 from rlhf_lessons.course.stats import Interval
+from rlhf_lessons.run_log import jsonable
 
 DIRECTIONS = ("above", "below", "excludes", "within")
 
@@ -48,22 +48,6 @@ def build_dir() -> Path:
     if os.environ.get("RLHF_LESSONS_BUILD"):
         return Path(os.environ["RLHF_LESSONS_BUILD"])
     return (repo_root() or Path.cwd()) / "build"
-
-
-def _jsonable(x: Any) -> Any:
-    if isinstance(x, Interval):
-        return x.as_dict()
-    if hasattr(x, "item") and getattr(x, "ndim", 1) == 0:
-        return x.item()
-    if hasattr(x, "tolist"):
-        return x.tolist()
-    if isinstance(x, dict):
-        return {str(k): _jsonable(v) for k, v in x.items()}
-    if isinstance(x, list | tuple):
-        return [_jsonable(v) for v in x]
-    if isinstance(x, float) and not math.isfinite(x):
-        return None
-    return x
 
 
 @dataclass
@@ -176,7 +160,7 @@ class Results:
             "seeds_switch": os.environ.get(SEEDS_VAR, ""),
             "seeds": list(self.seeds),
             "claims": [asdict(c) for c in self.claims],
-            "values": _jsonable(self.values),
+            "values": jsonable(self.values),
         }
 
     def save(self, folder: Path | None = None) -> Path:

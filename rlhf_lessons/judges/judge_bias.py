@@ -52,7 +52,6 @@ PAPER_GPT4 = {
     "biased to first": 0.30,  # recalled, approximate
     "attack success": 0.087,  # the repetitive-list attack (longer and a list at once)
 }
-PAPER_WEAKER = {"attack success": 0.913}  # Claude-v1 and GPT-3.5, the same attack
 
 
 @dataclass(frozen=True)
@@ -94,28 +93,6 @@ def reference_pairs(records: Sequence[Record]) -> list[JudgedPair]:
             for r in records if len(r["ranked_outputs"]) >= 3]  # fmt: skip
 
 
-def few_shot_examples(
-    records: Sequence[Record],
-    config: PairwiseConfig | None = None,
-    categories: Sequence[str] = ("factuality", "helpfulness"),
-) -> list[tuple[str, str]]:
-    """In-context examples for a pairwise judge, from (training) records: the shortest record
-    of each category, best against worst, with the correct verdict as the judge's reply. The
-    better answer alternates between A and B, so the examples do not teach a position."""
-    config = config or PairwiseConfig()
-    shots = []
-    for i, category in enumerate(categories):
-        group = [r for r in records if r["category"] == category]
-        if not group:
-            raise ValueError(f"no record of category {category!r} for a few-shot example")
-        r = min(group, key=lambda r: (len(r["prompt"]) + len(r["ranked_outputs"][0])
-                                      + len(r["ranked_outputs"][-1]), r["id"]))  # fmt: skip
-        best, worst = r["ranked_outputs"][0], r["ranked_outputs"][-1]
-        a, b, verdict = (best, worst, 0) if i % 2 == 0 else (worst, best, 1)
-        shots.append((config.format(r["prompt"], a, b), config.verdicts[verdict]))
-    return shots
-
-
 @dataclass
 class SwapRun:
     """A judge's verdicts on N pairs in both orders: ``first`` with the better answer shown as
@@ -124,15 +101,6 @@ class SwapRun:
     pairs: list[JudgedPair]
     first: PairwiseResult
     second: PairwiseResult
-
-    def picks_better(self) -> tuple[np.ndarray, np.ndarray]:
-        """(N,) booleans per order: the verdict chose the better answer."""
-        return (np.array([v == "A" for v in self.first.verdicts]),
-                np.array([v == "B" for v in self.second.verdicts]))  # fmt: skip
-
-    def picks_worse(self) -> tuple[np.ndarray, np.ndarray]:
-        return (np.array([v == "B" for v in self.first.verdicts]),
-                np.array([v == "A" for v in self.second.verdicts]))  # fmt: skip
 
     def p_better(self) -> tuple[np.ndarray, np.ndarray]:
         """(N,) soft preference for the better answer in each order (log-prob mode)."""
@@ -311,23 +279,6 @@ def attack_metrics(runs: SwapRun | Sequence[SwapRun]) -> dict[str, float]:
     """An attack's success on a run of :func:`~rlhf_lessons.judges.attacks.attack_pairs`: the
     judge prefers the attacked copy (``worse``); a tie is not a success."""
     return _metrics(runs, ATTACK_METRICS)
-
-
-def grading_metrics(better: np.ndarray, worse: np.ndarray) -> dict[str, float]:
-    """Single-answer grades of N pairs as a pairwise judge: it agrees when the better answer
-    gets the higher score; equal scores are ties; a NaN (unparsable) grade is an error."""
-    better, worse = np.asarray(better, dtype=float), np.asarray(worse, dtype=float)
-    if better.shape != worse.shape or better.ndim != 1:
-        raise ValueError(f"better and worse must be equal-length 1-D, got {better.shape}, "
-                         f"{worse.shape}")  # fmt: skip
-    valid = ~np.isnan(better) & ~np.isnan(worse)
-    return {
-        "pairs": len(better),
-        "agreement": float(np.mean(valid & (better > worse))),
-        "agreement (decided)": _mean((better > worse)[valid & (better != worse)]),
-        "ties": float(np.mean(valid & (better == worse))),
-        "error": float(np.mean(~valid)),
-    }
 
 
 def bias_table(rows: dict[str, dict[str, float]], columns: Sequence[str] | None = None,

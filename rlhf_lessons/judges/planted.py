@@ -95,34 +95,39 @@ class PositionPull(RuleJudge):
         return PairwiseResult("rule", verdicts, ["ok"] * len(verdicts))
 
 
-class PrefersLonger(RuleJudge):
+class _PrefersMore(RuleJudge):
+    """The answer with more of ``feature`` wins; equal amounts go to ``base`` (a tie when
+    there is none)."""
+
+    label = "more"
+
+    @staticmethod
+    def feature(text: str) -> float:
+        raise NotImplementedError
+
+    def __init__(self, base: RuleJudge | None = None):
+        self.base = base
+        self.name = f"prefers {self.label}" + (f" (else {base.name})" if base else "")
+
+    def verdict(self, prompt: str, a: str, b: str) -> Verdict:
+        fa, fb = self.feature(a), self.feature(b)
+        if fa != fb:
+            return "A" if fa > fb else "B"
+        return self.base.verdict(prompt, a, b) if self.base else "tie"
+
+
+class PrefersLonger(_PrefersMore):
     """The answer with more words (:func:`~rlhf_lessons.judges.attacks.word_count`) wins;
     equal lengths go to ``base`` (a tie when there is none)."""
 
-    def __init__(self, base: RuleJudge | None = None):
-        self.base = base
-        self.name = "prefers longer" + (f" (else {base.name})" if base else "")
-
-    def verdict(self, prompt: str, a: str, b: str) -> Verdict:
-        na, nb = word_count(a), word_count(b)
-        if na != nb:
-            return "A" if na > nb else "B"
-        return self.base.verdict(prompt, a, b) if self.base else "tie"
+    label, feature = "longer", staticmethod(word_count)
 
 
-class PrefersLists(RuleJudge):
+class PrefersLists(_PrefersMore):
     """The answer with list formatting (:func:`~rlhf_lessons.judges.attacks.is_list`) wins when
     only one has it; otherwise ``base`` decides (a tie when there is none)."""
 
-    def __init__(self, base: RuleJudge | None = None):
-        self.base = base
-        self.name = "prefers lists" + (f" (else {base.name})" if base else "")
-
-    def verdict(self, prompt: str, a: str, b: str) -> Verdict:
-        la, lb = is_list(a), is_list(b)
-        if la != lb:
-            return "A" if la else "B"
-        return self.base.verdict(prompt, a, b) if self.base else "tie"
+    label, feature = "lists", staticmethod(is_list)
 
 
 #: The lesson's yardstick rule (longer wins, equal lengths tie), under its old name.

@@ -30,8 +30,6 @@ and each step runs only the top layers; several seeds share that one bottom pass
 
 from __future__ import annotations
 
-import itertools
-import math
 import re
 import warnings
 from collections.abc import Mapping, Sequence
@@ -42,12 +40,20 @@ import torch.nn.functional as F
 from torch import nn
 
 from rlhf_lessons.course.device import torch_threads
-from rlhf_lessons.course.progress import progress
 from rlhf_lessons.course.seeding import seed_everything
 from rlhf_lessons.judges.frozen_bottom import LayerCache, base_model, decoder_layers
 from rlhf_lessons.judges.judge_bias import JudgedPair
 from rlhf_lessons.judges.llm_judge import Judge, PairwiseConfig
-from rlhf_lessons.training import EvalFn, History, Stopwatch, trainable_parameters, warmup_schedule
+from rlhf_lessons.training import (
+    EvalFn,
+    History,
+    Stopwatch,
+    minibatch_order,
+    optimizer_step,
+    total_steps,
+    trainable_parameters,
+    warmup_schedule,
+)
 
 ALL_LINEAR = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
 
@@ -184,6 +190,30 @@ def _check_data(data: Sequence[Mapping], tokenizer) -> tuple[list[str], torch.Te
     return [r["context"] for r in data], torch.tensor(ids)
 
 
+def _checked_cache(cache: LayerCache | None, policy, tokenizer, cfg: JudgeTuneConfig,
+                   show_progress: bool) -> LayerCache:  # fmt: skip
+    """``cache`` (None: a new one) after the checks that keep its bottom states valid: the same
+    model, split below the config's ``top_layers``, and nothing trainable below the split."""
+    if cache is None:
+        cache = LayerCache(policy, tokenizer, cfg.top_layers, show_progress=show_progress)
+    if base_model(cache.model) is not base_model(policy):
+        raise ValueError("cache was built on another model than policy")
+    if len(decoder_layers(policy)) - cache.split != cfg.top_layers:
+        raise ValueError(f"cache splits the model above layer {cache.split}, config.top_layers "
+                         f"is {cfg.top_layers}: build the cache with the config's top_layers")  # fmt: skip
+    _check_top_only(policy, cache.split)
+    return cache
+
+
+def _bottom_pass(cache: LayerCache, contexts: list[str], watch: Stopwatch) -> dict:
+    """Run the bottom layers once per text the cache does not hold yet, timed by ``watch``
+    (part of the training cost); returns the tokens they read and the seconds it took."""
+    before = cache.bottom_tokens
+    with watch:
+        cache.add(contexts)
+    return {"bottom_tokens": cache.bottom_tokens - before, "bottom_seconds": watch.seconds}
+
+
 def train_judge(
     policy,
     tokenizer,
@@ -208,47 +238,23 @@ def train_judge(
     contexts, targets = _check_data(data, tokenizer)
     tokens, targets = _option_targets(cfg.options, tokenizer, targets)
     params = trainable_parameters(policy)
-    if cache is None:
-        cache = LayerCache(policy, tokenizer, cfg.top_layers, show_progress=show_progress)
-    if base_model(cache.model) is not base_model(policy):
-        raise ValueError("cache was built on another model than policy")
-    if len(decoder_layers(policy)) - cache.split != cfg.top_layers:
-        raise ValueError(f"cache splits the model above layer {cache.split}, config.top_layers "
-                         f"is {cfg.top_layers}: build the cache with the config's top_layers")  # fmt: skip
-    _check_top_only(policy, cache.split)
+    cache = _checked_cache(cache, policy, tokenizer, cfg, show_progress)
     history = History("judge_sft", asdict(cfg), info={"examples": len(contexts)})
     with torch_threads(cfg.threads):
         seed_everything(cfg.seed)
-        watch, before = Stopwatch(), cache.bottom_tokens
-        with watch:  # the bottom layers, once per new text: part of the training cost
-            cache.add(contexts)
-        history.info |= {"bottom_tokens": cache.bottom_tokens - before,
-                         "bottom_seconds": watch.seconds}  # fmt: skip
+        watch = Stopwatch()  # the bottom pass counts as training time
+        history.info |= _bottom_pass(cache, contexts, watch)
         optimizer = torch.optim.Adam(params, lr=cfg.lr)
         schedule = warmup_schedule(optimizer, cfg.warmup_steps)
         generator = torch.Generator().manual_seed(cfg.seed)
-        total = math.ceil(len(contexts) / cfg.batch_size) * cfg.epochs
-        total = min(total, cfg.max_steps or total)
-        minibatches = (idx for _ in range(cfg.epochs)
-                       for idx in torch.randperm(len(contexts), generator=generator).split(cfg.batch_size))  # fmt: skip
+        minibatches = minibatch_order(targets, cfg.batch_size, cfg.epochs, False, generator)
+        total = total_steps(len(contexts), cfg.batch_size, cfg.epochs, cfg.max_steps)
         policy.eval()  # no dropout: the loss is the model's own likelihood
-        if eval_every:
-            history.evaluate(eval_fn, policy)
-        bar = progress(total=total, desc="judge SFT (top layers)", disable=not show_progress)
-        for idx in itertools.islice(minibatches, total):
+        for idx in history.loop(minibatches, total, policy, eval_fn, eval_every,
+                                desc="judge SFT (top layers)", show_progress=show_progress):  # fmt: skip
             with watch:
                 logits = cache.next_token_logits([contexts[i] for i in idx], True, tokens)
                 loss, m = verdict_loss(logits, targets[idx].to(logits.device))
-                optimizer.zero_grad()
-                loss.backward()
-                nn.utils.clip_grad_norm_(params, cfg.max_grad_norm)
-                optimizer.step()
-                schedule.step()
+                optimizer_step(loss, optimizer, params, cfg.max_grad_norm, schedule)
             history.log(seconds=watch.seconds, **m)
-            bar.update(1)
-            bar.set_postfix(loss=f"{m['loss']:.3f}")
-            if history.due(eval_every, total):
-                history.evaluate(eval_fn, policy)
-        bar.close()
-        history.evaluate(eval_fn, policy)
     return history

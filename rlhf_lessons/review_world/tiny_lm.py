@@ -56,6 +56,7 @@ from rlhf_lessons.course.progress import progress
 from rlhf_lessons.course.seeding import seed_everything
 from rlhf_lessons.review_world import grammar as review_corpus
 from rlhf_lessons.review_world.grammar import BOS, CorpusConfig, build_corpus, build_tokenizer
+from rlhf_lessons.training import optimizer_step
 
 METRICS_FILE = "training.json"
 
@@ -248,11 +249,7 @@ def train_tiny_lm(config: TinyLMConfig = TinyLMConfig(), show_progress: bool = T
             ]
             input_ids, attention, labels = _collate(rows, pad)
             loss = model(input_ids=input_ids, attention_mask=attention, labels=labels).loss
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            torch.nn.utils.clip_grad_norm_(model.parameters(), config.grad_clip)
-            optimizer.step()
-            schedule.step()
+            optimizer_step(loss, optimizer, list(model.parameters()), config.grad_clip, schedule)
             tokens += int(attention.sum())
             recent = (recent + [loss.item()])[-50:]
             if step % 50 == 0 or step == config.steps - 1:
