@@ -61,7 +61,14 @@ from rlhf_lessons.course.seeding import seed_everything
 from rlhf_lessons.lm import Batch, token_logprobs_and_states, tokenize_pairs
 from rlhf_lessons.rl.advantages import gae, masked_mean, masked_whiten
 from rlhf_lessons.rl.ppo import clipped_surrogate_loss, value_loss
-from rlhf_lessons.training import EvalFn, History, Stopwatch, mean, trainable_parameters
+from rlhf_lessons.training import (
+    EvalFn,
+    History,
+    Stopwatch,
+    mean,
+    optimizer_step,
+    trainable_parameters,
+)
 
 VALUE_HEAD_FILE = "value_head.safetensors"  # next to the model's own files
 
@@ -250,10 +257,8 @@ class LMPPO:
                     new_values, old_values[idx], returns[idx], cfg.clip_value, mask[idx]
                 )
                 loss = pg_loss + cfg.vf_coef * vf_loss
-                self.optimizer.zero_grad()
-                loss.backward()
-                nn.utils.clip_grad_norm_(policy.parameters(), cfg.max_grad_norm)
-                self.optimizer.step()
+                # zero, backward, clip to the global norm, step
+                optimizer_step(loss, self.optimizer, list(policy.parameters()), cfg.max_grad_norm)
                 for k, v in (*pg.items(), *vf.items()):
                     stats[k].append(v)
                 stats["entropy"].append(masked_mean(entropy.detach(), mask[idx]).item())

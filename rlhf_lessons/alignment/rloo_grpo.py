@@ -57,7 +57,14 @@ from rlhf_lessons.course.device import torch_threads
 from rlhf_lessons.course.progress import progress
 from rlhf_lessons.course.seeding import seed_everything
 from rlhf_lessons.rl.advantages import grpo_advantages, masked_mean, rloo_advantages
-from rlhf_lessons.training import EvalFn, History, Stopwatch, mean, trainable_parameters
+from rlhf_lessons.training import (
+    EvalFn,
+    History,
+    Stopwatch,
+    mean,
+    optimizer_step,
+    trainable_parameters,
+)
 
 METHODS = ("rloo", "grpo")
 LOSS_TYPES = ("grpo", "bnpo", "dapo", "dr_grpo")  # "grpo" is the paper's; see grpo_trl_variants
@@ -550,10 +557,7 @@ def train_group_pg(
                         new_logp = (first_pass[idx] if one_update else
                                     logprobs_by_length(policy, ro.batch.rows(idx), tau))  # fmt: skip
                         loss, m = _step_loss(cfg, new_logp, ro, adv, idx)
-                        optimizer.zero_grad()
-                        loss.backward()
-                        norm = nn.utils.clip_grad_norm_(params, cfg.max_grad_norm)
-                        optimizer.step()
+                        norm = optimizer_step(loss, optimizer, params, cfg.max_grad_norm)
                         for key in ("loss", "clipfrac", "approx_kl"):
                             stats[key].append(m[key])
                         stats["grad_norm"].append(float(norm))
