@@ -29,7 +29,6 @@ from typing import TypeVar
 import numpy as np
 import torch
 from torch import nn
-from torch.optim.adam import adam
 
 T = TypeVar("T")
 
@@ -131,30 +130,43 @@ class TanhMLP(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, x, w0, b0, w1, b1, w2, b2):
-        # baddbmm's beta = alpha = 2 give 2 * pre-activation, for _tanh_ (exact: a power of 2)
-        h1 = _tanh_(torch.baddbmm(b0, x, w0, beta=2.0, alpha=2.0))
-        h2 = _tanh_(torch.baddbmm(b1, h1, w1, beta=2.0, alpha=2.0))
-        ctx.save_for_backward(x, w0, w1, w2, h1, h2)
-        return torch.baddbmm(b2, h2, w2)
+        out, saved = tanh_mlp_forward(x, w0, b0, w1, b1, w2, b2)
+        ctx.save_for_backward(*saved)
+        return out
 
     @staticmethod
     def backward(ctx, g):
-        x, w0, w1, w2, h1, h2 = ctx.saved_tensors
-        tanh_grad = torch.ops.aten.tanh_backward  # (g, y) -> g * (1 - y^2)
-        g1 = tanh_grad(torch.bmm(g, w2.mT), h2)
-        g0 = tanh_grad(torch.bmm(g1, w1.mT), h1)
-        dx = torch.bmm(g0, w0.mT) if ctx.needs_input_grad[0] else None
-        return (
-            dx,
-            torch.bmm(x.mT, g0), g0.sum(1, keepdim=True),
-            torch.bmm(h1.mT, g1), g1.sum(1, keepdim=True),
-            torch.bmm(h2.mT, g), g.sum(1, keepdim=True),
-        )  # fmt: skip
+        return tanh_mlp_backward(ctx.saved_tensors, g, input_grad=ctx.needs_input_grad[0])
+
+
+def tanh_mlp_forward(x, w0, b0, w1, b1, w2, b2) -> tuple[torch.Tensor, tuple[torch.Tensor, ...]]:
+    """:class:`TanhMLP`'s forward: ``(out, saved)``, ``saved`` what :func:`tanh_mlp_backward`
+    needs (for a loss that runs the network inside its own autograd node)."""
+    # baddbmm's beta = alpha = 2 give 2 * pre-activation, for _tanh_ (exact: a power of 2)
+    h1 = _tanh_(torch.baddbmm(b0, x, w0, beta=2.0, alpha=2.0))
+    h2 = _tanh_(torch.baddbmm(b1, h1, w1, beta=2.0, alpha=2.0))
+    return torch.baddbmm(b2, h2, w2), (x, w0, w1, w2, h1, h2)
+
+
+def tanh_mlp_backward(saved: Sequence[torch.Tensor], g: torch.Tensor, input_grad: bool = True):
+    """:class:`TanhMLP`'s backward: gradients of ``(x, w0, b0, w1, b1, w2, b2)`` given
+    ``g = dL/d out`` (``dx`` is None unless ``input_grad``)."""
+    x, w0, w1, w2, h1, h2 = saved
+    tanh_grad = torch.ops.aten.tanh_backward  # (g, y) -> g * (1 - y^2)
+    g1 = tanh_grad(torch.bmm(g, w2.mT), h2)
+    g0 = tanh_grad(torch.bmm(g1, w1.mT), h1)
+    dx = torch.bmm(g0, w0.mT) if input_grad else None
+    return (
+        dx,
+        torch.bmm(x.mT, g0), g0.sum(1, keepdim=True),
+        torch.bmm(h1.mT, g1), g1.sum(1, keepdim=True),
+        torch.bmm(h2.mT, g), g.sum(1, keepdim=True),
+    )  # fmt: skip
 
 
 class SeedAdam:
     """Adam (Kingma & Ba 2015) as ``torch.optim.Adam(params, lr=lr, eps=eps, fused=True)``
-    computes it: :meth:`step` calls torch's functional ``adam`` with the same fused kernel,
+    computes it: :meth:`step` calls the same fused kernel (``torch._fused_adam_``),
     without the :class:`torch.optim.Optimizer` wrapper's per-call bookkeeping (hooks, profiler
     records, state look-ups), which costs more than the update of networks this small. Set
     :attr:`lr` to schedule the learning rate. Adam acts element by element, so one optimizer
@@ -179,10 +191,12 @@ class SeedAdam:
     def step(self) -> None:
         if any(p.grad is None for p in self.params):
             raise ValueError("SeedAdam.step: every parameter needs a gradient (call backward)")
-        adam(
+        # what torch.optim.adam's fused path runs, without its grouping by device and dtype
+        torch._foreach_add_(self.steps, 1)
+        torch._fused_adam_(
             self.params, [p.grad for p in self.params], self.exp_avg, self.exp_avg_sq, [],
-            self.steps, fused=True, amsgrad=False, beta1=self.betas[0], beta2=self.betas[1],
-            lr=self.lr, weight_decay=0.0, eps=self.eps, maximize=False,
+            self.steps, amsgrad=False, lr=self.lr, beta1=self.betas[0], beta2=self.betas[1],
+            weight_decay=0.0, eps=self.eps, maximize=False, grad_scale=None, found_inf=None,
         )  # fmt: skip
 
 

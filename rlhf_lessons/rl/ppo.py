@@ -41,6 +41,8 @@ from rlhf_lessons.rl.batched import (
     clip_grad_norm_per_seed_,
     minibatches,
     tanh_mlp,
+    tanh_mlp_backward,
+    tanh_mlp_forward,
 )
 from rlhf_lessons.rl.cartpole import (
     ENV_ID,
@@ -198,13 +200,19 @@ class SeedActorCritic(nn.Module):
             raise ValueError(
                 f"SeedActorCritic expects (seeds={self.seeds}, ..., 4), got {tuple(obs.shape)}"
             )
-        # each seed's observations once for its actor, once for its critic: (2S, B, 4)
-        h = obs.reshape(self.seeds, 1, -1, obs.shape[-1]).expand(-1, 2, -1, -1).flatten(0, 1)
         # training: one autograd node for the three layers; rollouts and evaluation: plain ops
         mlp = TanhMLP.apply if torch.is_grad_enabled() else tanh_mlp
-        out = mlp(h, self.weight0, self.bias0, self.weight1, self.bias1, self.weight2, self.bias2)
+        out = mlp(self.pair(obs), *self.weights())
         out = out.view(self.seeds, 2, *obs.shape[1:-1], -1)
         return torch.log_softmax(out[:, 0], dim=-1), out[:, 1, ..., 0]
+
+    def pair(self, obs: torch.Tensor) -> torch.Tensor:
+        """Each seed's observations once for its actor, once for its critic: (2S, B, 4)."""
+        return obs.reshape(self.seeds, 1, -1, obs.shape[-1]).expand(-1, 2, -1, -1).flatten(0, 1)
+
+    def weights(self) -> tuple[nn.Parameter, ...]:
+        """``(weight0, bias0, weight1, bias1, weight2, bias2)``, the MLP's arguments."""
+        return self.weight0, self.bias0, self.weight1, self.bias1, self.weight2, self.bias2
 
     def log_probs(self, obs: torch.Tensor) -> torch.Tensor:
         return self(obs)[0]
@@ -308,6 +316,77 @@ def value_loss(
         err = torch.max(err, (v_clipped - returns).pow(2))
     loss = 0.5 * _mean(err, mask)
     return loss, ({"value_loss": loss.item()} if metrics else {})
+
+
+class _PPOLoss(torch.autograd.Function):
+    """:func:`ppo_loss` without value clipping and entropy bonus (the zoo's settings): the
+    network's forward and backward and the loss in ONE autograd node, the backward written out.
+    Autograd would record some twenty nodes here (the network, log-softmax, gather, exp, clamp,
+    min, means...), and for networks this small each node's overhead outweighs its arithmetic.
+    The backward repeats autograd's own operations in autograd's order, so the gradient is the
+    same to the bit (``tests/test_ppo.py`` checks it). With ``g`` the incoming gradient and n
+    the number of samples: ``dL/d log pi(a|s) = ratio * A * (-g / n)`` where the unclipped
+    term is the smaller one (0 elsewhere), ``dL/dV = (g * vf_coef * 0.5 / n) * 2 (V - R)``, then
+    log-softmax's and :class:`~rlhf_lessons.rl.batched.TanhMLP`'s backward.
+    """
+
+    @staticmethod
+    def forward(ctx, obs2, w0, b0, w1, b1, w2, b2, actions, old_logp, advantages, returns,
+                clip_eps, vf_coef):  # fmt: skip
+        out, saved = tanh_mlp_forward(obs2, w0, b0, w1, b1, w2, b2)  # (2S, M, 2)
+        out = out.view(actions.shape[0], 2, *actions.shape[1:], 2)  # seed, actor|critic, ...
+        log_pi, values = torch.log_softmax(out[:, 0], dim=-1), out[:, 1, ..., 0]
+        ratio = (log_pi.gather(-1, actions.unsqueeze(-1)).squeeze(-1) - old_logp).exp()
+        surrogate = ratio * advantages
+        clipped = torch.clamp(ratio, 1.0 - clip_eps, 1.0 + clip_eps) * advantages
+        diff = values - returns
+        ctx.save_for_backward(*saved, log_pi, actions, ratio, advantages, diff,
+                              surrogate <= clipped)  # fmt: skip
+        ctx.vf_coef = vf_coef
+        pg_loss = -torch.min(surrogate, clipped).mean()
+        return pg_loss + vf_coef * (0.5 * diff.pow(2).mean())
+
+    @staticmethod
+    def backward(ctx, g):
+        *saved, log_pi, actions, ratio, advantages, diff, unclipped = ctx.saved_tensors
+        n = ratio.numel()
+        # -mean(min(ratio A, clip(ratio) A)): the gradient reaches ratio through the smaller term
+        # (at a tie autograd sends half through each, which adds up to the same)
+        g_logp = torch.where(unclipped, (-g / n) * advantages, 0.0) * ratio  # d exp(x) = exp(x)
+        g_log_pi = torch.zeros_like(log_pi).scatter_add_(-1, actions.unsqueeze(-1),
+                                                         g_logp.unsqueeze(-1))  # fmt: skip
+        g_out = torch.zeros(actions.shape[0], 2, *log_pi.shape[1:])
+        g_out[:, 0] = torch.ops.aten._log_softmax_backward_data(g_log_pi, log_pi, -1, g.dtype)
+        g_out[:, 1, ..., 0] = (g * ctx.vf_coef * 0.5 / n) * (2.0 * diff)
+        grads = tanh_mlp_backward(saved, g_out.flatten(0, 1), input_grad=False)
+        return None, *grads[1:], None, None, None, None, None, None
+
+
+def ppo_loss(
+    agent: SeedActorCritic, obs: torch.Tensor, actions: torch.Tensor, old_logp: torch.Tensor,
+    old_values: torch.Tensor, advantages: torch.Tensor, returns: torch.Tensor, clip_eps: float,
+    cfg: PPOConfig,
+) -> torch.Tensor:  # fmt: skip
+    """PPO's loss ``L_clip + c_vf * L_V - c_ent * H[pi]`` of the seed-batched ``agent`` on a
+    minibatch (the mean over every seed's samples).
+
+    ``obs`` (S, M, 4); ``actions`` (S, M) the stored actions; ``old_logp``, ``old_values``
+    (S, M) their rollout-time log pi_old(a|s) and V_old(s); ``advantages``, ``returns`` (S, M).
+    The terms are :func:`clipped_surrogate_loss` and :func:`value_loss`. Without value clipping
+    and entropy bonus (the zoo's settings) all of it runs as one autograd node (:class:`_PPOLoss`),
+    with the same gradient.
+    """
+    if cfg.clip_value is None and not cfg.ent_coef:
+        return _PPOLoss.apply(agent.pair(obs), *agent.weights(), actions, old_logp, advantages,
+                              returns, clip_eps, cfg.vf_coef)  # fmt: skip
+    log_pi, values = agent(obs)  # (S, M, 2), (S, M)
+    new_logp = log_pi.gather(-1, actions.unsqueeze(-1)).squeeze(-1)
+    pg_loss, _ = clipped_surrogate_loss(new_logp, old_logp, advantages, clip_eps, metrics=False)
+    v_loss, _ = value_loss(values, old_values, returns, cfg.clip_value, metrics=False)
+    loss = pg_loss + cfg.vf_coef * v_loss
+    if cfg.ent_coef:
+        loss = loss + cfg.ent_coef * (log_pi.exp() * log_pi).sum(-1).mean()
+    return loss
 
 
 @dataclass
@@ -429,19 +508,10 @@ def train_ppo_seeds(
                 for mb_obs, mb_act, mb_logp, mb_val, mb_adv, mb_ret in minibatches(
                     batch, cfg.minibatch_size, cfg.epochs, rand
                 ):
-                    log_pi, new_values = agent(mb_obs)  # (S, M, 2), (S, M)
-                    new_logp = log_pi.gather(-1, mb_act.unsqueeze(-1)).squeeze(-1)
                     if cfg.norm_adv and cfg.minibatch_size < cfg.batch_size:
                         mb_adv = normalize(mb_adv, dim=-1)  # (a whole batch: done once)
-                    pg_loss, _ = clipped_surrogate_loss(
-                        new_logp, mb_logp, mb_adv, clip, metrics=False
-                    )
-                    v_loss, _ = value_loss(
-                        new_values, mb_val, mb_ret, cfg.clip_value, metrics=False
-                    )
-                    loss = pg_loss + cfg.vf_coef * v_loss
-                    if cfg.ent_coef:  # 0 in the zoo's settings: then not even computed
-                        loss = loss + cfg.ent_coef * (log_pi.exp() * log_pi).sum(-1).mean()
+                    loss = ppo_loss(agent, mb_obs, mb_act, mb_logp, mb_val, mb_adv, mb_ret, clip,
+                                    cfg)  # (S, M, ...) each  # fmt: skip
                     # every seed's minibatch has the same size, so S x (mean over all seeds)
                     # is the sum of the seeds' own losses: each seed gets its own gradient
                     opt.zero_grad()
