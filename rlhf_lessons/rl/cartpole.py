@@ -33,7 +33,6 @@ from rlhf_lessons.training import EvalFn, History
 
 ENV_ID = "CartPole-v1"
 SOLVED_RETURN = 475.0  # gym.spec("CartPole-v1").reward_threshold
-MAX_RETURN = 500.0
 START_LOW, START_HIGH = -0.05, 0.05  # CartPole-v1 starts uniformly in [-0.05, 0.05]^4
 
 # A policy for evaluation maps observations (..., 4) to actions (...).
@@ -55,6 +54,38 @@ def check_cartpole_args(tokenizer, data) -> None:
             f"the CartPole trainers take tokenizer=None and data={ENV_ID!r} (the environment), "
             f"got tokenizer={type(tokenizer).__name__}, data={data!r}"
         )
+
+
+def one_seed_trainer(train_seeds: Callable[..., list[History]], config_class: type, name: str):
+    """The trainer contract's ``train_<algo>(policy, tokenizer, data, config, *, eval_fn,
+    eval_every, show_progress) -> History`` for one seed (``config.seed``), from the
+    seed-batched ``train_seeds`` (``name``: the algorithm, for the docstring)."""
+
+    def train(
+        policy: nn.Module | None = None,
+        tokenizer: None = None,
+        data: str = ENV_ID,
+        config=None,
+        *,
+        eval_fn: EvalFn | None = None,
+        eval_every: int = 0,
+        show_progress: bool = True,
+    ) -> History:
+        cfg = config or config_class()
+        check_cartpole_args(tokenizer, data)
+        (history,) = train_seeds([cfg.seed], cfg, policy=policy, eval_fn=eval_fn,
+                                 eval_every=eval_every, show_progress=show_progress)  # fmt: skip
+        return history
+
+    train.__name__ = train.__qualname__ = train_seeds.__name__.removesuffix("_seeds")
+    train.__doc__ = (
+        f"{name} on CartPole-v1 for one seed (``config.seed``, default config "
+        f":class:`{config_class.__name__}`): the trainer contract's shape. ``policy=None`` "
+        "builds a fresh network (returned as ``history.policy``); ``tokenizer`` must be None "
+        f'and ``data`` the environment, ``"{ENV_ID}"``. The loop is '
+        f":func:`{train_seeds.__name__}` with one seed."
+    )
+    return train
 
 
 def start_state(seed: int) -> np.ndarray:
@@ -220,8 +251,16 @@ class CartPoleLog:
     - :meth:`finish`: the final evaluation; each seed's trained network as ``history.policy``.
     """
 
-    def __init__(self, algo: str, seeds: Sequence[int], config, num_envs: int):
+    def __init__(
+        self, algo: str, seeds: Sequence[int], config, num_envs: int, *,
+        agent: nn.Module | None = None, members: Sequence[nn.Module] = (),
+        eval_fn: EvalFn | None = None,
+    ) -> None:  # fmt: skip
         self.seeds = list(seeds)
+        # what evaluate and finish judge: the seed-batched agent, one plain network per seed
+        # to hand each seed its weights, config.eval_episodes greedy episodes, eval_fn
+        self.agent, self.members, self.eval_fn = agent, list(members), eval_fn
+        self.episodes = config.eval_episodes
         cfg = asdict(config)
         self.histories = [History(algo, {**cfg, "seed": s}) for s in self.seeds]
         for h in self.histories:
@@ -259,36 +298,22 @@ class CartPoleLog:
             )
             self._since_row[i] = []
 
-    def evaluate(
-        self,
-        agent: nn.Module,
-        members: Sequence[nn.Module],
-        episodes: int,
-        seconds: float,
-        eval_fn: EvalFn | None = None,
-    ) -> np.ndarray:
+    def evaluate(self, seconds: float) -> np.ndarray:
         """Greedy evaluation of every seed at once; returns the (S,) mean returns."""
-        means = evaluate(agent.act_greedy, episodes, batch=len(self.seeds)).mean(1)
+        means = evaluate(self.agent.act_greedy, self.episodes, batch=len(self.seeds)).mean(1)
         for i, h in enumerate(self.histories):
             extra = {}
-            if eval_fn is not None:
-                extra = eval_fn(load_seed_(members[i], agent, i))
+            if self.eval_fn is not None:
+                extra = self.eval_fn(load_seed_(self.members[i], self.agent, i))
             h.evaluations.append({"step": h.steps, "env_steps": int(self.env_steps[i]),
                                   "seconds": seconds, "greedy_return": float(means[i]), **extra})  # fmt: skip
         return means
 
-    def finish(
-        self,
-        agent: nn.Module,
-        members: Sequence[nn.Module],
-        episodes: int,
-        seconds: float,
-        eval_fn: EvalFn | None = None,
-    ) -> list[History]:
+    def finish(self, seconds: float) -> list[History]:
         """Evaluate the final policies, hand each seed its trained network, return the
         histories (``info["final_return"]``: the final greedy mean return)."""
-        means = self.evaluate(agent, members, episodes, seconds, eval_fn)
+        means = self.evaluate(seconds)
         for i, h in enumerate(self.histories):
-            h.policy = load_seed_(members[i], agent, i)
+            h.policy = load_seed_(self.members[i], self.agent, i)
             h.info["final_return"] = float(means[i])
         return self.histories

@@ -25,8 +25,6 @@ import math
 import numpy as np
 import torch
 
-ESTIMATORS = ("k1", "k2", "k3")
-
 
 def kl_divergence(p, q) -> float:
     """Exact KL(p || q) = sum_i p_i log(p_i / q_i) in nats for two discrete distributions.

@@ -45,11 +45,10 @@ from rlhf_lessons.rl.batched import (
     tanh_mlp_forward,
 )
 from rlhf_lessons.rl.cartpole import (
-    ENV_ID,
     SOLVED_RETURN,
     CartPoleLog,
     CartPoles,
-    check_cartpole_args,
+    one_seed_trainer,
 )
 from rlhf_lessons.rl.kl import kl_estimates
 from rlhf_lessons.training import EvalFn, History, Stopwatch
@@ -493,10 +492,12 @@ def train_ppo_seeds(
         params = list(agent.parameters())
         opt = SeedAdam(params, lr=cfg.lr, eps=cfg.adam_eps)  # torch's Adam, all seeds in one
         envs = CartPoles(rand.numpy, cfg.num_envs)
-        log, watch = CartPoleLog("ppo", rand.seeds, cfg, cfg.num_envs), Stopwatch()
+        log = CartPoleLog("ppo", rand.seeds, cfg, cfg.num_envs, agent=agent, members=members,
+                          eval_fn=eval_fn)  # fmt: skip
+        watch = Stopwatch()
         obs = torch.from_numpy(envs.reset())
         if eval_every:
-            log.evaluate(agent, members, cfg.eval_episodes, 0.0, eval_fn)
+            log.evaluate(0.0)
         for it in progress(range(cfg.iterations), desc=f"PPO, {S} seeds", unit="iteration",
                            disable=not show_progress):  # fmt: skip
             with watch:
@@ -521,10 +522,10 @@ def train_ppo_seeds(
                 stats = update_stats(agent, batch, clip)
             log.log(watch.seconds, lr=lr, clip=clip, **stats)
             if log.histories[0].due(eval_every, cfg.iterations):
-                greedy = log.evaluate(agent, members, cfg.eval_episodes, watch.seconds, eval_fn)
+                greedy = log.evaluate(watch.seconds)
                 if cfg.stop_when_solved and (greedy >= SOLVED_RETURN).all():
                     break
-        return log.finish(agent, members, cfg.eval_episodes, watch.seconds, eval_fn)
+        return log.finish(watch.seconds)
 
 
 @torch.no_grad()
@@ -542,24 +543,4 @@ def update_stats(agent: SeedActorCritic, batch: list[torch.Tensor], clip: float)
     }
 
 
-def train_ppo(
-    policy: ActorCritic | None = None,
-    tokenizer: None = None,
-    data: str = ENV_ID,
-    config: PPOConfig | None = None,
-    *,
-    eval_fn: EvalFn | None = None,
-    eval_every: int = 0,
-    show_progress: bool = True,
-) -> History:
-    """PPO on CartPole-v1 for one seed (``config.seed``): the trainer contract's shape.
-
-    ``policy=None`` builds a fresh :class:`ActorCritic` (returned as ``history.policy``);
-    ``tokenizer`` must be None and ``data`` the environment, ``"CartPole-v1"``. The loop is
-    :func:`train_ppo_seeds` with one seed.
-    """
-    cfg = config or PPOConfig()
-    check_cartpole_args(tokenizer, data)
-    (history,) = train_ppo_seeds([cfg.seed], cfg, policy=policy, eval_fn=eval_fn,
-                                 eval_every=eval_every, show_progress=show_progress)  # fmt: skip
-    return history
+train_ppo = one_seed_trainer(train_ppo_seeds, PPOConfig, "PPO")

@@ -31,11 +31,10 @@ from rlhf_lessons.course.progress import progress
 from rlhf_lessons.rl.advantages import normalize, reward_to_go
 from rlhf_lessons.rl.batched import SeedRandom, clip_grad_norm_per_seed_, stack_seeds
 from rlhf_lessons.rl.cartpole import (
-    ENV_ID,
     MAX_STEPS,
     CartPoleLog,
     CartPoles,
-    check_cartpole_args,
+    one_seed_trainer,
 )
 from rlhf_lessons.training import EvalFn, History, Stopwatch
 
@@ -207,10 +206,12 @@ def train_reinforce_seeds(
         opt = torch.optim.Adam(pi.parameters(), lr=cfg.lr)
         critic_opt = torch.optim.Adam(critic.parameters(), lr=cfg.value_lr)
         envs = CartPoles(rand.numpy, K, autoreset=False)
-        log, watch = CartPoleLog("reinforce", rand.seeds, cfg, K), Stopwatch()
+        log = CartPoleLog("reinforce", rand.seeds, cfg, K, agent=pi, members=members,
+                          eval_fn=eval_fn)  # fmt: skip
+        watch = Stopwatch()
         updates = cfg.episodes // K
         if eval_every:
-            log.evaluate(pi, members, cfg.eval_episodes, 0.0, eval_fn)
+            log.evaluate(0.0)
         for _ in progress(range(updates), desc=f"REINFORCE, {len(rand)} seeds", unit="update",
                           disable=not show_progress):  # fmt: skip
             with watch:
@@ -242,31 +243,11 @@ def train_reinforce_seeds(
                 opt.step()
             log.log(watch.seconds, grad_norm=grad_norm)
             if log.histories[0].due(eval_every, updates):
-                log.evaluate(pi, members, cfg.eval_episodes, watch.seconds, eval_fn)
-        return log.finish(pi, members, cfg.eval_episodes, watch.seconds, eval_fn)
+                log.evaluate(watch.seconds)
+        return log.finish(watch.seconds)
 
 
-def train_reinforce(
-    policy: PolicyNet | None = None,
-    tokenizer: None = None,
-    data: str = ENV_ID,
-    config: ReinforceConfig | None = None,
-    *,
-    eval_fn: EvalFn | None = None,
-    eval_every: int = 0,
-    show_progress: bool = True,
-) -> History:
-    """REINFORCE on CartPole-v1 for one seed (``config.seed``): the trainer contract's shape.
-
-    ``policy=None`` builds a fresh :class:`PolicyNet` (returned as ``history.policy``);
-    ``tokenizer`` must be None and ``data`` the environment, ``"CartPole-v1"``. The loop is
-    :func:`train_reinforce_seeds` with one seed.
-    """
-    cfg = config or ReinforceConfig()
-    check_cartpole_args(tokenizer, data)
-    (history,) = train_reinforce_seeds([cfg.seed], cfg, policy=policy, eval_fn=eval_fn,
-                                       eval_every=eval_every, show_progress=show_progress)  # fmt: skip
-    return history
+train_reinforce = one_seed_trainer(train_reinforce_seeds, ReinforceConfig, "REINFORCE")
 
 
 WEIGHTINGS = ("total return", "reward-to-go", "reward-to-go - baseline")
