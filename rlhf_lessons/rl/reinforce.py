@@ -280,24 +280,25 @@ def gradient_variance(
     others = (counts - mask.float()).clamp(min=1)
     baseline = (rtg.sum(0) - rtg) / others  # leave-one-out mean of the other episodes' G_t
 
-    grads: dict[str, list[torch.Tensor]] = {w: [] for w in WEIGHTINGS}
-    params = [p for p in policy.parameters() if p.requires_grad]
-    for i in range(episodes):
-        n = int(mask[i].sum())
-        weights = {
-            "total return": torch.full((n,), float(rtg[i, 0])),
-            "reward-to-go": rtg[i, :n],
-            "reward-to-go - baseline": rtg[i, :n] - baseline[i, :n],
-        }
-        logp = Categorical(logits=policy(ep.obs[0, i, :n])).log_prob(ep.actions[0, i, :n])
-        for name, w in weights.items():
-            g = torch.autograd.grad((logp * w).sum(), params, retain_graph=True)
-            grads[name].append(torch.cat([x.reshape(-1) for x in g]))
+    weights = {
+        "total return": rtg[:, :1].expand_as(rtg),
+        "reward-to-go": rtg,
+        "reward-to-go - baseline": rtg - baseline,
+    }
+    # one copy of the policy per episode (a seed-batched stack): copy i's gradient is episode
+    # i's, so one backward pass per weighting gives all the single-episode estimates
+    copies = stack_seeds([policy] * episodes)
+    params = list(copies.parameters())
+    logp = torch.log_softmax(copies(ep.obs[0]), -1)  # (E, T, 2)
+    logp = logp.gather(-1, ep.actions[0].unsqueeze(-1)).squeeze(-1) * mask  # 0 after the end
+    grads = {}
+    for name, w in weights.items():
+        g = torch.autograd.grad((logp * w).sum(), params, retain_graph=True)
+        grads[name] = torch.cat([x.reshape(episodes, -1) for x in g], dim=1)  # (E, parameters)
 
-    ref = torch.stack(grads["reward-to-go"]).mean(0)
+    ref = grads["reward-to-go"].mean(0)
     out = {}
-    for name, gs in grads.items():
-        g = torch.stack(gs)
+    for name, g in grads.items():
         mean = g.mean(0)
         out[name] = {
             "variance": g.var(0).sum().item(),
