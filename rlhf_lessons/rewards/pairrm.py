@@ -69,6 +69,7 @@ from rlhf_lessons.training import (
     EvalFn,
     History,
     Stopwatch,
+    optimizer_step,
     trainable_parameters,
 )
 
@@ -495,6 +496,7 @@ def train_pair_ranker(
                                       weight_decay=cfg.weight_decay,
                                       fused=params[0].device.type in ("cpu", "cuda"))  # fmt: skip
         schedule = warmup_decay_schedule(optimizer, cfg.warmup_steps, len(batches))
+        clip = math.inf if cfg.max_grad_norm is None else cfg.max_grad_norm  # inf: no clipping
         watch, cpu_start = Stopwatch(), time.process_time()
         if eval_every:
             history.evaluate(eval_fn, ranker)
@@ -505,12 +507,7 @@ def train_pair_ranker(
         for batch in batches:
             with watch:
                 out = ranker(**batch)  # all pairs, left/right shuffled, encoded, loss
-                optimizer.zero_grad(set_to_none=True)
-                out["loss"].backward()
-                if cfg.max_grad_norm is not None:
-                    nn.utils.clip_grad_norm_(params, cfg.max_grad_norm)
-                optimizer.step()
-                schedule.step()
+                optimizer_step(out["loss"], optimizer, params, clip, schedule)
             pairs = int(out["logits"].shape[0])
             history.info["pairs_seen"] += pairs
             history.log(seconds=watch.seconds, loss=out["loss"].item(), pairs=pairs)

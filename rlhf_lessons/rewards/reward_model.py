@@ -42,7 +42,7 @@ import time
 from collections import defaultdict
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass
-from itertools import combinations
+from itertools import accumulate, combinations
 from typing import Any
 
 import numpy as np
@@ -62,6 +62,7 @@ from rlhf_lessons.training import (
     History,
     Stopwatch,
     linear_decay_schedule,
+    optimizer_step,
     trainable_parameters,
 )
 
@@ -399,10 +400,7 @@ def pair_batches(
 ) -> list[list[dict[str, Any]]]:
     """One epoch of pairwise batches: every ranking expanded into its C(K, 2) pairs, all pairs
     shuffled together as independent examples, ``batch_size`` pairs each."""
-    pairs = [p for r in records for p in ranked_to_pairs(r)]
-    order = torch.randperm(len(pairs), generator=generator).tolist()
-    return [[pairs[i] for i in order[s : s + batch_size]]
-            for s in range(0, len(order), batch_size)]  # fmt: skip
+    return kwise_batches([p for r in records for p in ranked_to_pairs(r)], batch_size, generator)
 
 
 def kwise_step_loss(model, batch: Sequence[Mapping[str, Any]]):
@@ -447,6 +445,20 @@ def reward_batches(records, config: RewardModelConfig) -> list[list[Mapping[str,
     return batches[: config.max_steps]
 
 
+class _HandAveraged:
+    """``par`` for ``optimizer_step``, its backward followed by the average of the gradients
+    across processes, by hand (:meth:`~rlhf_lessons.distributed.Parallel.average_gradients`):
+    ``model.rewards`` may run the forward several times per step, which DDP's wrapper does not
+    allow."""
+
+    def __init__(self, par: Parallel, params) -> None:
+        self.par, self.params, self.clip_grad_norm_ = par, params, par.clip_grad_norm_
+
+    def backward(self, loss: torch.Tensor) -> None:
+        self.par.backward(loss)
+        self.par.average_gradients(self.params)
+
+
 def train_reward_model(
     model,
     tokenizer,
@@ -471,9 +483,7 @@ def train_reward_model(
     on), ``cpu_seconds``, ``train_seconds``. The model is left in eval mode.
 
     Data-parallel under ``torchrun`` / ``accelerate launch`` (or given ``parallel``): each
-    process scores its share of a batch's rows; gradients are averaged by hand
-    (:meth:`~rlhf_lessons.distributed.Parallel.average_gradients`: ``model.rewards`` may run
-    the forward several times per step, which DDP's wrapper does not allow).
+    process scores its share of a batch's rows; gradients are averaged by hand.
     """
     cfg = config or RewardModelConfig()
     records = check_records(data)
@@ -491,6 +501,8 @@ def train_reward_model(
         optimizer = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay,
                                       fused=params[0].device.type in ("cpu", "cuda"))  # fmt: skip
         schedule = linear_decay_schedule(optimizer, len(batches))
+        clip = math.inf if cfg.max_grad_norm is None else cfg.max_grad_norm  # inf: no clipping
+        averaged = _HandAveraged(par, params)
         watch, cpu_start = Stopwatch(), time.process_time()
         if eval_every:
             history.evaluate(eval_fn, model)
@@ -501,13 +513,8 @@ def train_reward_model(
             with watch:
                 shard = par.shard(torch.arange(len(batch)))  # this process's rows (all in one)
                 loss, metrics, passes = step_loss(model, [batch[i] for i in shard.index])
-                optimizer.zero_grad(set_to_none=True)
-                par.backward(loss * shard.scale)  # averaged: the gradient of the batch's mean
-                par.average_gradients(params)
-                if cfg.max_grad_norm is not None:
-                    nn.utils.clip_grad_norm_(params, cfg.max_grad_norm)
-                optimizer.step()
-                schedule.step()
+                # scaled and averaged by hand: the gradient of the whole batch's mean
+                optimizer_step(loss * shard.scale, optimizer, params, clip, schedule, averaged)
                 pairs = metrics["pairs"] * (shard.rows > 0)  # the whole batch's numbers:
                 n = par.sum({"pairs": pairs, "passes": passes * (shard.rows > 0)})
                 metrics = {**par.mean({"loss": metrics["loss"]}, shard.rows),
@@ -570,23 +577,16 @@ def evaluate_reward_model(
     prompts = [r["prompt"] for r in records for _ in r["ranked_outputs"]]
     responses = [o for r in records for o in r["ranked_outputs"]]
     flat = model.score(prompts, responses, batch_size=batch_size).tolist()
-    right: dict[str, int] = defaultdict(int)
-    count: dict[str, int] = defaultdict(int)
-    scores, taus, rhos, correct = [], [], [], []
-    pos = 0
-    for r in records:
-        k = len(r["ranked_outputs"])
-        s = flat[pos : pos + k]
-        pos += k
-        scores.append(s)
+    ks = [len(r["ranked_outputs"]) for r in records]
+    scores = [flat[end - k : end] for end, k in zip(accumulate(ks), ks, strict=True)]
+    right, count, correct = defaultdict(int), defaultdict(int), []
+    for r, s in zip(records, scores, strict=True):
         cat = r.get("category", "all")
-        for i, j in combinations(range(k), 2):
+        for i, j in combinations(range(len(s)), 2):
             correct.append(s[i] > s[j])
             right[cat] += s[i] > s[j]
             count[cat] += 1
-        tau, rho = rank_correlations(s)
-        taus.append(tau)
-        rhos.append(rho)
+    taus, rhos = zip(*(rank_correlations(s) for s in scores), strict=True)
     return RewardEval(
         accuracy=float(np.mean(correct)),
         per_category={c: right[c] / count[c] for c in sorted(count)},
