@@ -124,30 +124,31 @@ def diagnosis_table(diagnoses: Sequence[Diagnosis]) -> pd.DataFrame:
     return pd.DataFrame({d.name: d.row() for d in diagnoses}).T
 
 
+#: Lesson 09's claims: (name, metric, judge, minus judge or None, bar, direction, reason), with
+#: ``tuned`` / ``zero`` standing for the fine-tuned and the zero-shot judge's runs.
+JUDGE_CLAIMS = (
+    ("fine-tuned judge: agreement with the held-out labels above chance",
+     "agreement", "tuned", None, 0.5, "above",
+     "chance; a judge stuck on one position scores exactly 1/2"),
+    ("fine-tuning raises agreement over the zero-shot judge (same pairs)",
+     "agreement", "tuned", "zero", 0.0, "above",
+     "the lesson needs a judge with more signal than the zero-shot one"),
+    ("zero-shot judge: position pull above 0",
+     "position pull", "zero", None, 0.0, "above",
+     "a judge without position bias scores 0, whatever its accuracy"),
+    ("fine-tuning lowers |position pull| below the zero-shot judge's (same pairs)",
+     "|position pull|", "tuned", "zero", 0.0, "below",
+     "trained on both orders (JudgeLM's swap augmentation), a position cannot lower the loss, "
+     "so the fine-tuned judge should be pulled less than the zero-shot one"),
+)  # fmt: skip
+
+
 def judge_claims(results: Results, tuned: Runs, zero: Runs, seed: int = 0) -> None:
-    """State lesson 09's claims in ``results``: the fine-tuned judge (``tuned``, one run per
-    seed) and the zero-shot one (``zero``) on the same held-out pairs. Each bar is fixed here,
-    with its reason; a judge wired to answer "A" fails three of them, a fine-tuned judge with
-    a planted position pull the last (tests/test_judge_checks.py)."""
-    results.claim(
-        "fine-tuned judge: agreement with the held-out labels above chance",
-        bootstrap("agreement", tuned, seed=seed), bar=0.5,
-        reason="chance; a judge stuck on one position scores exactly 1/2",
-    )  # fmt: skip
-    results.claim(
-        "fine-tuning raises agreement over the zero-shot judge (same pairs)",
-        bootstrap("agreement", tuned, minus=zero, seed=seed), bar=0.0,
-        reason="the lesson needs a judge with more signal than the zero-shot one",
-    )  # fmt: skip
-    results.claim(
-        "zero-shot judge: position pull above 0",
-        bootstrap("position pull", zero, seed=seed), bar=0.0,
-        reason="a judge without position bias scores 0, whatever its accuracy",
-    )  # fmt: skip
-    results.claim(
-        "fine-tuning lowers |position pull| below the zero-shot judge's (same pairs)",
-        bootstrap("|position pull|", tuned, minus=zero, seed=seed), bar=0.0,
-        direction="below",
-        reason="trained on both orders (JudgeLM's swap augmentation), a position cannot lower "
-        "the loss, so the fine-tuned judge should be pulled less than the zero-shot one",
-    )  # fmt: skip
+    """State lesson 09's claims (:data:`JUDGE_CLAIMS`) in ``results``: the fine-tuned judge
+    (``tuned``, one run per seed) and the zero-shot one (``zero``) on the same held-out pairs.
+    Each bar is fixed there, with its reason; a judge wired to answer "A" fails three of them,
+    a fine-tuned judge with a planted position pull the last (tests/test_judge_checks.py)."""
+    judges = {"tuned": tuned, "zero": zero}
+    for name, metric, judge, minus, bar, direction, reason in JUDGE_CLAIMS:
+        interval = bootstrap(metric, judges[judge], minus=judges.get(minus), seed=seed)
+        results.claim(name, interval, bar=bar, direction=direction, reason=reason)

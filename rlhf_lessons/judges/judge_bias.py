@@ -294,7 +294,3 @@ def bias_table(rows: dict[str, dict[str, float]], columns: Sequence[str] | None 
     if columns is not None:
         table = table.reindex(columns=list(columns))
     return table
-
-
-def _mean(x: np.ndarray) -> float:
-    return float(np.mean(x)) if len(x) else float("nan")

@@ -70,15 +70,6 @@ SINGLE_TEMPLATE = (
     "Give your rating in the format [[rating]], for example [[6]]."
 )
 
-SINGLE_REFERENCE_TEMPLATE = (
-    "Rate the answer to the user's question below on a scale from 1 (wrong or useless) to 10 "
-    "(correct and excellent). A correct reference answer is given: compare the answer with it."
-    "\n\nQuestion: {prompt}\n\n"
-    "Reference answer: {reference}\n\n"
-    "Answer: {response}\n\n"
-    "Give your rating in the format [[rating]], for example [[6]]."
-)
-
 # The self-rewarding paper's additive rubric (points for: relevant; covers much of the
 # question; answers its basic elements usefully; direct, complete, well organised; expert and
 # without extraneous text), in our words, ending in "Score: <points>".
@@ -140,7 +131,6 @@ def _reference(reference: str | None, uses_reference: bool, what: str) -> dict:
 # --- score parsing ----------------------------------------------------------------------------
 
 _NUMBER_TOKEN = r"[^\s\[\]()<>]+"  # whatever sits in the slot; float() decides if it is a number
-PARSE_REASONS = ("ok", "no score", "not a number", "out of range", "ambiguous")
 
 
 @dataclass(frozen=True)
@@ -205,7 +195,6 @@ class RewardPromptConfig:
 # Ready-made configurations of the papers' prompts.
 ADDITIVE_5_POINT = RewardPromptConfig(ADDITIVE_TEMPLATE, "Score: {reward}", 0, 5)
 SINGLE_1_TO_10 = RewardPromptConfig(SINGLE_TEMPLATE, "[[{reward}]]", 1, 10)
-SINGLE_REFERENCE_1_TO_10 = RewardPromptConfig(SINGLE_REFERENCE_TEMPLATE, "[[{reward}]]", 1, 10)
 
 
 @dataclass(frozen=True)
