@@ -9,11 +9,21 @@ os.environ.setdefault("RLHF_LESSONS_PROGRESS", "0")
 def pytest_configure(config):
     """Under pytest-xdist (``make test``: one worker per core) every test process computes on
     one torch thread: two workers of two threads each oversubscribe a 2-core machine, and the
-    tests' small models gain nothing from a second thread (it spin-waits instead)."""
+    tests' small models gain nothing from a second thread (it spin-waits instead).
+
+    The same holds for the processes a worker starts: the notebook kernels of nbval and the
+    subprocesses of the CLI tests inherit ``OMP_NUM_THREADS=1`` (as ``make lessons`` gives its
+    kernels when it runs two at a time). A notebook that does not set its own threads (lessons 01
+    and 02) would otherwise start torch's default of one thread per core beside the other
+    worker, and its many tiny operations then spend most of their CPU time with one thread
+    waiting for the other (lesson 01's gradient-variance cell takes many times the CPU time it
+    takes on one thread, on a busy machine)."""
     if os.environ.get("PYTEST_XDIST_WORKER"):
         import torch
 
         torch.set_num_threads(1)
+        for var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS"):
+            os.environ.setdefault(var, "1")
 
 
 # make test runs every notebook and test file whole on one of two workers (pytest-xdist
