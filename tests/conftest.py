@@ -1,4 +1,7 @@
 import os
+import resource
+import time
+from pathlib import Path
 
 import pytest
 
@@ -24,6 +27,42 @@ def pytest_configure(config):
         torch.set_num_threads(1)
         for var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS"):
             os.environ.setdefault(var, "1")
+    if os.environ.get("RLHF_LESSONS_TIMELINE") and not config.pluginmanager.has_plugin("timeline"):
+        config.pluginmanager.register(
+            _Timeline(Path(os.environ["RLHF_LESSONS_TIMELINE"])), "timeline"
+        )
+
+
+def _cpu_seconds() -> float:
+    """CPU time of this process and of its children that have ended (subprocesses; a notebook's
+    kernel is counted when it is shut down, i.e. with the notebook's last cell)."""
+    own, children = (
+        resource.getrusage(resource.RUSAGE_SELF),
+        resource.getrusage(resource.RUSAGE_CHILDREN),
+    )
+    return own.ru_utime + own.ru_stime + children.ru_utime + children.ru_stime
+
+
+class _Timeline:
+    """``RLHF_LESSONS_TIMELINE=dir`` (.ci/run sets it): every process (each xdist worker) appends
+    one line per test item or notebook cell to ``dir/<worker>.tsv``: start (epoch seconds), wall
+    and CPU seconds, node id. ``.ci/timeline.py dir`` turns them into the per-worker timeline
+    that shows what ran beside what and when each worker finished."""
+
+    def __init__(self, folder: Path):
+        worker = os.environ.get("PYTEST_XDIST_WORKER", "main")
+        self.path, self.out = folder / f"{worker}.tsv", None  # opened at the first item: the
+        # xdist controller, which runs none, writes no file
+
+    @pytest.hookimpl(hookwrapper=True)
+    def pytest_runtest_protocol(self, item, nextitem):
+        start, cpu = time.time(), _cpu_seconds()
+        yield
+        wall, cpu = time.time() - start, _cpu_seconds() - cpu
+        if self.out is None:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            self.out = self.path.open("a", buffering=1)
+        self.out.write(f"{start:.2f}\t{wall:.2f}\t{cpu:.2f}\t{item.nodeid}\n")
 
 
 # make test runs every notebook and test file whole on one of two workers (pytest-xdist
