@@ -66,11 +66,13 @@ class _Timeline:
 
 
 # make test runs every notebook and test file whole on one of two workers (pytest-xdist
-# --dist loadfile --no-loadscope-reorder), handing files out in collection order. Longest first,
-# so that the end of the run is many short files shared by both workers rather than one worker
-# finishing a long notebook alone: the notebooks, slowest first (order taken from CI's
-# --durations), then the slow test files (from tests --durations=60), then the rest in their
-# usual order.
+# --dist loadfile --no-loadscope-reorder), handing files out in collection order (a worker gets
+# its next file when two items of its current one are left). Longest first, so that the end of
+# the run is many short files shared by both workers rather than one worker finishing a long
+# notebook alone: the notebooks, slowest first (from CI's --durations; lesson 01 near the end
+# since its kernel runs on one thread, see pytest_configure), then the slow test files (by their
+# CPU time in one process, RLHF_LESSONS_FAST=1), then the rest in their usual order. A CI run's
+# timeline (.ci/run prints it) shows whether both workers still end together.
 _SLOWEST_FIRST = [
     "notebooks/08_pairrm.ipynb",
     "notebooks/09_llm_judge.ipynb",
@@ -81,21 +83,22 @@ _SLOWEST_FIRST = [
     "notebooks/06_dpo.ipynb",
     "notebooks/07_simpo.ipynb",
     "notebooks/11_offline_rl_alol.ipynb",
-    "notebooks/01_reinforce_cartpole.ipynb",
     "notebooks/03_kl_divergence.ipynb",
+    "notebooks/01_reinforce_cartpole.ipynb",
     "tests/test_cli_train.py",
-    "tests/test_readme_example.py",
-    "tests/test_lm_ppo.py",
-    "tests/test_alol.py",
     "tests/test_batched.py",
-    "tests/test_dpo.py",
     "tests/test_reward_model.py",
     "tests/test_reinforce.py",
+    "tests/test_readme_example.py",
+    "tests/test_dpo.py",
     "tests/test_naive_ppo.py",
     "tests/test_distributed.py",
     "tests/test_rloo_grpo.py",
     "tests/test_ppo.py",
+    "tests/test_lm_ppo.py",
     "tests/test_jupyterlab.py",
+    "tests/test_alol.py",
+    "tests/test_api_docs.py",
 ]
 
 
