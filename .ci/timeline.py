@@ -1,7 +1,8 @@
 """Per-worker timeline of a test run, from the files tests/conftest.py writes when
-``RLHF_LESSONS_TIMELINE=dir`` is set (.ci/run sets it):
+``RLHF_LESSONS_TIMELINE=dir`` is set:
 
-    python .ci/timeline.py build/test-timeline
+    RLHF_LESSONS_TIMELINE=$PWD/build/test-timeline bash .ci/run
+    .venv/bin/python .ci/timeline.py build/test-timeline
 
 prints, per worker, every file it ran (notebook or test module) with its start and end in
 seconds from the start of the run, its wall and CPU seconds, and what the other worker was

@@ -44,7 +44,8 @@ def _cpu_seconds() -> float:
 
 
 class _Timeline:
-    """``RLHF_LESSONS_TIMELINE=dir`` (.ci/run sets it): every process (each xdist worker) appends
+    """``RLHF_LESSONS_TIMELINE=dir`` (e.g. ``RLHF_LESSONS_TIMELINE=$PWD/build/test-timeline bash
+    .ci/run``): every process (each xdist worker) appends
     one line per test item or notebook cell to ``dir/<worker>.tsv``: start (epoch seconds), wall
     and CPU seconds, node id. ``.ci/timeline.py dir`` turns them into the per-worker timeline
     that shows what ran beside what and when each worker finished."""
@@ -72,7 +73,7 @@ class _Timeline:
 # notebook alone: the notebooks, slowest first (from CI's --durations; lesson 01 near the end
 # since its kernel runs on one thread, see pytest_configure), then the slow test files (by their
 # CPU time in one process, RLHF_LESSONS_FAST=1), then the rest in their usual order. A CI run's
-# timeline (.ci/run prints it) shows whether both workers still end together.
+# timeline (RLHF_LESSONS_TIMELINE, .ci/timeline.py) shows whether both workers still end together.
 _SLOWEST_FIRST = [
     "notebooks/08_pairrm.ipynb",
     "notebooks/09_llm_judge.ipynb",
