@@ -45,9 +45,8 @@ def _cpu_seconds() -> float:
 
 class _Timeline:
     """``RLHF_LESSONS_TIMELINE=dir`` (e.g. ``RLHF_LESSONS_TIMELINE=$PWD/build/test-timeline bash
-    .ci/run``): every process (each xdist worker) appends
-    one line per test item or notebook cell to ``dir/<worker>.tsv``: start (epoch seconds), wall
-    and CPU seconds, node id. ``.ci/timeline.py dir`` turns them into the per-worker timeline
+    .ci/run``): every process (each xdist worker) appends one line per test item or notebook
+    cell to ``dir/<worker>.tsv``: start (epoch seconds), wall and CPU seconds, node id. ``.ci/timeline.py dir`` turns them into the per-worker timeline
     that shows what ran beside what and when each worker finished."""
 
     def __init__(self, folder: Path):
