@@ -1,4 +1,7 @@
 import os
+import resource
+import time
+from pathlib import Path
 
 import pytest
 
@@ -9,19 +12,67 @@ os.environ.setdefault("RLHF_LESSONS_PROGRESS", "0")
 def pytest_configure(config):
     """Under pytest-xdist (``make test``: one worker per core) every test process computes on
     one torch thread: two workers of two threads each oversubscribe a 2-core machine, and the
-    tests' small models gain nothing from a second thread (it spin-waits instead)."""
+    tests' small models gain nothing from a second thread (it spin-waits instead).
+
+    The same holds for the processes a worker starts: the notebook kernels of nbval and the
+    subprocesses of the CLI tests inherit ``OMP_NUM_THREADS=1`` (as ``make lessons`` gives its
+    kernels when it runs two at a time). A notebook that does not set its own threads (lessons 01
+    and 02) would otherwise start torch's default of one thread per core beside the other
+    worker, and its many tiny operations then spend most of their CPU time with one thread
+    waiting for the other (lesson 01's gradient-variance cell takes many times the CPU time it
+    takes on one thread, on a busy machine)."""
     if os.environ.get("PYTEST_XDIST_WORKER"):
         import torch
 
         torch.set_num_threads(1)
+        for var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS"):
+            os.environ.setdefault(var, "1")
+    if os.environ.get("RLHF_LESSONS_TIMELINE") and not config.pluginmanager.has_plugin("timeline"):
+        config.pluginmanager.register(
+            _Timeline(Path(os.environ["RLHF_LESSONS_TIMELINE"])), "timeline"
+        )
+
+
+def _cpu_seconds() -> float:
+    """CPU time of this process and of its children that have ended (subprocesses; a notebook's
+    kernel is counted when it is shut down, i.e. with the notebook's last cell)."""
+    own, children = (
+        resource.getrusage(resource.RUSAGE_SELF),
+        resource.getrusage(resource.RUSAGE_CHILDREN),
+    )
+    return own.ru_utime + own.ru_stime + children.ru_utime + children.ru_stime
+
+
+class _Timeline:
+    """``RLHF_LESSONS_TIMELINE=dir`` (e.g. ``RLHF_LESSONS_TIMELINE=$PWD/build/test-timeline bash
+    .ci/run``): every process (each xdist worker) appends one line per test item or notebook
+    cell to ``dir/<worker>.tsv``: start (epoch seconds), wall and CPU seconds, node id. ``.ci/timeline.py dir`` turns them into the per-worker timeline
+    that shows what ran beside what and when each worker finished."""
+
+    def __init__(self, folder: Path):
+        worker = os.environ.get("PYTEST_XDIST_WORKER", "main")
+        self.path, self.out = folder / f"{worker}.tsv", None  # opened at the first item: the
+        # xdist controller, which runs none, writes no file
+
+    @pytest.hookimpl(hookwrapper=True)
+    def pytest_runtest_protocol(self, item, nextitem):
+        start, cpu = time.time(), _cpu_seconds()
+        yield
+        wall, cpu = time.time() - start, _cpu_seconds() - cpu
+        if self.out is None:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            self.out = self.path.open("a", buffering=1)
+        self.out.write(f"{start:.2f}\t{wall:.2f}\t{cpu:.2f}\t{item.nodeid}\n")
 
 
 # make test runs every notebook and test file whole on one of two workers (pytest-xdist
-# --dist loadfile --no-loadscope-reorder), handing files out in collection order. Longest first,
-# so that the end of the run is many short files shared by both workers rather than one worker
-# finishing a long notebook alone: the notebooks, slowest first (order taken from CI's
-# --durations), then the slow test files (from tests --durations=60), then the rest in their
-# usual order.
+# --dist loadfile --no-loadscope-reorder), handing files out in collection order (a worker gets
+# its next file when two items of its current one are left). Longest first, so that the end of
+# the run is many short files shared by both workers rather than one worker finishing a long
+# notebook alone: the notebooks, slowest first (from CI's --durations; lesson 01 near the end
+# since its kernel runs on one thread, see pytest_configure), then the slow test files (by their
+# CPU time in one process, RLHF_LESSONS_FAST=1), then the rest in their usual order. A CI run's
+# timeline (RLHF_LESSONS_TIMELINE, .ci/timeline.py) shows whether both workers still end together.
 _SLOWEST_FIRST = [
     "notebooks/08_pairrm.ipynb",
     "notebooks/09_llm_judge.ipynb",
@@ -32,21 +83,22 @@ _SLOWEST_FIRST = [
     "notebooks/06_dpo.ipynb",
     "notebooks/07_simpo.ipynb",
     "notebooks/11_offline_rl_alol.ipynb",
-    "notebooks/01_reinforce_cartpole.ipynb",
     "notebooks/03_kl_divergence.ipynb",
+    "notebooks/01_reinforce_cartpole.ipynb",
     "tests/test_cli_train.py",
-    "tests/test_readme_example.py",
-    "tests/test_lm_ppo.py",
-    "tests/test_alol.py",
     "tests/test_batched.py",
-    "tests/test_dpo.py",
     "tests/test_reward_model.py",
     "tests/test_reinforce.py",
+    "tests/test_readme_example.py",
+    "tests/test_dpo.py",
     "tests/test_naive_ppo.py",
     "tests/test_distributed.py",
     "tests/test_rloo_grpo.py",
     "tests/test_ppo.py",
+    "tests/test_lm_ppo.py",
     "tests/test_jupyterlab.py",
+    "tests/test_alol.py",
+    "tests/test_api_docs.py",
 ]
 
 

@@ -1,3 +1,4 @@
+import os
 import random
 
 import matplotlib
@@ -125,6 +126,19 @@ def test_lm_threads_is_one_in_a_parallel_test_worker_and_can_be_overridden(monke
     monkeypatch.setenv("RLHF_LESSONS_THREADS", "two")
     with pytest.raises(ValueError, match="RLHF_LESSONS_THREADS"):
         lm_threads()
+
+
+@pytest.mark.skipif(not os.environ.get("PYTEST_XDIST_WORKER"), reason="make test's workers only")
+def test_a_parallel_test_worker_gives_its_kernels_and_subprocesses_one_thread():
+    """tests/conftest.py: nbval's kernels and the CLI tests' subprocesses inherit the worker's
+    environment, so a notebook that sets no threads of its own still runs on one."""
+    import subprocess
+    import sys
+
+    assert os.environ["OMP_NUM_THREADS"] == "1" and os.environ["MKL_NUM_THREADS"] == "1"
+    code = "import torch; print(torch.get_num_threads())"
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert done.stdout.strip() == "1"
 
 
 def test_cache_dir_is_the_checkouts_whoever_imports_it(monkeypatch, tmp_path):
