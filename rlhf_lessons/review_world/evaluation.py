@@ -33,7 +33,6 @@ error is computed over the per-prompt means (prompts are the independent draws).
 
 from __future__ import annotations
 
-import contextlib
 import math
 import random
 from collections.abc import Callable, Sequence
@@ -135,7 +134,7 @@ def evaluate_policy(
     for m, _ in modes:
         m.eval()
     try:
-        with torch_threads(threads) if threads else contextlib.nullcontext():
+        with torch_threads(threads):
             gen = generate(
                 policy, tokenizer, expanded, max_new_tokens=max_new_tokens,
                 temperature=temperature, batch_size=batch_size, seed=seed,
