@@ -47,6 +47,7 @@ from rlhf_lessons.lm import generate
 from rlhf_lessons.review_world.grammar import is_grammatical
 from rlhf_lessons.review_world.true_reward import join_prompt_completion, reward_of
 from rlhf_lessons.rl.kl import kl_estimates
+from rlhf_lessons.training import RewardFn
 
 Z95 = 1.959963984540054  # two-sided 95% normal quantile
 
@@ -88,7 +89,7 @@ def evaluate_policy(
     temperature: float = 1.0,
     seed: int = 0,
     batch_size: int = 256,
-    reward_fn: Callable[[Sequence[str], Sequence[str]], torch.Tensor] = reward_of,
+    reward_fn: RewardFn = reward_of,
     fluency_fn: Callable[[str], bool] | None = is_grammatical,
     threads: int | None = None,
 ) -> dict:
