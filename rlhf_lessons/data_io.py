@@ -47,7 +47,6 @@ from rlhf_lessons.rewards.preference_data import (
 )
 
 Record = dict[str, Any]
-KINDS = ("preference", "ranked", "prompt_completion", "messages", "prompt_only", "text")
 TEXT_FILES = (".jsonl", ".json")
 TABLE_FILES = {".parquet": "parquet", ".csv": "csv"}
 

@@ -20,10 +20,11 @@ Every trainer reads the same way, whatever it trains::
 The scaffolding every trainer needs is here, once: :func:`trainable_parameters` (the policy
 must have something to train), :func:`warmup_schedule` (linear warm-up, then constant),
 :func:`minibatch_order` and :func:`total_steps` (which rows each step trains on, and how many
-steps), :func:`optimizer_step` (zero, backward, clip, step), :class:`Stopwatch` (training time
-without evaluation), :meth:`History.log` (one row per step) and :meth:`History.loop` (the
-progress bar and the evaluations around a trainer's loop). Threads: :func:`rlhf_lessons.course.device.torch_threads` with the
-config's ``threads`` (``None`` leaves them as they are).
+steps; :func:`minibatch_plan`: both from a config), :func:`optimizer_step` (zero, backward,
+clip, step), :class:`Stopwatch` (training time without evaluation), :meth:`History.log` (one row
+per step) and :meth:`History.loop` (the progress bar and the evaluations around a trainer's
+loop). Threads: :func:`rlhf_lessons.course.device.torch_threads` with the config's ``threads``
+(``None`` leaves them as they are).
 """
 
 from __future__ import annotations
@@ -128,6 +129,17 @@ def minibatch_order(
         batches = [b for w in groups for b in w.split(batch_size)]
         order += [batches[i] for i in torch.randperm(len(batches), generator=generator)]
     return order
+
+
+def minibatch_plan(
+    lengths: torch.Tensor, config: Any, group_by_length: bool = False
+) -> tuple[list[torch.Tensor], int]:
+    """A minibatch trainer's plan from its config's ``batch_size``, ``epochs``, ``max_steps`` and
+    ``seed``: every epoch's minibatches (:func:`minibatch_order`, on a generator seeded with
+    ``seed``) and the number of steps to take (:func:`total_steps` over ``len(lengths)`` rows)."""
+    generator = torch.Generator().manual_seed(config.seed)
+    order = minibatch_order(lengths, config.batch_size, config.epochs, group_by_length, generator)
+    return order, total_steps(len(lengths), config.batch_size, config.epochs, config.max_steps)
 
 
 def optimizer_step(

@@ -13,6 +13,8 @@ from rlhf_lessons.training import (
     NAMES,
     History,
     Stopwatch,
+    minibatch_order,
+    minibatch_plan,
     optimizer_step,
     total_steps,
     trainable_parameters,
@@ -64,6 +66,17 @@ def test_history_loop_evaluates_before_every_and_after_and_caps_the_steps():
     for item in quiet.loop([1, 2], 2, model, lambda m: {}, 0, desc="test", show_progress=False):
         quiet.log(loss=item)
     assert [e["step"] for e in quiet.evaluations] == [2]  # eval_every=0: only after the last
+
+
+def test_minibatch_plan_is_order_and_steps_from_the_config():
+    class Config:
+        batch_size, epochs, max_steps, seed = 4, 3, 5, 7
+
+    lengths = torch.arange(10)
+    order, total = minibatch_plan(lengths, Config, group_by_length=True)
+    same = minibatch_order(lengths, 4, 3, True, torch.Generator().manual_seed(7))
+    assert total == 5 and len(order) == 9
+    assert all(torch.equal(a, b) for a, b in zip(order, same, strict=True))
 
 
 def test_total_steps_and_optimizer_step():

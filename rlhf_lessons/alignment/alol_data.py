@@ -75,13 +75,6 @@ class OfflineDataset:
     def __len__(self) -> int:
         return len(self.prompts)
 
-    def subset(self, index: Sequence[int]) -> OfflineDataset:
-        index = list(index)
-        return OfflineDataset([self.prompts[i] for i in index],
-                              [self.completions[i] for i in index], self.rewards[index],
-                              [self.sources[i] for i in index],
-                              [self.groups[i] for i in index])  # fmt: skip
-
 
 def build_offline_dataset(
     model,
@@ -232,7 +225,6 @@ class ValueFit:
     train_mse: list[float]  # per epoch
     heldout_mse: list[float]  # per epoch, on the held-out validation samples
     constant_mse: float  # held-out MSE of predicting the training mean for every prompt
-    mean_reward: float  # the reference's mean (unit-scaled) reward on the validation samples
     n_samples: int
     constant: float = math.nan  # the training samples' mean target (the constant predictor)
 
@@ -294,8 +286,9 @@ def fit_value_head(
     head.load_state_dict(best)
     head.eval().requires_grad_(False)
     constant = ((targets[te] - targets[tr].mean()) ** 2).mean().item()
-    return ValueFit(head, best_epoch, train_mse, heldout_mse, constant, targets.mean().item(), n,
-                    targets[tr].mean().item())  # fmt: skip
+    return ValueFit(
+        head, best_epoch, train_mse, heldout_mse, constant, n, targets[tr].mean().item()
+    )
 
 
 def _reference_samples(ref, tokenizer, prompts, n_samples, max_new_tokens, reward_fn,

@@ -306,7 +306,7 @@ def train_dpo(
         optimizer = torch.optim.Adam(params, lr=cfg.lr)
         schedule = warmup_schedule(optimizer, cfg.warmup_steps)  # built before prepare (see par)
         model, optimizer = par.prepare(policy, optimizer)  # (policy, optimizer) in one process
-        params = [p for p in model.parameters() if p.requires_grad]  # FSDP: its own tensors
+        params = trainable_parameters(model)  # FSDP: its own tensors
         device = par.device or next(policy.parameters()).device
         steps, watch = minibatches(n, cfg), Stopwatch()
         for epoch, idx in history.loop(steps, len(steps), policy, eval_fn, eval_every,

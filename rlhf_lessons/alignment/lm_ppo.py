@@ -56,7 +56,6 @@ from rlhf_lessons.alignment.rollouts import (
     logprobs_in_chunks,
 )
 from rlhf_lessons.course.device import torch_threads
-from rlhf_lessons.course.progress import progress
 from rlhf_lessons.course.seeding import seed_everything
 from rlhf_lessons.lm import Batch, token_logprobs_and_states, tokenize_pairs
 from rlhf_lessons.rl.advantages import gae, masked_mean, masked_whiten
@@ -332,9 +331,9 @@ def train_lm_ppo(
     )
     watch = Stopwatch()
     with torch_threads(cfg.threads):
-        if eval_every:
-            history.evaluate(eval_fn, policy.lm)
-        for _ in progress(range(cfg.iterations), desc="PPO", disable=not show_progress):
+        for _ in history.loop(range(cfg.iterations), cfg.iterations, policy.lm, eval_fn,
+                              eval_every, desc="PPO", show_progress=show_progress,
+                              show=("score", "kl")):  # fmt: skip
             with watch:
                 # Rollout: sample, score, the reference's log-probs (the policy's come with its
                 # values in the update's first pass); then the PPO update (LMPPO.update).
@@ -345,8 +344,5 @@ def train_lm_ppo(
                 )  # fmt: skip
                 metrics = ppo.update(ro)
             history.log(seconds=watch.seconds, **metrics)
-            if history.due(eval_every, cfg.iterations):
-                history.evaluate(eval_fn, policy.lm)
         history.info["samples"] = ro.samples()
-        history.evaluate(eval_fn, policy.lm)
     return history

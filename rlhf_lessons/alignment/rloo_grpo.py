@@ -54,7 +54,6 @@ from torch import nn
 from rlhf_lessons.alignment.kl_control import token_kl
 from rlhf_lessons.alignment.rollouts import RewardFn, collect_rollout, logprobs_by_length
 from rlhf_lessons.course.device import torch_threads
-from rlhf_lessons.course.progress import progress
 from rlhf_lessons.course.seeding import seed_everything
 from rlhf_lessons.rl.advantages import grpo_advantages, masked_mean, rloo_advantages
 from rlhf_lessons.training import (
@@ -520,10 +519,9 @@ def train_group_pg(
     tau, k, watch = cfg.temperature, cfg.k, Stopwatch()
     one_update = cfg.epochs == 1 and cfg.minibatches == 1
     with torch_threads(cfg.threads):
-        if eval_every:
-            history.evaluate(eval_fn, policy)
-        bar = progress(range(cfg.iterations), desc=cfg.method.upper(), disable=not show_progress)
-        for _ in bar:
+        for _ in history.loop(range(cfg.iterations), cfg.iterations, policy, eval_fn, eval_every,
+                              desc=cfg.method.upper(), show_progress=show_progress,
+                              show=("score", "kl")):  # fmt: skip
             with watch:
                 # 1. Rollout: k samples of each prompt, side by side (rows i*k .. i*k + k - 1).
                 # With one update on the whole batch, that update's forward pass gives the
@@ -571,27 +569,28 @@ def train_group_pg(
                 zero_std=(grouped.max(1).values == grouped.min(1).values).float().mean().item(),
                 **{key: mean(values) for key, values in stats.items()},
             )  # fmt: skip
-            bar.set_postfix(score=f"{history.score[-1]:.2f}", kl=f"{history.kl[-1]:.2f}")
-            if history.due(eval_every, cfg.iterations):
-                history.evaluate(eval_fn, policy)
         history.info["samples"] = ro.samples()
-        history.evaluate(eval_fn, policy)
     return history
+
+
+def _method_config(method: str, config: GroupPGConfig | None) -> GroupPGConfig:
+    """``config``, or ``GroupPGConfig.<method>()`` when None; a clear error when its method
+    differs (``train_rloo`` with a GRPO config, ...)."""
+    cfg = config or getattr(GroupPGConfig, method)()
+    if cfg.method != method:
+        raise ValueError(
+            f"train_{method} needs a config with method={method!r}, got {cfg.method!r}"
+        )
+    return cfg
 
 
 def train_rloo(policy, tokenizer, prompts, config=None, **kwargs) -> History:
     """RLOO: :func:`train_group_pg` with ``GroupPGConfig.rloo()`` (or ``config``, whose method
     must be "rloo")."""
-    cfg = config or GroupPGConfig.rloo()
-    if cfg.method != "rloo":
-        raise ValueError(f"train_rloo needs a config with method='rloo', got {cfg.method!r}")
-    return train_group_pg(policy, tokenizer, prompts, cfg, **kwargs)
+    return train_group_pg(policy, tokenizer, prompts, _method_config("rloo", config), **kwargs)
 
 
 def train_grpo(policy, tokenizer, prompts, config=None, **kwargs) -> History:
     """GRPO: :func:`train_group_pg` with ``GroupPGConfig.grpo()`` (or ``config``, whose method
     must be "grpo")."""
-    cfg = config or GroupPGConfig.grpo()
-    if cfg.method != "grpo":
-        raise ValueError(f"train_grpo needs a config with method='grpo', got {cfg.method!r}")
-    return train_group_pg(policy, tokenizer, prompts, cfg, **kwargs)
+    return train_group_pg(policy, tokenizer, prompts, _method_config("grpo", config), **kwargs)

@@ -26,9 +26,8 @@ from rlhf_lessons.training import (
     EvalFn,
     History,
     Stopwatch,
-    minibatch_order,
+    minibatch_plan,
     optimizer_step,
-    total_steps,
     trainable_parameters,
     warmup_schedule,
 )
@@ -125,10 +124,7 @@ def train_sft(
         model, optimizer = par.prepare(policy, optimizer)  # (policy, optimizer) in one process
         params = trainable_parameters(model)
         device = par.device or next(policy.parameters()).device
-        generator = torch.Generator().manual_seed(cfg.seed)
-        total = total_steps(len(data), cfg.batch_size, cfg.epochs, cfg.max_steps)
-        minibatches = minibatch_order(batch.attention_mask.sum(-1), cfg.batch_size, cfg.epochs,
-                                      cfg.group_by_length, generator)  # fmt: skip
+        minibatches, total = minibatch_plan(batch.attention_mask.sum(-1), cfg, cfg.group_by_length)
         policy.eval()  # no dropout: the loss is the model's own likelihood
         watch = Stopwatch()
         for idx in history.loop(minibatches, total, policy, eval_fn, eval_every, desc="SFT",

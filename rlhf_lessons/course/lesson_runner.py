@@ -171,12 +171,6 @@ async def _run_one(path: Path, out_dir: Path, timeout: int, env, display, slot) 
     return LessonReport(path.stem, seconds, status, error)
 
 
-def run_notebook(path: Path, out_dir: Path, timeout: int = 1800, workers: int = 1) -> LessonReport:
-    """Execute one notebook, save the executed copy in ``out_dir``, report its checkpoint."""
-    env = kernel_env(workers, out_dir)
-    return asyncio.run(_run_one(Path(path), Path(out_dir), timeout, env, _Display(False), 0))
-
-
 def _lesson_number(path: Path) -> str:
     return path.name[:2]
 

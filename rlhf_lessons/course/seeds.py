@@ -40,11 +40,6 @@ def _parse(value: str) -> tuple[int | None, list[int] | None]:
     return None, numbers
 
 
-def seeds_overridden() -> bool:
-    """True when ``RLHF_LESSONS_SEEDS`` is set (the lesson runs on someone else's seeds)."""
-    return bool(os.environ.get(ENV_VAR, "").strip())
-
-
 def lesson_seeds(n: int, default_base: int = 0) -> list[int]:
     """The ``n`` seeds of a lesson's repeated runs (see the module docstring)."""
     if isinstance(n, bool) or not isinstance(n, int) or n < 1:

@@ -33,7 +33,6 @@ error is computed over the per-prompt means (prompts are the independent draws).
 
 from __future__ import annotations
 
-import contextlib
 import math
 import random
 from collections.abc import Callable, Sequence
@@ -48,6 +47,7 @@ from rlhf_lessons.lm import generate
 from rlhf_lessons.review_world.grammar import is_grammatical
 from rlhf_lessons.review_world.true_reward import join_prompt_completion, reward_of
 from rlhf_lessons.rl.kl import kl_estimates
+from rlhf_lessons.training import RewardFn
 
 Z95 = 1.959963984540054  # two-sided 95% normal quantile
 
@@ -89,7 +89,7 @@ def evaluate_policy(
     temperature: float = 1.0,
     seed: int = 0,
     batch_size: int = 256,
-    reward_fn: Callable[[Sequence[str], Sequence[str]], torch.Tensor] = reward_of,
+    reward_fn: RewardFn = reward_of,
     fluency_fn: Callable[[str], bool] | None = is_grammatical,
     threads: int | None = None,
 ) -> dict:
@@ -135,7 +135,7 @@ def evaluate_policy(
     for m, _ in modes:
         m.eval()
     try:
-        with torch_threads(threads) if threads else contextlib.nullcontext():
+        with torch_threads(threads):
             gen = generate(
                 policy, tokenizer, expanded, max_new_tokens=max_new_tokens,
                 temperature=temperature, batch_size=batch_size, seed=seed,

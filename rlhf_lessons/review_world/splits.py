@@ -50,16 +50,3 @@ def train_prompts(n: int, seed: int = 0) -> list[str]:
     """``n`` training prefixes drawn with ``seed`` (repeats possible), none in the test or
     validation set."""
     return prompts(n, seed=seed, exclude=_test() + _validation())
-
-
-def split_prompts(split: str, n: int | None = None, seed: int = 0) -> list[str]:
-    """``split_prompts("test")``, ``("validation")`` or ``("train", n, seed)``."""
-    if split == "test":
-        return test_prompts()
-    if split == "validation":
-        return validation_prompts()
-    if split == "train":
-        if n is None:
-            raise ValueError("split 'train' needs n, the number of prompts to draw")
-        return train_prompts(n, seed)
-    raise ValueError(f"split must be 'train', 'validation' or 'test', got {split!r}")
