@@ -16,11 +16,11 @@ def pytest_configure(config):
 
     The same holds for the processes a worker starts: the notebook kernels of nbval and the
     subprocesses of the CLI tests inherit ``OMP_NUM_THREADS=1`` (as ``make lessons`` gives its
-    kernels when it runs two at a time). A notebook that does not set its own threads (lessons 01
-    and 02) would otherwise start torch's default of one thread per core beside the other
-    worker, and its many tiny operations then spend most of their CPU time with one thread
-    waiting for the other (lesson 01's gradient-variance cell takes many times the CPU time it
-    takes on one thread, on a busy machine)."""
+    kernels when it runs two at a time). A notebook that does not set its own threads would
+    otherwise start torch's default of one thread per core beside the other worker, and its many
+    tiny operations then spend most of their CPU time with one thread waiting for the other
+    (lesson 01's gradient-variance cell took many times the CPU time it takes on one thread, on
+    a busy machine, before lessons 01 and 02 set one thread themselves)."""
     if os.environ.get("PYTEST_XDIST_WORKER"):
         import torch
 

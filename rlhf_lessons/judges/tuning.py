@@ -48,9 +48,8 @@ from rlhf_lessons.training import (
     EvalFn,
     History,
     Stopwatch,
-    minibatch_order,
+    minibatch_plan,
     optimizer_step,
-    total_steps,
     trainable_parameters,
     warmup_schedule,
 )
@@ -246,9 +245,7 @@ def train_judge(
         history.info |= _bottom_pass(cache, contexts, watch)
         optimizer = torch.optim.Adam(params, lr=cfg.lr)
         schedule = warmup_schedule(optimizer, cfg.warmup_steps)
-        generator = torch.Generator().manual_seed(cfg.seed)
-        minibatches = minibatch_order(targets, cfg.batch_size, cfg.epochs, False, generator)
-        total = total_steps(len(contexts), cfg.batch_size, cfg.epochs, cfg.max_steps)
+        minibatches, total = minibatch_plan(targets, cfg)
         policy.eval()  # no dropout: the loss is the model's own likelihood
         for idx in history.loop(minibatches, total, policy, eval_fn, eval_every,
                                 desc="judge SFT (top layers)", show_progress=show_progress):  # fmt: skip
