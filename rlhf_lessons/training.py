@@ -19,6 +19,7 @@ Every trainer reads the same way, whatever it trains::
 
 The scaffolding every trainer needs is here, once: :func:`trainable_parameters` (the policy
 must have something to train), :func:`warmup_schedule` (linear warm-up, then constant),
+:func:`check_minibatch_config` (the config checks every minibatch trainer shares),
 :func:`minibatch_order` and :func:`total_steps` (which rows each step trains on, and how many
 steps; :func:`minibatch_plan`: both from a config), :func:`optimizer_step` (zero, backward,
 clip, step), :class:`Stopwatch` (training time without evaluation), :meth:`History.log` (one row
@@ -129,6 +130,20 @@ def minibatch_order(
         batches = [b for w in groups for b in w.split(batch_size)]
         order += [batches[i] for i in torch.randperm(len(batches), generator=generator)]
     return order
+
+
+def check_minibatch_config(config: Any) -> None:
+    """The checks every minibatch trainer's config shares (call it from ``__post_init__``):
+    ``lr > 0``, ``epochs >= 1``, ``batch_size >= 1``, ``max_steps >= 1`` or None. The error
+    names the config class and the field."""
+    name = type(config).__name__
+    if not config.lr > 0:
+        raise ValueError(f"{name}.lr must be > 0, got {config.lr}")
+    for key in ("epochs", "batch_size"):
+        if getattr(config, key) < 1:
+            raise ValueError(f"{name}.{key} must be >= 1, got {getattr(config, key)}")
+    if config.max_steps is not None and config.max_steps < 1:
+        raise ValueError(f"{name}.max_steps must be >= 1 or None, got {config.max_steps}")
 
 
 def minibatch_plan(

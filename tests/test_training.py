@@ -181,3 +181,24 @@ def test_configs_use_the_course_names():
                if name.split(":")[1] in trainer and not {"seed", "threads"} <= fields}  # fmt: skip
     assert not missing, f"trainer configs need seed and threads: {missing}"
     assert set(NAMES) >= {"lr", "epochs", "seed", "threads"}
+
+
+def _minibatch_configs():
+    from rlhf_lessons.alignment.dpo import DPOConfig
+    from rlhf_lessons.alignment.sft import SFTConfig
+    from rlhf_lessons.judges.tuning import JudgeTuneConfig
+    from rlhf_lessons.rewards.pairrm import PairRankerConfig
+    from rlhf_lessons.rewards.reward_model import RewardModelConfig
+
+    return [DPOConfig, SFTConfig, JudgeTuneConfig, PairRankerConfig, RewardModelConfig]
+
+
+@pytest.mark.parametrize("config", _minibatch_configs(), ids=lambda c: c.__name__)
+@pytest.mark.parametrize(
+    "field, bad", [("lr", 0.0), ("epochs", 0), ("batch_size", 0), ("max_steps", 0)]
+)
+def test_minibatch_configs_name_the_bad_field(config, field, bad):
+    config()  # the defaults are valid
+    with pytest.raises(ValueError, match=rf"{config.__name__}\.{field} must be >= 1|"
+                       rf"{config.__name__}\.{field} must be > 0"):  # fmt: skip
+        config(**{field: bad})

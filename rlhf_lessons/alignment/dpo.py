@@ -74,6 +74,7 @@ from rlhf_lessons.training import (
     EvalFn,
     History,
     Stopwatch,
+    check_minibatch_config,
     optimizer_step,
     trainable_parameters,
     warmup_schedule,
@@ -125,16 +126,11 @@ class DPOConfig:
                 f"DPOConfig.label_smoothing applies to loss 'dpo' (cDPO) and 'simpo' only, got "
                 f"loss={self.loss!r}"
             )
-        if not self.lr > 0:
-            raise ValueError(f"DPOConfig.lr must be > 0, got {self.lr}")
-        for name in ("epochs", "batch_size"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"DPOConfig.{name} must be >= 1, got {getattr(self, name)}")
-        for name in ("ref_chunk_size", "max_steps"):
-            if getattr(self, name) is not None and getattr(self, name) < 1:
-                raise ValueError(
-                    f"DPOConfig.{name} must be >= 1 or None, got {getattr(self, name)}"
-                )
+        check_minibatch_config(self)
+        if self.ref_chunk_size is not None and self.ref_chunk_size < 1:
+            raise ValueError(
+                f"DPOConfig.ref_chunk_size must be >= 1 or None, got {self.ref_chunk_size}"
+            )
         if self.warmup_steps < 0 or self.max_grad_norm <= 0:
             raise ValueError("DPOConfig needs warmup_steps >= 0 and max_grad_norm > 0")
 

@@ -26,6 +26,7 @@ from rlhf_lessons.training import (
     EvalFn,
     History,
     Stopwatch,
+    check_minibatch_config,
     minibatch_plan,
     optimizer_step,
     trainable_parameters,
@@ -52,10 +53,7 @@ class SFTConfig:
     seed: int = 0
 
     def __post_init__(self) -> None:
-        if not self.lr > 0 or self.epochs < 1 or self.batch_size < 1:
-            raise ValueError("SFTConfig needs lr > 0, epochs >= 1 and batch_size >= 1")
-        if self.max_steps is not None and self.max_steps < 1:
-            raise ValueError(f"SFTConfig.max_steps must be >= 1 or None, got {self.max_steps}")
+        check_minibatch_config(self)
 
 
 def check_sft_data(data: Sequence[Mapping], what: str = "data") -> list[dict]:

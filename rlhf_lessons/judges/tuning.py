@@ -48,6 +48,7 @@ from rlhf_lessons.training import (
     EvalFn,
     History,
     Stopwatch,
+    check_minibatch_config,
     minibatch_plan,
     optimizer_step,
     trainable_parameters,
@@ -78,14 +79,9 @@ class JudgeTuneConfig:
     threads: int | None = None
 
     def __post_init__(self) -> None:
-        if not self.lr > 0 or self.epochs < 1 or self.batch_size < 1:
-            raise ValueError("JudgeTuneConfig needs lr > 0, epochs >= 1 and batch_size >= 1")
+        check_minibatch_config(self)
         if self.top_layers < 1 or self.lora_rank < 1:
             raise ValueError("JudgeTuneConfig needs top_layers >= 1 and lora_rank >= 1")
-        if self.max_steps is not None and self.max_steps < 1:
-            raise ValueError(
-                f"JudgeTuneConfig.max_steps must be >= 1 or None, got {self.max_steps}"
-            )
         if self.options is not None and len(set(self.options)) < 2:
             raise ValueError("JudgeTuneConfig.options must be None or at least two different "
                              f"verdict options, got {self.options!r}")  # fmt: skip

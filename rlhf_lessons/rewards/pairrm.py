@@ -69,6 +69,7 @@ from rlhf_lessons.training import (
     EvalFn,
     History,
     Stopwatch,
+    check_minibatch_config,
     optimizer_step,
     trainable_parameters,
 )
@@ -435,14 +436,9 @@ class PairRankerConfig:
     threads: int | None = None
 
     def __post_init__(self) -> None:
-        if not self.lr > 0 or self.epochs < 1 or self.batch_size < 1:
-            raise ValueError("PairRankerConfig needs lr > 0, epochs >= 1 and batch_size >= 1")
+        check_minibatch_config(self)
         if self.warmup_steps < 0 or (self.head_lr is not None and not self.head_lr > 0):
             raise ValueError("PairRankerConfig needs warmup_steps >= 0 and head_lr > 0 (or None)")
-        if self.max_steps is not None and self.max_steps < 1:
-            raise ValueError(
-                f"PairRankerConfig.max_steps must be >= 1 or None, got {self.max_steps}"
-            )
 
 
 def train_pair_ranker(

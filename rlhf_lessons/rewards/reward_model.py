@@ -61,6 +61,7 @@ from rlhf_lessons.training import (
     EvalFn,
     History,
     Stopwatch,
+    check_minibatch_config,
     linear_decay_schedule,
     optimizer_step,
     trainable_parameters,
@@ -371,10 +372,7 @@ class RewardModelConfig:
     def __post_init__(self) -> None:
         if self.mode not in MODES:
             raise ValueError(f"RewardModelConfig.mode must be one of {MODES}, got {self.mode!r}")
-        if not self.lr > 0 or self.epochs < 1 or self.batch_size < 1:
-            raise ValueError("RewardModelConfig needs lr > 0, epochs >= 1 and batch_size >= 1")
-        if self.max_steps is not None and self.max_steps < 1:
-            raise ValueError(f"RewardModelConfig.max_steps must be >= 1 or None: {self.max_steps}")
+        check_minibatch_config(self)
 
 
 def check_records(records: Sequence[Mapping[str, Any]], name: str = "data") -> list:
