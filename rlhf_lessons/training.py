@@ -79,6 +79,18 @@ def trainable_parameters(model: nn.Module, name: str = "policy") -> list[nn.Para
     return params
 
 
+def check_frozen_reference(policy: nn.Module, ref: nn.Module) -> None:
+    """The reference model must not move while the policy trains: no trainable parameter of
+    ``policy`` may be one of ``ref``'s (the same model twice, or an adapter injected into the
+    reference itself). Frozen weights both share (a LoRA policy's base) are fine."""
+    ref_params = {id(q) for q in ref.parameters()}
+    if any(p.requires_grad and id(p) in ref_params for p in policy.parameters()):
+        raise ValueError(
+            "the policy and ref share weights that would be trained, so the reference would move "
+            "with the policy: pass a copy as the policy (copy.deepcopy(ref))"
+        )
+
+
 def warmup_schedule(
     optimizer: torch.optim.Optimizer, warmup_steps: int = 0
 ) -> torch.optim.lr_scheduler.LambdaLR:

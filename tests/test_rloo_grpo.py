@@ -315,7 +315,7 @@ def test_train_group_pg_runs_and_learns_a_toy_reward(tiny_lm, method):
 
 def test_train_group_pg_rejects_bad_input(tiny_lm):
     model, tok = tiny_lm
-    with pytest.raises(ValueError, match="same model"):
+    with pytest.raises(ValueError, match="share weights"):
         train_group_pg(
             model, tok, ["a"] * 20, ref=model, reward_fn=_positive_words, show_progress=False
         )

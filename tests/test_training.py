@@ -1,6 +1,7 @@
 """The trainer contract: History, the scaffolding helpers, one name for one thing."""
 
 import ast
+import copy
 import math
 from pathlib import Path
 
@@ -13,6 +14,7 @@ from rlhf_lessons.training import (
     NAMES,
     History,
     Stopwatch,
+    check_frozen_reference,
     minibatch_order,
     minibatch_plan,
     optimizer_step,
@@ -202,3 +204,18 @@ def test_minibatch_configs_name_the_bad_field(config, field, bad):
     with pytest.raises(ValueError, match=rf"{config.__name__}\.{field} must be >= 1|"
                        rf"{config.__name__}\.{field} must be > 0"):  # fmt: skip
         config(**{field: bad})
+
+
+def test_check_frozen_reference_refuses_only_weights_that_would_train():
+    ref = torch.nn.Sequential(torch.nn.Linear(3, 3), torch.nn.Linear(3, 1))
+    with pytest.raises(ValueError, match="share weights that would be trained"):
+        check_frozen_reference(ref, ref)  # the same model twice
+    check_frozen_reference(copy.deepcopy(ref), ref)  # a copy: nothing shared
+    # a policy on the reference's frozen base with a trainable head of its own (as a LoRA policy
+    # around a frozen base): nothing the optimizer moves belongs to the reference
+    base = copy.deepcopy(ref[0]).requires_grad_(False)
+    check_frozen_reference(torch.nn.Sequential(base, torch.nn.Linear(3, 1)), base)
+    # an adapter injected into the reference itself would move it: refused
+    shared = torch.nn.Sequential(base, torch.nn.Linear(3, 1))
+    with pytest.raises(ValueError, match="copy.deepcopy"):
+        check_frozen_reference(shared, shared)

@@ -64,6 +64,7 @@ from rlhf_lessons.training import (
     EvalFn,
     History,
     Stopwatch,
+    check_frozen_reference,
     mean,
     optimizer_step,
     trainable_parameters,
@@ -216,8 +217,7 @@ class LMPPO:
         self, policy: PolicyWithValueHead, tokenizer, config: LMPPOConfig | None = None, *,
         ref: nn.Module,
     ) -> None:  # fmt: skip
-        if any(p is q for p in policy.lm.parameters() for q in ref.parameters()):
-            raise ValueError("the policy and ref share weights: pass a copy (copy.deepcopy(ref))")
+        check_frozen_reference(policy, ref)
         self.policy, self.tokenizer, self.ref = policy, tokenizer, ref
         self.cfg = cfg = config or LMPPOConfig()
         self.params = trainable_parameters(policy.lm)

@@ -60,6 +60,7 @@ from rlhf_lessons.training import (
     EvalFn,
     History,
     Stopwatch,
+    check_frozen_reference,
     mean,
     optimizer_step,
     trainable_parameters,
@@ -467,11 +468,7 @@ def _step_loss(cfg: GroupPGConfig, new_logp, ro, adv, idx):
 
 
 def _check_inputs(policy, ref, pool: list, cfg: GroupPGConfig) -> None:
-    if policy is ref:
-        raise ValueError(
-            "policy and ref are the same model: the reference must stay frozen; pass "
-            "copy.deepcopy(ref) as the policy"
-        )
+    check_frozen_reference(policy, ref)
     if len(pool) < cfg.prompts_per_iteration:
         raise ValueError(
             f"prompts has {len(pool)} prompts, fewer than prompts_per_iteration "
