@@ -4,9 +4,11 @@ import copy
 import math
 
 import matplotlib
+import numpy as np
 import pytest
 import torch
 
+from rlhf_lessons.course.stats import cluster_mean_ci, t_quantile
 from rlhf_lessons.review_world import grammar as rc
 from rlhf_lessons.review_world.evaluation import (
     KL_LABEL,
@@ -14,7 +16,6 @@ from rlhf_lessons.review_world.evaluation import (
     REWARD_LABEL,
     distinct_n,
     evaluate_policy,
-    mean_ci,
     plot_reward_vs_kl,
     to_point,
 )
@@ -191,16 +192,17 @@ def test_summarize_counts_vader_classes():
 
 
 # ------------------------------------------------------------------------------ evaluation
-def test_mean_ci_uses_per_prompt_means():
-    v = torch.tensor([[1.0, 3.0], [2.0, 2.0], [6.0, 4.0]])
-    mean, half = mean_ci(v)
-    assert math.isclose(mean, 3.0)
-    per_prompt = torch.tensor([2.0, 2.0, 5.0], dtype=torch.float64)
-    assert math.isclose(half, 1.959963984540054 * per_prompt.std().item() / math.sqrt(3))
-    _, one_prompt = mean_ci(torch.tensor([[1.0, 3.0, 5.0]]))
-    assert math.isclose(one_prompt, 1.959963984540054 * 2.0 / math.sqrt(3))
-    with pytest.raises(ValueError, match="at least 2"):
-        mean_ci(torch.tensor([[1.0]]))
+def test_evaluation_intervals_use_per_prompt_means():
+    # evaluate_policy's *_ci are cluster_mean_ci's half-widths: t over the per-prompt means
+    v = np.array([[1.0, 3.0], [2.0, 2.0], [6.0, 4.0]])
+    iv = cluster_mean_ci(v)
+    assert math.isclose(iv.mean, 3.0) and iv.n == 3
+    per_prompt = np.array([2.0, 2.0, 5.0])
+    assert math.isclose(iv.half_width, t_quantile(2, 0.95) * per_prompt.std(ddof=1) / math.sqrt(3))
+    one_prompt = cluster_mean_ci(np.array([[1.0, 3.0, 5.0]]))  # one prompt: over its samples
+    assert math.isclose(one_prompt.half_width, t_quantile(2, 0.95) * 2.0 / math.sqrt(3))
+    with pytest.raises(ValueError, match="prompts, samples"):
+        cluster_mean_ci(np.array([1.0, 2.0]))
 
 
 def test_distinct_n():

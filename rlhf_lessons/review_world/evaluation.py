@@ -43,32 +43,15 @@ import torch
 
 from rlhf_lessons.alignment.rollouts import logprobs_in_chunks
 from rlhf_lessons.course.device import torch_threads
+from rlhf_lessons.course.stats import cluster_mean_ci
 from rlhf_lessons.lm import generate
 from rlhf_lessons.review_world.grammar import is_grammatical
 from rlhf_lessons.review_world.true_reward import join_prompt_completion, reward_of
 from rlhf_lessons.rl.kl import kl_estimates
 from rlhf_lessons.training import RewardFn
 
-Z95 = 1.959963984540054  # two-sided 95% normal quantile
-
 KL_LABEL = "KL(pi || pi_ref), nats per sequence"
 REWARD_LABEL = "mean true reward (VADER)"
-
-
-def mean_ci(values: torch.Tensor) -> tuple[float, float]:
-    """Mean and 95% CI half-width of ``values`` of shape (P, S): P prompts x S samples each.
-
-    The standard error is taken over the P per-prompt means when P >= 2 (samples of one prompt
-    are correlated); with a single prompt, over its S samples. Needs at least 2 values.
-    """
-    v = torch.as_tensor(values, dtype=torch.float64)
-    if v.ndim != 2:
-        raise ValueError(f"values must be (prompts, samples), got shape {tuple(v.shape)}")
-    if v.numel() < 2:
-        raise ValueError("a confidence interval needs at least 2 values; draw more samples")
-    units = v.mean(dim=1) if v.shape[0] >= 2 else v[0]
-    half = Z95 * units.std(unbiased=True).item() / math.sqrt(units.numel())
-    return v.mean().item(), half
 
 
 def distinct_n(completion_ids: Sequence[Sequence[int]], n: int) -> float:
@@ -112,7 +95,8 @@ def evaluate_policy(
             models on a busy 2-core machine run several times faster with 1.
 
     Returns a dict of floats: ``reward`` and ``reward_ci`` (the mean and the half-width of its
-    95% CI: the interval is reward +- reward_ci), ``kl`` / ``kl_ci`` (k1: summed log-ratio),
+    95% CI: the interval is reward +- reward_ci, a t-interval over the per-prompt means,
+    :func:`~rlhf_lessons.course.stats.cluster_mean_ci`), ``kl`` / ``kl_ci`` (k1: summed log-ratio),
     ``kl_k3`` / ``kl_k3_ci`` (summed per-token k3), ``mean_length`` (completion tokens, EOS
     included), ``eos_fraction`` (completions that ended by EOS), ``distinct_1`` and
     ``distinct_2`` (over completion tokens, EOS excluded), ``grammatical`` (fraction of
@@ -159,9 +143,9 @@ def evaluate_policy(
             f"reward_fn returned shape {tuple(rewards.shape)}, expected ({len(expanded)},)"
         )
     shape = (len(prompts), n_samples)
-    reward, reward_ci = mean_ci(rewards.view(shape))
-    kl, kl_ci = mean_ci(k1.view(shape))
-    kl3, kl3_ci = mean_ci(k3.view(shape))
+    # mean and 95% half-width, the standard error over per-prompt means (a prompt's samples
+    # are correlated)
+    reward, kl, kl3 = (cluster_mean_ci(x.view(shape).cpu().numpy()) for x in (rewards, k1, k3))
 
     eos = tokenizer.eos_token_id
     ids = [
@@ -183,12 +167,12 @@ def evaluate_policy(
         for p, c, r, k, g in zip(*columns, strict=True)
     ]
     return {
-        "reward": reward,
-        "reward_ci": reward_ci,
-        "kl": kl,
-        "kl_ci": kl_ci,
-        "kl_k3": kl3,
-        "kl_k3_ci": kl3_ci,
+        "reward": reward.mean,
+        "reward_ci": reward.half_width,
+        "kl": kl.mean,
+        "kl_ci": kl.half_width,
+        "kl_k3": kl3.mean,
+        "kl_k3_ci": kl3.half_width,
         "mean_length": float(np.mean([len(r) for r in ids])),
         "eos_fraction": float(np.mean(ended)),
         "distinct_1": distinct_n(words, 1),
