@@ -3,7 +3,8 @@
     <output-dir>/
         run.json            what was run: algorithm, model, data, every setting, versions, result
         metrics.csv         one row per optimizer step (or rollout iteration): the History
-        evaluations.csv     held-out evaluations, with the step they were taken at
+        evaluations.csv     held-out evaluations, with the step they were taken at (a row
+                            is added as each is taken)
         tensorboard/        the same as TensorBoard events (if the tensorboard package is there)
         checkpoint-<step>/  model (or LoRA adapter) + tokenizer every --save-every steps
         config.json ...     the final model (or adapter_config.json + adapter_model.safetensors)
@@ -91,6 +92,7 @@ class RunLog:
         self._write()
         if not self.main:
             return
+        (self.folder / "evaluations.csv").unlink(missing_ok=True)  # an earlier run's, if any
         print(f"{self.algo}: {info.get('items', '?')} training items from "
               f"{getattr(run, 'data', '')}; writing to {self.folder}")  # fmt: skip
 
@@ -109,6 +111,18 @@ class RunLog:
                 json.dumps(jsonable({**self.info, "step": step}), indent=1)
             )
         return folder
+
+    def evaluation(self, step: int, metrics: dict) -> None:
+        """One held-out evaluation, added to ``evaluations.csv`` as soon as it is taken (a long
+        run can be watched; :meth:`finish` rewrites the file from the History)."""
+        if not self.main or not metrics:
+            return
+        import pandas as pd
+
+        path = self.folder / "evaluations.csv"
+        row = pd.DataFrame([jsonable({"step": step, **metrics})])
+        previous = pd.read_csv(path) if path.is_file() else None
+        (row if previous is None else pd.concat([previous, row])).to_csv(path, index=False)
 
     def finish(self, history, extra: dict | None = None) -> None:
         """Metrics to CSV (and TensorBoard), the result into ``run.json``, a summary printed."""
@@ -185,4 +199,6 @@ class StepCallback:
         if self.save_every and 0 < step < self.total and step % self.save_every == 0:
             self.log.save_model(policy, self.tokenizer, step=step)
         due = step == self.total or (self.eval_every and step % self.eval_every == 0)
-        return dict(self.eval_fn(policy)) if self.eval_fn is not None and due else {}
+        metrics = dict(self.eval_fn(policy)) if self.eval_fn is not None and due else {}
+        self.log.evaluation(step, metrics)
+        return metrics
