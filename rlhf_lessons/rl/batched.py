@@ -181,7 +181,7 @@ class SeedAdam:
         self.lr, self.eps, self.betas = lr, eps, betas
         self.exp_avg = [torch.zeros_like(p) for p in self.params]
         self.exp_avg_sq = [torch.zeros_like(p) for p in self.params]
-        self.steps = [torch.zeros(()) for _ in self.params]
+        self.step_count = torch.zeros(())  # Adam's t, the same for every parameter
 
     def zero_grad(self) -> None:
         for p in self.params:
@@ -191,11 +191,12 @@ class SeedAdam:
     def step(self) -> None:
         if any(p.grad is None for p in self.params):
             raise ValueError("SeedAdam.step: every parameter needs a gradient (call backward)")
-        # what torch.optim.adam's fused path runs, without its grouping by device and dtype
-        torch._foreach_add_(self.steps, 1)
+        # what torch.optim.adam's fused path runs, without its grouping by device and dtype;
+        # torch keeps one step counter per parameter, all equal: here one, shared
+        self.step_count += 1
         torch._fused_adam_(
             self.params, [p.grad for p in self.params], self.exp_avg, self.exp_avg_sq, [],
-            self.steps, amsgrad=False, lr=self.lr, beta1=self.betas[0], beta2=self.betas[1],
+            [self.step_count] * len(self.params), amsgrad=False, lr=self.lr, beta1=self.betas[0], beta2=self.betas[1],
             weight_decay=0.0, eps=self.eps, maximize=False, grad_scale=None, found_inf=None,
         )  # fmt: skip
 
@@ -215,7 +216,8 @@ def clip_grad_norm_per_seed_(
     grads = [p.grad for p in parameters if p.grad is not None]
     rows = [g.view(seeds or g.shape[0], -1) for g in grads]  # (S, numel / S) views
     norms = torch.linalg.vector_norm(torch.cat(rows, dim=1), dim=1)  # (S,)
-    scale = (max_norm / (norms + eps)).clamp(max=1.0)[:, None]
+    # min(1, max_norm / (norm + eps)) in place (max_norm / t is t.reciprocal() * max_norm)
+    scale = (norms + eps).reciprocal_().mul_(max_norm).clamp_(max=1.0)[:, None]
     torch._foreach_mul_(rows, [scale] * len(rows))
     return norms
 

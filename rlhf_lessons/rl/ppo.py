@@ -201,9 +201,10 @@ class SeedActorCritic(nn.Module):
             )
         # training: one autograd node for the three layers; rollouts and evaluation: plain ops
         mlp = TanhMLP.apply if torch.is_grad_enabled() else tanh_mlp
-        out = mlp(self.pair(obs), *self.weights())
-        out = out.view(self.seeds, 2, *obs.shape[1:-1], -1)
-        return torch.log_softmax(out[:, 0], dim=-1), out[:, 1, ..., 0]
+        out = mlp(self.pair(obs), *self.weights())  # (2S, B, actions)
+        out = out.view(self.seeds, 2, -1, out.shape[-1])  # seed, actor|critic, B, actions
+        log_pi, values = torch.log_softmax(out[:, 0], dim=-1), out[:, 1, :, 0]
+        return log_pi.view(*obs.shape[:-1], -1), values.view(obs.shape[:-1])
 
     def pair(self, obs: torch.Tensor) -> torch.Tensor:
         """Each seed's observations once for its actor, once for its critic: (2S, B, 4)."""
@@ -211,7 +212,8 @@ class SeedActorCritic(nn.Module):
 
     def weights(self) -> tuple[nn.Parameter, ...]:
         """``(weight0, bias0, weight1, bias1, weight2, bias2)``, the MLP's arguments."""
-        return self.weight0, self.bias0, self.weight1, self.bias1, self.weight2, self.bias2
+        p = self._parameters  # (what self.weight0 etc. look up, one call each)
+        return p["weight0"], p["bias0"], p["weight1"], p["bias1"], p["weight2"], p["bias2"]
 
     def log_probs(self, obs: torch.Tensor) -> torch.Tensor:
         return self(obs)[0]
