@@ -1,6 +1,7 @@
 import pytest
 import torch
 
+from rlhf_lessons.rl.batched import clip_grad_norm_per_seed_
 from rlhf_lessons.rl.cartpole import SOLVED_RETURN, first_solved
 from rlhf_lessons.rl.ppo import (
     ActorCritic,
@@ -103,7 +104,7 @@ def test_zoo_gradient_is_autograds_gradient_to_the_bit(seeds):
     # ZooGradient (no value clip, no entropy bonus; no autograd) against autograd's gradient of
     # S * ppo_loss (clipped_surrogate_loss + value_loss); ratios far from 1 so that both clip
     # branches and both signs of the advantage are exercised; twice on the same minibatch (the
-    # prepared inputs are reused) and then on a new one
+    # prepared inputs are reused) and then on a new one; then its gradient clipping
     torch.manual_seed(0)
     agent = SeedActorCritic([ActorCritic() for _ in range(seeds)])
     cfg = PPOConfig(vf_coef=0.7)
@@ -126,6 +127,13 @@ def test_zoo_gradient_is_autograds_gradient_to_the_bit(seeds):
         ratio = (log_pi.gather(-1, actions.unsqueeze(-1)).squeeze(-1) - old_logp).exp()
         assert ((ratio - 1).abs() > 0.2).any() and ((ratio - 1).abs() < 0.2).any()
         for a, p in zip(written, agent.parameters(), strict=True):
+            assert torch.equal(a, p.grad)
+        # its clipping (one seed: on its flat buffer) = clip_grad_norm_per_seed_, to the bit
+        norms = clip_grad_norm_per_seed_(agent.parameters(), 0.05, seeds=seeds)
+        clipped = [p.grad.clone() for p in agent.parameters()]
+        zoo.backward_(obs, actions, old_logp, adv, returns, 0.2)
+        assert torch.equal(zoo.clip_grad_norm_(0.05), norms) and (norms > 0.05).any()
+        for a, p in zip(clipped, agent.parameters(), strict=True):
             assert torch.equal(a, p.grad)
         with torch.no_grad():  # a step, so the next round's weights differ
             for p in agent.parameters():

@@ -148,14 +148,23 @@ def tanh_mlp_forward(x, w0, b0, w1, b1, w2, b2) -> tuple[torch.Tensor, tuple[tor
     return torch.baddbmm(b2, h2, w2), (x, w0, w1, w2, h1, h2)
 
 
-def tanh_mlp_backward(saved: Sequence[torch.Tensor], g: torch.Tensor, input_grad: bool = True):
+def tanh_mlp_backward(
+    saved: Sequence[torch.Tensor], g: torch.Tensor, input_grad: bool = True,
+    out: Sequence[torch.Tensor] | None = None,
+):  # fmt: skip
     """:class:`TanhMLP`'s backward: gradients of ``(x, w0, b0, w1, b1, w2, b2)`` given
-    ``g = dL/d out`` (``dx`` is None unless ``input_grad``)."""
+    ``g = dL/d out`` (``dx`` is None unless ``input_grad``). ``out``: six contiguous tensors to
+    write the gradients of ``(w0, b0, w1, b1, w2, b2)`` into (the same numbers)."""
     x, w0, w1, w2, h1, h2 = saved
     tanh_grad = torch.ops.aten.tanh_backward  # (g, y) -> g * (1 - y^2)
     g1 = tanh_grad(torch.bmm(g, w2.mT), h2)
     g0 = tanh_grad(torch.bmm(g1, w1.mT), h1)
     dx = torch.bmm(g0, w0.mT) if input_grad else None
+    if out is not None:
+        for (a, b), dw, db in zip(((x, g0), (h1, g1), (h2, g)), out[::2], out[1::2], strict=True):
+            torch.bmm(a.mT, b, out=dw)
+            torch.sum(b, 1, keepdim=True, out=db)
+        return (dx, *out)
     return (
         dx,
         torch.bmm(x.mT, g0), g0.sum(1, keepdim=True),
@@ -216,10 +225,15 @@ def clip_grad_norm_per_seed_(
     grads = [p.grad for p in parameters if p.grad is not None]
     rows = [g.view(seeds or g.shape[0], -1) for g in grads]  # (S, numel / S) views
     norms = torch.linalg.vector_norm(torch.cat(rows, dim=1), dim=1)  # (S,)
-    # min(1, max_norm / (norm + eps)) in place (max_norm / t is t.reciprocal() * max_norm)
-    scale = (norms + eps).reciprocal_().mul_(max_norm).clamp_(max=1.0)[:, None]
-    torch._foreach_mul_(rows, [scale] * len(rows))
+    torch._foreach_mul_(rows, [clip_scale(norms, max_norm, eps)] * len(rows))
     return norms
+
+
+def clip_scale(norms: torch.Tensor, max_norm: float, eps: float = 1e-6) -> torch.Tensor:
+    """torch's gradient-clipping factor ``min(1, max_norm / (norm + eps))`` of each seed's norm
+    (S,), as an (S, 1) column; in place on a new tensor (``max_norm / t`` is torch's
+    ``t.reciprocal() * max_norm``: the same numbers)."""
+    return (norms + eps).reciprocal_().mul_(max_norm).clamp_(max=1.0)[:, None]
 
 
 class SeedRandom:

@@ -39,6 +39,7 @@ from rlhf_lessons.rl.batched import (
     SeedRandom,
     TanhMLP,
     clip_grad_norm_per_seed_,
+    clip_scale,
     minibatches,
     tanh_mlp,
     tanh_mlp_backward,
@@ -343,6 +344,16 @@ class ZooGradient:
         self.value_coef = lambda n: g * vf_coef * 0.5 / n
         self._inputs: tuple = ()
         self.zero = torch.zeros(())
+        # the gradients, written in place every step; one seed's are views of one flat buffer
+        # laid out as clip_grad_norm_per_seed_ concatenates them, so clipping needs no copy
+        # (several seeds' rows cannot be both contiguous per parameter, as Adam needs, and flat)
+        sizes = [p.numel() for p in self.params]
+        if agent.seeds == 1:
+            self.flat = torch.zeros(1, sum(sizes))
+            views = self.flat.split(sizes, dim=1)
+            self.grads = [v.view(p.shape) for p, v in zip(self.params, views, strict=True)]
+        else:
+            self.flat, self.grads = None, [torch.zeros_like(p) for p in self.params]
 
     def _prepare(self, obs, actions, advantages, returns) -> None:
         """What depends on the minibatch only (done once while the same one comes back)."""
@@ -377,9 +388,18 @@ class ZooGradient:
         # (copied in: the .out variant writes a non-contiguous out wrongly in torch 2.13)
         g_out[:, 0] = torch.ops.aten._log_softmax_backward_data(g_log_pi, log_pi, -1, log_pi.dtype)
         torch.mul(torch.sub(out[:, 1, ..., 0], returns), self.value_coef2, out=g_out[:, 1, ..., 0])
-        grads = tanh_mlp_backward(saved, g_out.flatten(0, 1), input_grad=False)
-        for p, grad in zip(self.params, grads[1:], strict=True):
+        tanh_mlp_backward(saved, g_out.flatten(0, 1), input_grad=False, out=self.grads)
+        for p, grad in zip(self.params, self.grads, strict=True):
             p.grad = grad
+
+    def clip_grad_norm_(self, max_norm: float, eps: float = 1e-6) -> torch.Tensor:
+        """:func:`~rlhf_lessons.rl.batched.clip_grad_norm_per_seed_` of the gradients
+        :meth:`backward_` wrote (the same numbers); for one seed, on its flat buffer."""
+        if self.flat is None:
+            return clip_grad_norm_per_seed_(self.params, max_norm, eps, seeds=self.agent.seeds)
+        norms = torch.linalg.vector_norm(self.flat, dim=1)
+        self.flat.mul_(clip_scale(norms, max_norm, eps))
+        return norms
 
 
 def ppo_loss(
@@ -536,12 +556,13 @@ def train_ppo_seeds(
                     # is the sum of the seeds' own losses: each seed gets its own gradient
                     if zoo is not None:  # the same gradient, written out (no autograd graph)
                         zoo.backward_(mb_obs, mb_act, mb_logp, mb_adv, mb_ret, clip)
+                        zoo.clip_grad_norm_(cfg.max_grad_norm)
                     else:
                         loss = ppo_loss(agent, mb_obs, mb_act, mb_logp, mb_val, mb_adv, mb_ret,
                                         clip, cfg)  # (S, M, ...) each  # fmt: skip
                         opt.zero_grad()
                         (S * loss).backward()
-                    clip_grad_norm_per_seed_(params, cfg.max_grad_norm, seeds=S)
+                        clip_grad_norm_per_seed_(params, cfg.max_grad_norm, seeds=S)
                     opt.step()
                 stats = update_stats(agent, batch, clip)
             log.log(watch.seconds, lr=lr, clip=clip, **stats)
