@@ -102,10 +102,13 @@ def load_seed_(module: nn.Module, stacked: nn.Module, seed_index: int) -> nn.Mod
     return module
 
 
+_ONE, _TWO = torch.tensor(1.0), torch.tensor(2.0)  # tensor operands: numbers are converted per call
+
+
 def _tanh_(x: torch.Tensor) -> torch.Tensor:
     """tanh(x / 2), in place, for ``x`` that holds 2 * pre-activation: tanh(z) = 2 sigmoid(2z) - 1.
     The same function as ``torch.tanh`` (to float rounding), by a cheaper CPU kernel."""
-    return torch.sigmoid_(x).mul_(2.0).sub_(1.0)
+    return torch.sigmoid_(x).mul_(_TWO).sub_(_ONE)
 
 
 def tanh_mlp(x, w0, b0, w1, b1, w2, b2) -> torch.Tensor:

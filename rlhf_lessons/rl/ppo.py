@@ -205,6 +205,8 @@ class SeedActorCritic(nn.Module):
         out = mlp(self.pair(obs), *self.weights())  # (2S, B, actions)
         out = out.view(self.seeds, 2, -1, out.shape[-1])  # seed, actor|critic, B, actions
         log_pi, values = torch.log_softmax(out[:, 0], dim=-1), out[:, 1, :, 0]
+        if obs.dim() == 3:  # (S, B, 4): the shapes already
+            return log_pi, values
         return log_pi.view(*obs.shape[:-1], -1), values.view(obs.shape[:-1])
 
     def pair(self, obs: torch.Tensor) -> torch.Tensor:
