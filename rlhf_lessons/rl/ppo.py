@@ -325,8 +325,8 @@ def value_loss(
 class ZooGradient:
     """The gradient of ``S * ppo_loss(...)`` for the zoo's settings (no value clipping, no
     entropy bonus), written out without autograd: :meth:`backward_` sets every parameter's
-    ``.grad`` to what ``(S * ppo_loss(agent, ...)).backward()`` would leave there, to the bit
-    (``tests/test_ppo.py`` checks it), for a freshly zeroed ``agent`` (S seeds).
+    ``.grad`` to what ``agent.zero_grad(); (S * ppo_loss(agent, ...)).backward()`` leaves there,
+    to the bit (``tests/test_ppo.py`` checks it), and :meth:`clip_grad_norm_` clips it per seed.
 
     Why: for networks this small each autograd node (the network, log-softmax, gather, exp,
     clamp, min, means...) costs more in overhead than in arithmetic. Here the forward keeps only
@@ -341,11 +341,9 @@ class ZooGradient:
 
     def __init__(self, agent: SeedActorCritic, vf_coef: float) -> None:
         self.agent, self.params = agent, agent.weights()
-        g = torch.tensor(float(agent.seeds))  # d(S * loss)/d loss, as autograd passes it
-        self.neg_g_over_n = lambda n: -g / n
-        self.value_coef = lambda n: g * vf_coef * 0.5 / n
+        self.g = torch.tensor(float(agent.seeds))  # d(S * loss)/d loss, as autograd passes it
+        self.vf_coef, self.zero = vf_coef, torch.zeros(())
         self._inputs: tuple = ()
-        self.zero = torch.zeros(())
         # the gradients, written in place every step; one seed's are views of one flat buffer
         # laid out as clip_grad_norm_per_seed_ concatenates them, so clipping needs no copy
         # (several seeds' rows cannot be both contiguous per parameter, as Adam needs, and flat)
@@ -363,9 +361,9 @@ class ZooGradient:
         self._inputs = (obs, actions, advantages, returns)
         self.obs2 = self.agent.pair(obs)
         self.index = actions.unsqueeze(-1)
-        self.scaled_adv = self.neg_g_over_n(n) * advantages  # -g / n * A
-        self.value_coef2 = self.value_coef(n) * 2.0  # exact: x * 2
-        self.g_out = torch.zeros(actions.shape[0], 2, *actions.shape[1:], 2)
+        self.scaled_adv = (-self.g / n) * advantages
+        self.value_coef2 = (self.g * self.vf_coef * 0.5 / n) * 2.0  # (x * 2: exact)
+        self.g_out = torch.zeros(actions.shape[0], 2, actions.shape[1], 2)
 
     @torch.no_grad()
     def backward_(self, obs, actions, old_logp, advantages, returns, clip_eps: float) -> None:
@@ -389,7 +387,7 @@ class ZooGradient:
         g_out = self.g_out  # its critic rows' second column stays 0 (the padding)
         # (copied in: the .out variant writes a non-contiguous out wrongly in torch 2.13)
         g_out[:, 0] = torch.ops.aten._log_softmax_backward_data(g_log_pi, log_pi, -1, log_pi.dtype)
-        torch.mul(torch.sub(out[:, 1, ..., 0], returns), self.value_coef2, out=g_out[:, 1, ..., 0])
+        torch.mul(torch.sub(out[:, 1, :, 0], returns), self.value_coef2, out=g_out[:, 1, :, 0])
         tanh_mlp_backward(saved, g_out.flatten(0, 1), input_grad=False, out=self.grads)
         for p, grad in zip(self.params, self.grads, strict=True):
             p.grad = grad
@@ -531,9 +529,8 @@ def train_ppo_seeds(
         agent = SeedActorCritic(members)
         params = list(agent.parameters())
         opt = SeedAdam(params, lr=cfg.lr, eps=cfg.adam_eps)  # torch's Adam, all seeds in one
-        zoo = (
-            ZooGradient(agent, cfg.vf_coef) if cfg.clip_value is None and not cfg.ent_coef else None
-        )
+        fast = cfg.clip_value is None and not cfg.ent_coef  # the zoo's: a written-out gradient
+        zoo = ZooGradient(agent, cfg.vf_coef) if fast else None
         envs = CartPoles(rand.numpy, cfg.num_envs)
         log = CartPoleLog("ppo", rand.seeds, cfg, cfg.num_envs, agent=agent, members=members,
                           eval_fn=eval_fn)  # fmt: skip
@@ -556,15 +553,15 @@ def train_ppo_seeds(
                         mb_adv = normalize(mb_adv, dim=-1)  # (a whole batch: done once)
                     # every seed's minibatch has the same size, so S x (mean over all seeds)
                     # is the sum of the seeds' own losses: each seed gets its own gradient
-                    if zoo is not None:  # the same gradient, written out (no autograd graph)
-                        zoo.backward_(mb_obs, mb_act, mb_logp, mb_adv, mb_ret, clip)
-                        zoo.clip_grad_norm_(cfg.max_grad_norm)
-                    else:
+                    if zoo is None:
                         loss = ppo_loss(agent, mb_obs, mb_act, mb_logp, mb_val, mb_adv, mb_ret,
                                         clip, cfg)  # (S, M, ...) each  # fmt: skip
                         opt.zero_grad()
                         (S * loss).backward()
                         clip_grad_norm_per_seed_(params, cfg.max_grad_norm, seeds=S)
+                    else:  # the same gradient and clipping, without an autograd graph
+                        zoo.backward_(mb_obs, mb_act, mb_logp, mb_adv, mb_ret, clip)
+                        zoo.clip_grad_norm_(cfg.max_grad_norm)
                     opt.step()
                 stats = update_stats(agent, batch, clip)
             log.log(watch.seconds, lr=lr, clip=clip, **stats)
