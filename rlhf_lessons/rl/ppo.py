@@ -368,7 +368,8 @@ class ZooGradient:
     @torch.no_grad()
     def backward_(self, obs, actions, old_logp, advantages, returns, clip_eps: float) -> None:
         """``obs`` (S, M, 4), ``actions``, ``old_logp``, ``advantages``, ``returns`` (S, M):
-        as :func:`ppo_loss`. Sets ``p.grad`` of the agent's parameters."""
+        as :func:`ppo_loss`. Sets ``p.grad`` of the agent's parameters. The same tensor objects
+        as last time are taken to hold the same values (do not change them in place)."""
         inputs = (obs, actions, advantages, returns)
         if len(self._inputs) != 4 or any(
             a is not b for a, b in zip(inputs, self._inputs, strict=True)
