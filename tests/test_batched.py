@@ -15,6 +15,8 @@ from rlhf_lessons.rl.batched import (
     minibatches,
     stack_seeds,
     tanh_mlp,
+    tanh_mlp_backward,
+    tanh_mlp_forward,
 )
 from rlhf_lessons.rl.ppo import (
     ActorCritic,
@@ -135,6 +137,15 @@ def test_tanh_mlp_forward_and_written_out_backward_match_autograd():
     fused = torch.autograd.grad(TanhMLP.apply(x, *ws).square().sum(), (x, *ws))
     for a, b in zip(fused, grads, strict=True):
         torch.testing.assert_close(a, b)
+    # out=: the weights' gradients written into given tensors, the same numbers
+    with torch.no_grad():
+        out, saved = tanh_mlp_forward(x, *ws)
+        returned = tanh_mlp_backward(saved, 2 * out)
+        given = [torch.empty_like(w) for w in ws]
+        written = tanh_mlp_backward(saved, 2 * out, input_grad=False, out=given)
+    assert written[0] is None and all(w is g for w, g in zip(written[1:], given, strict=True))
+    for a, b in zip(given, returned[1:], strict=True):
+        assert torch.equal(a, b)
 
 
 def test_seed_adam_is_torch_adam():

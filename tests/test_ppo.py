@@ -1,11 +1,13 @@
 import pytest
 import torch
 
+from rlhf_lessons.rl.batched import clip_grad_norm_per_seed_
 from rlhf_lessons.rl.cartpole import SOLVED_RETURN, first_solved
 from rlhf_lessons.rl.ppo import (
     ActorCritic,
     PPOConfig,
     SeedActorCritic,
+    ZooGradient,
     clipped_surrogate_loss,
     ppo_loss,
     train_ppo,
@@ -98,33 +100,44 @@ def test_metrics_false_gives_the_same_loss_without_diagnostics():
 
 
 @pytest.mark.parametrize("seeds", [1, 3])
-def test_fused_ppo_loss_has_autograds_gradient_to_the_bit(seeds):
-    # ppo_loss's one-node path (no value clip, no entropy bonus) against the same loss built
-    # from clipped_surrogate_loss + value_loss and differentiated by autograd; ratios far from 1
-    # so that both clip branches and both signs of the advantage are exercised
+def test_zoo_gradient_is_autograds_gradient_to_the_bit(seeds):
+    # ZooGradient (no value clip, no entropy bonus; no autograd) against autograd's gradient of
+    # S * ppo_loss (clipped_surrogate_loss + value_loss); ratios far from 1 so that both clip
+    # branches and both signs of the advantage are exercised; twice on the same minibatch (the
+    # prepared inputs are reused) and then on a new one; then its gradient clipping
     torch.manual_seed(0)
     agent = SeedActorCritic([ActorCritic() for _ in range(seeds)])
-    obs, actions = torch.randn(seeds, 64, 4), torch.randint(0, 2, (seeds, 64))
-    old_logp, adv = -torch.rand(seeds, 64) * 2, torch.randn(seeds, 64)
-    old_values, returns = torch.randn(seeds, 64), torch.randn(seeds, 64)
     cfg = PPOConfig(vf_coef=0.7)
+    zoo = ZooGradient(agent, cfg.vf_coef)
 
-    def grads(loss):
+    def minibatch():
+        obs, actions = torch.randn(seeds, 64, 4), torch.randint(0, 2, (seeds, 64))
+        old_logp, adv = -torch.rand(seeds, 64) * 2, torch.randn(seeds, 64)
+        return obs, actions, old_logp, torch.randn(seeds, 64), adv, torch.randn(seeds, 64)
+
+    first = minibatch()
+    for obs, actions, old_logp, old_values, adv, returns in (first, first, minibatch()):
         agent.zero_grad()
+        zoo.backward_(obs, actions, old_logp, adv, returns, 0.2)
+        written = [p.grad.clone() for p in agent.parameters()]
+        agent.zero_grad()
+        loss = ppo_loss(agent, obs, actions, old_logp, old_values, adv, returns, 0.2, cfg)
         (seeds * loss).backward()
-        return loss.detach(), [p.grad.clone() for p in agent.parameters()]
-
-    fused = grads(ppo_loss(agent, obs, actions, old_logp, old_values, adv, returns, 0.2, cfg))
-    log_pi, values = agent(obs)
-    new_logp = log_pi.gather(-1, actions.unsqueeze(-1)).squeeze(-1)
-    ratio = (new_logp - old_logp).exp()
-    assert ((ratio - 1).abs() > 0.2).any() and ((ratio - 1).abs() < 0.2).any()
-    pg, _ = clipped_surrogate_loss(new_logp, old_logp, adv, 0.2, metrics=False)
-    vl, _ = value_loss(values, old_values, returns, metrics=False)
-    plain = grads(pg + cfg.vf_coef * vl)
-    torch.testing.assert_close(fused[0], plain[0])
-    for a, b in zip(fused[1], plain[1], strict=True):
-        assert torch.equal(a, b)
+        log_pi, _ = agent(obs)
+        ratio = (log_pi.gather(-1, actions.unsqueeze(-1)).squeeze(-1) - old_logp).exp()
+        assert ((ratio - 1).abs() > 0.2).any() and ((ratio - 1).abs() < 0.2).any()
+        for a, p in zip(written, agent.parameters(), strict=True):
+            assert torch.equal(a, p.grad)
+        # its clipping (one seed: on its flat buffer) = clip_grad_norm_per_seed_, to the bit
+        norms = clip_grad_norm_per_seed_(agent.parameters(), 0.05, seeds=seeds)
+        clipped = [p.grad.clone() for p in agent.parameters()]
+        zoo.backward_(obs, actions, old_logp, adv, returns, 0.2)
+        assert torch.equal(zoo.clip_grad_norm_(0.05), norms) and (norms > 0.05).any()
+        for a, p in zip(clipped, agent.parameters(), strict=True):
+            assert torch.equal(a, p.grad)
+        with torch.no_grad():  # a step, so the next round's weights differ
+            for p in agent.parameters():
+                p -= 0.01 * p.grad
 
 
 def test_same_seed_same_run_and_the_contract():

@@ -102,10 +102,13 @@ def load_seed_(module: nn.Module, stacked: nn.Module, seed_index: int) -> nn.Mod
     return module
 
 
+_ONE, _TWO = torch.tensor(1.0), torch.tensor(2.0)  # tensor operands: numbers are converted per call
+
+
 def _tanh_(x: torch.Tensor) -> torch.Tensor:
     """tanh(x / 2), in place, for ``x`` that holds 2 * pre-activation: tanh(z) = 2 sigmoid(2z) - 1.
     The same function as ``torch.tanh`` (to float rounding), by a cheaper CPU kernel."""
-    return torch.sigmoid_(x).mul_(2.0).sub_(1.0)
+    return torch.sigmoid_(x).mul_(_TWO).sub_(_ONE)
 
 
 def tanh_mlp(x, w0, b0, w1, b1, w2, b2) -> torch.Tensor:
@@ -148,14 +151,23 @@ def tanh_mlp_forward(x, w0, b0, w1, b1, w2, b2) -> tuple[torch.Tensor, tuple[tor
     return torch.baddbmm(b2, h2, w2), (x, w0, w1, w2, h1, h2)
 
 
-def tanh_mlp_backward(saved: Sequence[torch.Tensor], g: torch.Tensor, input_grad: bool = True):
+def tanh_mlp_backward(
+    saved: Sequence[torch.Tensor], g: torch.Tensor, input_grad: bool = True,
+    out: Sequence[torch.Tensor] | None = None,
+):  # fmt: skip
     """:class:`TanhMLP`'s backward: gradients of ``(x, w0, b0, w1, b1, w2, b2)`` given
-    ``g = dL/d out`` (``dx`` is None unless ``input_grad``)."""
+    ``g = dL/d out`` (``dx`` is None unless ``input_grad``). ``out``: six contiguous tensors to
+    write the gradients of ``(w0, b0, w1, b1, w2, b2)`` into (the same numbers)."""
     x, w0, w1, w2, h1, h2 = saved
     tanh_grad = torch.ops.aten.tanh_backward  # (g, y) -> g * (1 - y^2)
     g1 = tanh_grad(torch.bmm(g, w2.mT), h2)
     g0 = tanh_grad(torch.bmm(g1, w1.mT), h1)
     dx = torch.bmm(g0, w0.mT) if input_grad else None
+    if out is not None:
+        for (a, b), dw, db in zip(((x, g0), (h1, g1), (h2, g)), out[::2], out[1::2], strict=True):
+            torch.bmm(a.mT, b, out=dw)
+            torch.sum(b, 1, keepdim=True, out=db)
+        return (dx, *out)
     return (
         dx,
         torch.bmm(x.mT, g0), g0.sum(1, keepdim=True),
@@ -181,7 +193,7 @@ class SeedAdam:
         self.lr, self.eps, self.betas = lr, eps, betas
         self.exp_avg = [torch.zeros_like(p) for p in self.params]
         self.exp_avg_sq = [torch.zeros_like(p) for p in self.params]
-        self.steps = [torch.zeros(()) for _ in self.params]
+        self.step_count = torch.zeros(())  # Adam's t, the same for every parameter
 
     def zero_grad(self) -> None:
         for p in self.params:
@@ -191,11 +203,12 @@ class SeedAdam:
     def step(self) -> None:
         if any(p.grad is None for p in self.params):
             raise ValueError("SeedAdam.step: every parameter needs a gradient (call backward)")
-        # what torch.optim.adam's fused path runs, without its grouping by device and dtype
-        torch._foreach_add_(self.steps, 1)
+        # what torch.optim.adam's fused path runs, without its grouping by device and dtype;
+        # torch keeps one step counter per parameter, all equal: here one, shared
+        self.step_count += 1
         torch._fused_adam_(
             self.params, [p.grad for p in self.params], self.exp_avg, self.exp_avg_sq, [],
-            self.steps, amsgrad=False, lr=self.lr, beta1=self.betas[0], beta2=self.betas[1],
+            [self.step_count] * len(self.params), amsgrad=False, lr=self.lr, beta1=self.betas[0], beta2=self.betas[1],
             weight_decay=0.0, eps=self.eps, maximize=False, grad_scale=None, found_inf=None,
         )  # fmt: skip
 
@@ -215,9 +228,15 @@ def clip_grad_norm_per_seed_(
     grads = [p.grad for p in parameters if p.grad is not None]
     rows = [g.view(seeds or g.shape[0], -1) for g in grads]  # (S, numel / S) views
     norms = torch.linalg.vector_norm(torch.cat(rows, dim=1), dim=1)  # (S,)
-    scale = (max_norm / (norms + eps)).clamp(max=1.0)[:, None]
-    torch._foreach_mul_(rows, [scale] * len(rows))
+    torch._foreach_mul_(rows, [clip_scale(norms, max_norm, eps)] * len(rows))
     return norms
+
+
+def clip_scale(norms: torch.Tensor, max_norm: float, eps: float = 1e-6) -> torch.Tensor:
+    """torch's gradient-clipping factor ``min(1, max_norm / (norm + eps))`` of each seed's norm
+    (S,), as an (S, 1) column; in place on a new tensor (``max_norm / t`` is torch's
+    ``t.reciprocal() * max_norm``: the same numbers)."""
+    return (norms + eps).reciprocal_().mul_(max_norm).clamp_(max=1.0)[:, None]
 
 
 class SeedRandom:

@@ -115,9 +115,8 @@ def physics_step(state: np.ndarray, action: np.ndarray) -> np.ndarray:
         HALF_LENGTH * (4.0 / 3.0 - MASS_POLE * np.square(cos) / TOTAL_MASS)
     )
     x_acc = temp - POLE_MASS_LENGTH * theta_acc * cos / TOTAL_MASS
-    return np.stack(
-        (x + TAU * x_dot, x_dot + TAU * x_acc, theta + TAU * theta_dot, theta_dot + TAU * theta_acc)
-    )
+    # Euler: each of (x, x_dot, theta, theta_dot) plus TAU times its derivative
+    return state + TAU * np.stack((x_dot, x_acc, theta_dot, theta_acc))
 
 
 class CartPoles:
@@ -166,7 +165,7 @@ class CartPoles:
         return self.observations()
 
     def observations(self) -> np.ndarray:
-        return np.moveaxis(self.state, 0, -1).astype(np.float32)
+        return self.state.transpose(1, 2, 0).astype(np.float32)  # (4, S, N) -> (S, N, 4)
 
     def step(self, actions: np.ndarray | torch.Tensor):
         """Advance every environment one step.
@@ -177,7 +176,7 @@ class CartPoles:
         """
         new = physics_step(self.state, np.asarray(actions))
         x, theta = new[0], new[2]
-        terminated = (x < -X_LIMIT) | (x > X_LIMIT) | (theta < -THETA_LIMIT) | (theta > THETA_LIMIT)
+        terminated = (np.abs(x) > X_LIMIT) | (np.abs(theta) > THETA_LIMIT)
         self.steps += 1
         truncated = (self.steps >= MAX_STEPS) & ~terminated  # a fall on the last step terminates
         if not self.autoreset:  # ended episodes stay as they ended

@@ -39,6 +39,7 @@ from rlhf_lessons.rl.batched import (
     SeedRandom,
     TanhMLP,
     clip_grad_norm_per_seed_,
+    clip_scale,
     minibatches,
     tanh_mlp,
     tanh_mlp_backward,
@@ -201,9 +202,12 @@ class SeedActorCritic(nn.Module):
             )
         # training: one autograd node for the three layers; rollouts and evaluation: plain ops
         mlp = TanhMLP.apply if torch.is_grad_enabled() else tanh_mlp
-        out = mlp(self.pair(obs), *self.weights())
-        out = out.view(self.seeds, 2, *obs.shape[1:-1], -1)
-        return torch.log_softmax(out[:, 0], dim=-1), out[:, 1, ..., 0]
+        out = mlp(self.pair(obs), *self.weights())  # (2S, B, actions)
+        out = out.view(self.seeds, 2, -1, out.shape[-1])  # seed, actor|critic, B, actions
+        log_pi, values = torch.log_softmax(out[:, 0], dim=-1), out[:, 1, :, 0]
+        if obs.dim() == 3:  # (S, B, 4): the shapes already
+            return log_pi, values
+        return log_pi.view(*obs.shape[:-1], -1), values.view(obs.shape[:-1])
 
     def pair(self, obs: torch.Tensor) -> torch.Tensor:
         """Each seed's observations once for its actor, once for its critic: (2S, B, 4)."""
@@ -211,7 +215,8 @@ class SeedActorCritic(nn.Module):
 
     def weights(self) -> tuple[nn.Parameter, ...]:
         """``(weight0, bias0, weight1, bias1, weight2, bias2)``, the MLP's arguments."""
-        return self.weight0, self.bias0, self.weight1, self.bias1, self.weight2, self.bias2
+        p = self._parameters  # (what self.weight0 etc. look up, one call each)
+        return p["weight0"], p["bias0"], p["weight1"], p["bias1"], p["weight2"], p["bias2"]
 
     def log_probs(self, obs: torch.Tensor) -> torch.Tensor:
         return self(obs)[0]
@@ -317,48 +322,85 @@ def value_loss(
     return loss, ({"value_loss": loss.item()} if metrics else {})
 
 
-class _PPOLoss(torch.autograd.Function):
-    """:func:`ppo_loss` without value clipping and entropy bonus (the zoo's settings): the
-    network's forward and backward and the loss in ONE autograd node, the backward written out.
-    Autograd would record some twenty nodes here (the network, log-softmax, gather, exp, clamp,
-    min, means...), and for networks this small each node's overhead outweighs its arithmetic.
-    The backward repeats autograd's own operations in autograd's order, so the gradient is the
-    same to the bit (``tests/test_ppo.py`` checks it). With ``g`` the incoming gradient and n
-    the number of samples: ``dL/d log pi(a|s) = ratio * A * (-g / n)`` where the unclipped
-    term is the smaller one (0 elsewhere), ``dL/dV = (g * vf_coef * 0.5 / n) * 2 (V - R)``, then
-    log-softmax's and :class:`~rlhf_lessons.rl.batched.TanhMLP`'s backward.
+class ZooGradient:
+    """The gradient of ``S * ppo_loss(...)`` for the zoo's settings (no value clipping, no
+    entropy bonus), written out without autograd: :meth:`backward_` sets every parameter's
+    ``.grad`` to what ``agent.zero_grad(); (S * ppo_loss(agent, ...)).backward()`` leaves there,
+    to the bit (``tests/test_ppo.py`` checks it), and :meth:`clip_grad_norm_` clips it per seed.
+
+    Why: for networks this small each autograd node (the network, log-softmax, gather, exp,
+    clamp, min, means...) costs more in overhead than in arithmetic. Here the forward keeps only
+    what the gradient needs (the loss value itself is never used by the training loop) and the
+    backward repeats autograd's own operations in autograd's order. With ``g = S`` (the gradient
+    that reaches the loss) and n the number of samples: ``dL/d log pi(a|s) = ratio * A * (-g / n)``
+    where the unclipped term is the smaller one (0 elsewhere), ``dL/dV = (g * vf_coef * 0.5 / n)
+    * 2 (V - R)``, then log-softmax's backward and :func:`~rlhf_lessons.rl.batched.
+    tanh_mlp_backward`. Constants are tensors made once, and the inputs that stay the same
+    across epochs (one minibatch per epoch: the same tensors every time) are prepared once.
     """
 
-    @staticmethod
-    def forward(ctx, obs2, w0, b0, w1, b1, w2, b2, actions, old_logp, advantages, returns,
-                clip_eps, vf_coef):  # fmt: skip
-        out, saved = tanh_mlp_forward(obs2, w0, b0, w1, b1, w2, b2)  # (2S, M, 2)
-        out = out.view(actions.shape[0], 2, *actions.shape[1:], 2)  # seed, actor|critic, ...
-        log_pi, values = torch.log_softmax(out[:, 0], dim=-1), out[:, 1, ..., 0]
-        ratio = (log_pi.gather(-1, actions.unsqueeze(-1)).squeeze(-1) - old_logp).exp()
+    def __init__(self, agent: SeedActorCritic, vf_coef: float) -> None:
+        self.agent, self.params = agent, agent.weights()
+        self.g = torch.tensor(float(agent.seeds))  # d(S * loss)/d loss, as autograd passes it
+        self.vf_coef, self.zero = vf_coef, torch.zeros(())
+        self._inputs: tuple = ()
+        # the gradients, written in place every step; one seed's are views of one flat buffer
+        # laid out as clip_grad_norm_per_seed_ concatenates them, so clipping needs no copy
+        # (several seeds' rows cannot be both contiguous per parameter, as Adam needs, and flat)
+        sizes = [p.numel() for p in self.params]
+        if agent.seeds == 1:
+            self.flat = torch.zeros(1, sum(sizes))
+            views = self.flat.split(sizes, dim=1)
+            self.grads = [v.view(p.shape) for p, v in zip(self.params, views, strict=True)]
+        else:
+            self.flat, self.grads = None, [torch.zeros_like(p) for p in self.params]
+
+    def _prepare(self, obs, actions, advantages, returns) -> None:
+        """What depends on the minibatch only (done once while the same one comes back)."""
+        n = actions.numel()
+        self._inputs = (obs, actions, advantages, returns)
+        self.obs2 = self.agent.pair(obs)
+        self.index = actions.unsqueeze(-1)
+        self.scaled_adv = (-self.g / n) * advantages
+        self.value_coef2 = (self.g * self.vf_coef * 0.5 / n) * 2.0  # (x * 2: exact)
+        self.g_out = torch.zeros(actions.shape[0], 2, actions.shape[1], 2)
+
+    @torch.no_grad()
+    def backward_(self, obs, actions, old_logp, advantages, returns, clip_eps: float) -> None:
+        """``obs`` (S, M, 4), ``actions``, ``old_logp``, ``advantages``, ``returns`` (S, M):
+        as :func:`ppo_loss`. Sets ``p.grad`` of the agent's parameters. The same tensor objects
+        as last time are taken to hold the same values (do not change them in place)."""
+        inputs = (obs, actions, advantages, returns)
+        if len(self._inputs) != 4 or any(
+            a is not b for a, b in zip(inputs, self._inputs, strict=True)
+        ):
+            self._prepare(*inputs)
+        out, saved = tanh_mlp_forward(self.obs2, *self.params)  # (2S, M, 2)
+        out = out.view(self.g_out.shape)  # seed, actor|critic, M, 2
+        log_pi = torch.log_softmax(out[:, 0], dim=-1)
+        ratio = (log_pi.gather(-1, self.index).squeeze(-1) - old_logp).exp()
         surrogate = ratio * advantages
         clipped = torch.clamp(ratio, 1.0 - clip_eps, 1.0 + clip_eps) * advantages
-        diff = values - returns
-        ctx.save_for_backward(*saved, log_pi, actions, ratio, advantages, diff,
-                              surrogate <= clipped)  # fmt: skip
-        ctx.vf_coef = vf_coef
-        pg_loss = -torch.min(surrogate, clipped).mean()
-        return pg_loss + vf_coef * (0.5 * diff.pow(2).mean())
-
-    @staticmethod
-    def backward(ctx, g):
-        *saved, log_pi, actions, ratio, advantages, diff, unclipped = ctx.saved_tensors
-        n = ratio.numel()
         # -mean(min(ratio A, clip(ratio) A)): the gradient reaches ratio through the smaller term
         # (at a tie autograd sends half through each, which adds up to the same)
-        g_logp = torch.where(unclipped, (-g / n) * advantages, 0.0) * ratio  # d exp(x) = exp(x)
-        g_log_pi = torch.zeros_like(log_pi).scatter_add_(-1, actions.unsqueeze(-1),
-                                                         g_logp.unsqueeze(-1))  # fmt: skip
-        g_out = torch.zeros(actions.shape[0], 2, *log_pi.shape[1:])
-        g_out[:, 0] = torch.ops.aten._log_softmax_backward_data(g_log_pi, log_pi, -1, g.dtype)
-        g_out[:, 1, ..., 0] = (g * ctx.vf_coef * 0.5 / n) * (2.0 * diff)
-        grads = tanh_mlp_backward(saved, g_out.flatten(0, 1), input_grad=False)
-        return None, *grads[1:], None, None, None, None, None, None
+        g_logp = torch.where(surrogate <= clipped, self.scaled_adv, self.zero) * ratio
+        g_log_pi = torch.zeros_like(log_pi).scatter_add_(-1, self.index, g_logp.unsqueeze(-1))
+        g_out = self.g_out  # its critic rows' second column stays 0 (the padding)
+        # (copied in: the .out variant writes a non-contiguous out wrongly in torch 2.13)
+        g_out[:, 0] = torch.ops.aten._log_softmax_backward_data(g_log_pi, log_pi, -1, log_pi.dtype)
+        torch.mul(torch.sub(out[:, 1, :, 0], returns), self.value_coef2, out=g_out[:, 1, :, 0])
+        tanh_mlp_backward(saved, g_out.flatten(0, 1), input_grad=False, out=self.grads)
+        for p, grad in zip(self.params, self.grads, strict=True):
+            p.grad = grad
+
+    def clip_grad_norm_(self, max_norm: float, eps: float = 1e-6) -> torch.Tensor:
+        """:func:`~rlhf_lessons.rl.batched.clip_grad_norm_per_seed_` of the gradients
+        :meth:`backward_` wrote (the same numbers); for one seed, on its flat buffer."""
+        if self.flat is None:
+            return clip_grad_norm_per_seed_(self.params, max_norm, eps, seeds=self.agent.seeds)
+        norms = torch.linalg.vector_norm(self.flat, dim=1)
+        self.flat.mul_(clip_scale(norms, max_norm, eps))
+        return norms
 
 
 def ppo_loss(
@@ -371,13 +413,10 @@ def ppo_loss(
 
     ``obs`` (S, M, 4); ``actions`` (S, M) the stored actions; ``old_logp``, ``old_values``
     (S, M) their rollout-time log pi_old(a|s) and V_old(s); ``advantages``, ``returns`` (S, M).
-    The terms are :func:`clipped_surrogate_loss` and :func:`value_loss`. Without value clipping
-    and entropy bonus (the zoo's settings) all of it runs as one autograd node (:class:`_PPOLoss`),
-    with the same gradient.
+    The terms are :func:`clipped_surrogate_loss` and :func:`value_loss`. The training loop takes
+    the gradient of this loss by autograd, or for the zoo's settings (no value clipping, no
+    entropy bonus) the same gradient by :class:`ZooGradient`.
     """
-    if cfg.clip_value is None and not cfg.ent_coef:
-        return _PPOLoss.apply(agent.pair(obs), *agent.weights(), actions, old_logp, advantages,
-                              returns, clip_eps, cfg.vf_coef)  # fmt: skip
     log_pi, values = agent(obs)  # (S, M, 2), (S, M)
     new_logp = log_pi.gather(-1, actions.unsqueeze(-1)).squeeze(-1)
     pg_loss, _ = clipped_surrogate_loss(new_logp, old_logp, advantages, clip_eps, metrics=False)
@@ -491,6 +530,8 @@ def train_ppo_seeds(
         agent = SeedActorCritic(members)
         params = list(agent.parameters())
         opt = SeedAdam(params, lr=cfg.lr, eps=cfg.adam_eps)  # torch's Adam, all seeds in one
+        fast = cfg.clip_value is None and not cfg.ent_coef  # the zoo's: a written-out gradient
+        zoo = ZooGradient(agent, cfg.vf_coef) if fast else None
         envs = CartPoles(rand.numpy, cfg.num_envs)
         log = CartPoleLog("ppo", rand.seeds, cfg, cfg.num_envs, agent=agent, members=members,
                           eval_fn=eval_fn)  # fmt: skip
@@ -511,13 +552,17 @@ def train_ppo_seeds(
                 ):
                     if cfg.norm_adv and cfg.minibatch_size < cfg.batch_size:
                         mb_adv = normalize(mb_adv, dim=-1)  # (a whole batch: done once)
-                    loss = ppo_loss(agent, mb_obs, mb_act, mb_logp, mb_val, mb_adv, mb_ret, clip,
-                                    cfg)  # (S, M, ...) each  # fmt: skip
                     # every seed's minibatch has the same size, so S x (mean over all seeds)
                     # is the sum of the seeds' own losses: each seed gets its own gradient
-                    opt.zero_grad()
-                    (S * loss).backward()
-                    clip_grad_norm_per_seed_(params, cfg.max_grad_norm, seeds=S)
+                    if zoo is None:
+                        loss = ppo_loss(agent, mb_obs, mb_act, mb_logp, mb_val, mb_adv, mb_ret,
+                                        clip, cfg)  # (S, M, ...) each  # fmt: skip
+                        opt.zero_grad()
+                        (S * loss).backward()
+                        clip_grad_norm_per_seed_(params, cfg.max_grad_norm, seeds=S)
+                    else:  # the same gradient and clipping, without an autograd graph
+                        zoo.backward_(mb_obs, mb_act, mb_logp, mb_adv, mb_ret, clip)
+                        zoo.clip_grad_norm_(cfg.max_grad_norm)
                     opt.step()
                 stats = update_stats(agent, batch, clip)
             log.log(watch.seconds, lr=lr, clip=clip, **stats)
