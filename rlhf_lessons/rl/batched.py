@@ -208,8 +208,9 @@ class SeedAdam:
         self.step_count += 1
         torch._fused_adam_(
             self.params, [p.grad for p in self.params], self.exp_avg, self.exp_avg_sq, [],
-            [self.step_count] * len(self.params), amsgrad=False, lr=self.lr, beta1=self.betas[0], beta2=self.betas[1],
-            weight_decay=0.0, eps=self.eps, maximize=False, grad_scale=None, found_inf=None,
+            [self.step_count] * len(self.params), amsgrad=False, lr=self.lr,
+            beta1=self.betas[0], beta2=self.betas[1], weight_decay=0.0, eps=self.eps,
+            maximize=False, grad_scale=None, found_inf=None,
         )  # fmt: skip
 
 
