@@ -10,19 +10,31 @@ from collections.abc import Iterator
 from pathlib import Path
 
 
+def is_checkout(folder: Path) -> bool:
+    """Whether ``folder`` holds the course's ``pyproject.toml``."""
+    toml = folder / "pyproject.toml"
+    try:
+        return toml.is_file() and 'name = "rlhf-lessons"' in toml.read_text()
+    except OSError:
+        return False
+
+
 def checkout_root() -> Path | None:
     """The course checkout this package was imported from (an editable install, ``make``'s
     ``.venv``, ``PYTHONPATH`` or Colab's clone), found from the package's own location: the
     folder above ``rlhf_lessons/`` when it holds the course's ``pyproject.toml``. ``None`` for
     an installed wheel."""
     folder = Path(__file__).resolve().parents[2]
-    toml = folder / "pyproject.toml"
-    try:
-        if toml.is_file() and 'name = "rlhf-lessons"' in toml.read_text():
-            return folder
-    except OSError:
-        pass
-    return None
+    return folder if is_checkout(folder) else None
+
+
+def write_atomically(path: Path, text: str) -> Path:
+    """Write ``text`` to ``path`` through a temporary file: a crash never leaves half a file."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(text)
+    tmp.replace(path)
+    return path
 
 
 def cache_dir() -> Path:

@@ -35,16 +35,9 @@ def make_preference_split() -> dict[str, list[Record]]:
     raw = sorted((data_dir() / "preferences" / "raw").glob("*.jsonl"))
     if not raw:
         raise FileNotFoundError(f"no raw preference files in {PREFERENCES_DIR / 'raw'}")
-    by_category: dict[str, list[Record]] = defaultdict(list)
-    for path in raw:
-        for record in load_jsonl(path, kind="ranked"):
-            by_category[record["category"]].append(record)
-    split: dict[str, list[Record]] = {"train": [], "heldout": []}
-    for category in sorted(by_category):
-        records = sorted(by_category[category], key=lambda r: r["id"])
-        for i, record in enumerate(records):
-            split["heldout" if i % HELDOUT_EVERY == HELDOUT_EVERY - 1 else "train"].append(record)
-    return split
+    records = [record for path in raw for record in load_jsonl(path, kind="ranked")]
+    train, heldout = validation_split(records, HELDOUT_EVERY)  # the same rule
+    return {"train": train, "heldout": heldout}
 
 
 def write_preference_split() -> dict[str, Path]:

@@ -44,14 +44,6 @@ class LessonReport:
     error: str = ""
 
 
-def _checkpoint_cells(nb) -> list[int]:
-    return [
-        i
-        for i, cell in enumerate(nb.cells)
-        if cell.cell_type == "code" and CHECKPOINT_TAG in cell.get("metadata", {}).get("tags", [])
-    ]
-
-
 def kernel_env(workers: int, out_dir: Path) -> dict[str, str]:
     """The kernels' environment: this process's, the build folder for their results, and one
     thread per kernel when several run at once (unless the caller set the thread variables)."""
@@ -129,8 +121,8 @@ async def _run_one(path: Path, out_dir: Path, timeout: int, env, display, slot) 
     from nbclient.exceptions import CellExecutionError
 
     nb = nbformat.read(path, as_version=4)
-    checks = _checkpoint_cells(nb)
     code = [i for i, c in enumerate(nb.cells) if c.cell_type == "code"]
+    checks = [i for i in code if CHECKPOINT_TAG in nb.cells[i].get("metadata", {}).get("tags", [])]
 
     def on_cell_start(cell, cell_index):
         if cell.cell_type == "code":  # nbclient calls this for markdown cells too

@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from rlhf_lessons.course.budget import fast_mode
+from rlhf_lessons.course.cache import is_checkout, write_atomically
 from rlhf_lessons.course.seeds import ENV_VAR as SEEDS_VAR
 from rlhf_lessons.course.stats import Interval
 from rlhf_lessons.run_log import jsonable
@@ -36,11 +37,7 @@ DIRECTIONS = ("above", "below", "excludes", "within")
 def repo_root(start: Path | None = None) -> Path | None:
     """The checkout this runs in (the folder with the course's ``pyproject.toml``), if any."""
     here = (start or Path.cwd()).resolve()
-    for folder in (here, *here.parents):
-        toml = folder / "pyproject.toml"
-        if toml.is_file() and 'name = "rlhf-lessons"' in toml.read_text():
-            return folder
-    return None
+    return next((folder for folder in (here, *here.parents) if is_checkout(folder)), None)
 
 
 def build_dir() -> Path:
@@ -88,18 +85,15 @@ class Claim:
 def _judge(
     est: Interval | float, bar: float, direction: str
 ) -> tuple[float, float, float, int, str, bool]:
-    if isinstance(est, Interval):
-        lo, hi, m, n, method = est.low, est.high, est.mean, est.n, est.method
-    else:
-        m = lo = hi = float(est)
-        n, method = 1, "point"
+    if not isinstance(est, Interval):
+        est = Interval(float(est), float(est), float(est), 1, method="point")
     passed = {
-        "above": lo > bar,
-        "below": hi < bar,
-        "excludes": bar < lo or bar > hi,
-        "within": lo <= bar <= hi,
+        "above": est.above(bar),
+        "below": est.below(bar),
+        "excludes": est.excludes(bar),
+        "within": est.low <= bar <= est.high,  # (False for NaN, unlike not excludes)
     }[direction]
-    return m, lo, hi, n, method, bool(passed)
+    return est.mean, est.low, est.high, est.n, est.method, bool(passed)
 
 
 class Results:
@@ -166,20 +160,14 @@ class Results:
     def save(self, folder: Path | None = None) -> Path:
         """Write ``<build>/results/<lesson>.json`` (atomically) and return its path."""
         folder = Path(folder) if folder is not None else build_dir() / "results"
-        folder.mkdir(parents=True, exist_ok=True)
-        path = folder / f"{self.lesson}.json"
-        tmp = path.with_suffix(".tmp")
-        tmp.write_text(json.dumps(self.as_dict(), indent=1, sort_keys=False) + "\n")
-        tmp.replace(path)
-        return path
+        text = json.dumps(self.as_dict(), indent=1) + "\n"
+        return write_atomically(folder / f"{self.lesson}.json", text)
 
     def save_figure(self, fig, name: str, dpi: int = 110) -> Path:
         """Save the lesson's README figure as ``<build>/figures/<name>.png``."""
-        folder = build_dir() / "figures"
-        folder.mkdir(parents=True, exist_ok=True)
-        path = folder / f"{name}.png"
-        fig.savefig(path, dpi=dpi, bbox_inches="tight")
-        return path
+        from rlhf_lessons.course.plotting import save_figure
+
+        return save_figure(fig, build_dir() / "figures" / f"{name}.png", dpi)
 
 
 def load_results(folder: Path) -> dict[str, dict]:

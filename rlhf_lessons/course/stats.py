@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass, replace
 
 import numpy as np
 
@@ -55,8 +55,7 @@ class Interval:
         return self.high < bar
 
     def as_dict(self) -> dict:
-        return {"mean": self.mean, "low": self.low, "high": self.high, "n": self.n,
-                "level": self.level, "method": self.method}  # fmt: skip
+        return asdict(self)
 
     def __str__(self) -> str:
         return f"{self.mean:.3f} [{self.low:.3f}, {self.high:.3f}]"
@@ -108,8 +107,7 @@ def diff_ci(
             raise ValueError(
                 f"paired values need the same number of seeds, got {a.size} and {b.size}"
             )
-        iv = mean_ci(a - b, level)
-        return Interval(iv.mean, iv.low, iv.high, iv.n, level, "paired t")
+        return replace(mean_ci(a - b, level), method="paired t")
     va, vb = a.var(ddof=1) / a.size, b.var(ddof=1) / b.size
     se = math.sqrt(va + vb)
     df = (
@@ -163,7 +161,7 @@ def paired_bootstrap_diff(
     if a.size != b.size:
         raise ValueError(f"paired items need equal lengths, got {a.size} and {b.size}")
     iv = bootstrap_ci(a - b, n_boot=n_boot, seed=seed, level=level)
-    return Interval(iv.mean, iv.low, iv.high, iv.n, level, "paired bootstrap")
+    return replace(iv, method="paired bootstrap")
 
 
 def cluster_mean_ci(values, level: float = LEVEL) -> Interval:
@@ -173,9 +171,8 @@ def cluster_mean_ci(values, level: float = LEVEL) -> Interval:
     if v.ndim != 2:
         raise ValueError(f"values must be (prompts, samples), got shape {v.shape}")
     units = v.mean(axis=1) if v.shape[0] >= 2 else v[0]
-    iv = mean_ci(units, level)
-    return Interval(float(v.mean()), float(v.mean()) - iv.half_width,
-                    float(v.mean()) + iv.half_width, int(units.size), level, "cluster t")  # fmt: skip
+    m, h = float(v.mean()), mean_ci(units, level).half_width
+    return Interval(m, m - h, m + h, int(units.size), level, "cluster t")
 
 
 def rank_correlations(scores: Sequence[float]) -> tuple[float, float]:

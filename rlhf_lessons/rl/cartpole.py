@@ -5,16 +5,11 @@ or at 500 steps (truncated), so the return is the episode length, at most 500. G
 ``reward_threshold`` for CartPole-v1 is 475: an agent whose average return reaches it is called
 solved.
 
-The lessons train several seeds at once (:mod:`rlhf_lessons.rl.batched`), so the environments
-come as a grid: ``S`` seeds x ``N`` environments, one array of shape ``(S, N, ...)`` per
-quantity. :class:`CartPoles` steps the whole grid with one NumPy computation of gymnasium's
-CartPole-v1 dynamics (:func:`physics_step`, checked against gymnasium step for step) and draws
-each seed's start states from that seed's own generator, so a seed's episodes are the same
-whichever seeds run beside it. (Gymnasium's own vector environments share one generator across
-their environments and check every action on every step; here that costs more than the
-physics.)
-:class:`CartPoleLog` turns what the environments report into one
-:class:`~rlhf_lessons.training.History` per seed.
+The lessons train several seeds at once (:mod:`rlhf_lessons.rl.batched`): :class:`CartPoles`
+steps ``S`` seeds x ``N`` environments as one NumPy computation of gymnasium's dynamics
+(gymnasium's own vector environments share one generator across their environments and check
+every action on every step; here that costs more than the physics), and :class:`CartPoleLog`
+turns what they report into one :class:`~rlhf_lessons.training.History` per seed.
 """
 
 from __future__ import annotations
@@ -23,7 +18,6 @@ import math
 from collections.abc import Callable, Sequence
 from dataclasses import asdict
 
-import gymnasium as gym
 import numpy as np
 import torch
 from torch import nn
@@ -37,13 +31,6 @@ START_LOW, START_HIGH = -0.05, 0.05  # CartPole-v1 starts uniformly in [-0.05, 0
 
 # A policy for evaluation maps observations (..., 4) to actions (...).
 ActFn = Callable[[np.ndarray], np.ndarray]
-
-
-def make_env(seed: int | None = None) -> gym.Env:
-    """One gymnasium CartPole-v1 environment; its action space is seeded with ``seed``."""
-    env = gym.make(ENV_ID)
-    env.action_space.seed(seed)
-    return env
 
 
 def check_cartpole_args(tokenizer, data) -> None:
@@ -244,10 +231,11 @@ class CartPoleLog:
       ``episode_return``: the mean return of the episodes that ended since the last row, and the
       update's metrics, one value per seed);
     - :meth:`evaluate`: ``greedy_return``, the greedy policies' mean return on
-      :func:`evaluate`'s starts, plus
-      ``eval_fn(policy)`` of each seed if given, into ``evaluations`` (with ``env_steps``
-      and ``seconds``);
-    - :meth:`finish`: the final evaluation; each seed's trained network as ``history.policy``.
+      :func:`evaluate`'s starts, plus ``eval_fn(policy)`` of each seed if given, into
+      ``evaluations`` (with ``env_steps`` and ``seconds``). The trainers evaluate before
+      training and every ``eval_every`` updates if ``eval_every`` > 0, and after the last one;
+    - :meth:`finish`: the final evaluation; each seed's trained network as ``history.policy``
+      (a fresh one, or with one seed the trainer's ``policy`` argument, trained in place).
     """
 
     def __init__(

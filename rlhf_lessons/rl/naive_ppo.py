@@ -21,6 +21,7 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass
 
+import gymnasium as gym
 import numpy as np
 import torch
 from torch.distributions import Categorical
@@ -29,7 +30,7 @@ from rlhf_lessons.course.device import torch_threads
 from rlhf_lessons.course.progress import progress
 from rlhf_lessons.course.seeding import seed_everything
 from rlhf_lessons.rl.advantages import normalize, reward_to_go
-from rlhf_lessons.rl.cartpole import ENV_ID, check_cartpole_args, make_env
+from rlhf_lessons.rl.cartpole import ENV_ID, check_cartpole_args
 from rlhf_lessons.rl.ppo import clipped_surrogate_loss
 from rlhf_lessons.rl.reinforce import PolicyNet
 from rlhf_lessons.training import History, Stopwatch
@@ -71,7 +72,7 @@ def train_naive_ppo(
     history, watch = History("naive_ppo", asdict(cfg)), Stopwatch()
     with torch_threads(cfg.threads):
         policy = policy if policy is not None else PolicyNet(hidden=cfg.hidden)
-        env = make_env(cfg.seed)
+        env = gym.make(ENV_ID)
         opt = torch.optim.Adam(policy.parameters(), lr=cfg.lr)
         obs, _ = env.reset(seed=cfg.seed)
         label = "naive (resampled actions)" if cfg.resample_actions else "stored actions"

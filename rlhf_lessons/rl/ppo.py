@@ -513,13 +513,9 @@ def train_ppo_seeds(
 
     Each iteration: :func:`collect_rollout` with pi_old, GAE (:func:`training_batch`), then
     ``epochs`` passes of clipped-surrogate + value-loss Adam steps over minibatches of each
-    seed's batch. The seeds
-    share nothing but the arithmetic (:mod:`rlhf_lessons.rl.batched`). A greedy evaluation
-    (``greedy_return``, plus ``eval_fn(policy)`` if given) runs before training and every
-    ``eval_every`` iterations if ``eval_every`` > 0, and after the last one. ``policy`` (one
-    seed only): train this agent, in place, instead of a fresh one. Returns one History per
-    seed, one row per iteration (see :class:`~rlhf_lessons.rl.cartpole.CartPoleLog`; here also
-    ``lr``, ``clip``, and the update's ``approx_kl``, ``clipfrac`` and ``entropy``).
+    seed's batch. ``policy``, ``eval_every`` and the Histories (one row per iteration, here
+    also with ``lr``, ``clip`` and the update's ``approx_kl``, ``clipfrac`` and ``entropy``):
+    see :class:`~rlhf_lessons.rl.cartpole.CartPoleLog`.
     """
     cfg = config or PPOConfig()
     rand = SeedRandom(seeds)

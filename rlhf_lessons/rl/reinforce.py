@@ -190,12 +190,8 @@ def train_reinforce_seeds(
 
     Each update: every seed plays ``batch_size`` episodes (:func:`play_episodes`), computes
     G_t (bootstrapped with V at a time-limit end), subtracts its baseline and takes one clipped
-    Adam step on :func:`reinforce_loss`. The seeds share nothing but the arithmetic
-    (:mod:`rlhf_lessons.rl.batched`). A greedy evaluation (``greedy_return``, plus
-    ``eval_fn(policy)`` if given) runs before training and every ``eval_every`` updates if
-    ``eval_every`` > 0, and after the last update. ``policy`` (one seed only): train this
-    network, in place, instead of a fresh one. Returns one History per seed (rows: see
-    :class:`~rlhf_lessons.rl.cartpole.CartPoleLog`).
+    Adam step on :func:`reinforce_loss`. ``policy``, ``eval_every`` and the Histories (one row
+    per update): see :class:`~rlhf_lessons.rl.cartpole.CartPoleLog`.
     """
     cfg = config or ReinforceConfig()
     rand, K = SeedRandom(seeds), cfg.batch_size
@@ -297,12 +293,11 @@ def gradient_variance(
         grads[name] = torch.cat([x.reshape(episodes, -1) for x in g], dim=1)  # (E, parameters)
 
     ref = grads["reward-to-go"].mean(0)
-    out = {}
-    for name, g in grads.items():
-        mean = g.mean(0)
-        out[name] = {
+    return {
+        name: {
             "variance": g.var(0).sum().item(),
-            "mean_norm": mean.norm().item(),
-            "cosine": torch.nn.functional.cosine_similarity(mean, ref, dim=0).item(),
+            "mean_norm": g.mean(0).norm().item(),
+            "cosine": torch.nn.functional.cosine_similarity(g.mean(0), ref, dim=0).item(),
         }
-    return out
+        for name, g in grads.items()
+    }

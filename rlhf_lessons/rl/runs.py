@@ -16,10 +16,10 @@ from __future__ import annotations
 import hashlib
 import json
 from collections.abc import Sequence
-from dataclasses import asdict
+from dataclasses import asdict, fields
 from pathlib import Path
 
-from rlhf_lessons.course.cache import cache_dir
+from rlhf_lessons.course.cache import cache_dir, write_atomically
 from rlhf_lessons.rl import advantages, batched, cartpole, kl, ppo, reinforce
 from rlhf_lessons.rl.ppo import PPOConfig, train_ppo_seeds
 from rlhf_lessons.rl.reinforce import ReinforceConfig, train_reinforce_seeds
@@ -50,18 +50,6 @@ def _make_config(algo: str, config):
     return config
 
 
-def _to_json(h: History) -> str:
-    return json.dumps(
-        {
-            "algo": h.algo,
-            "config": h.config,
-            "rows": h.rows,
-            "evaluations": h.evaluations,
-            "info": h.info,
-        }  # fmt: skip
-    )
-
-
 def run_seeds(
     algo: str,
     seeds: Sequence[int],
@@ -88,20 +76,15 @@ def run_seeds(
     for seed in seeds:
         key = hashlib.sha256(f"{key_base}|{seed}".encode()).hexdigest()[:16]
         paths[seed] = cache_dir() / "runs" / f"{algo}-seed{seed}-{key}.json"
-    runs: dict[int, History] = {}
-    if use_cache:
-        for seed, path in paths.items():
-            if path.exists():
-                runs[seed] = History(**json.loads(path.read_text()))
+    cached = [seed for seed, path in paths.items() if use_cache and path.exists()]
+    runs = {seed: History(**json.loads(paths[seed].read_text())) for seed in cached}
     missing = [s for s in seeds if s not in runs]
     if missing:
         fresh = train(missing, cfg, eval_every=eval_every, show_progress=show_progress)
         for seed, history in zip(missing, fresh, strict=True):
             runs[seed] = history
             if use_cache:
-                path = paths[seed]
-                path.parent.mkdir(parents=True, exist_ok=True)
-                tmp = path.with_suffix(".tmp")
-                tmp.write_text(_to_json(history))
-                tmp.replace(path)  # atomic: a crashed run never leaves half a file
+                saved = {f.name: getattr(history, f.name) for f in fields(History)}
+                del saved["policy"]  # only the History is cached, not the network
+                write_atomically(paths[seed], json.dumps(saved))
     return [runs[s] for s in seeds]
