@@ -91,11 +91,8 @@ def pyproject_urls(root: Path | None = None) -> dict[str, str]:
         return dict(project.get("urls", {}))
     from importlib.metadata import metadata
 
-    urls = {}
-    for entry in metadata("rlhf-lessons").get_all("Project-URL") or []:
-        label, _, url = entry.partition(",")
-        urls[label.strip()] = url.strip()
-    return urls
+    entries = [e.partition(",") for e in metadata("rlhf-lessons").get_all("Project-URL") or []]
+    return {label.strip(): url.strip() for label, _, url in entries}
 
 
 def repository_url(root: Path | None = None) -> str:
@@ -112,13 +109,13 @@ def setup_cell(root: Path | None = None) -> str:
     return SETUP_CELL.replace(_URL, repository_url(root)).rstrip("\n")
 
 
-def colab_url(notebook: str | Path, root: Path | None = None, branch: str = BRANCH) -> str:
+def colab_url(notebook: str | Path, root: Path | None = None) -> str:
     """Colab's address for ``notebooks/<name>.ipynb`` of the repository on GitHub."""
     repo = repository_url(root)
     match = re.fullmatch(r"https://github\.com/([^/]+/[^/]+?)(?:\.git)?", repo)
     if match is None:
         raise ValueError(f"Colab opens notebooks from GitHub; the repository is {repo!r}")
-    return f"https://colab.research.google.com/github/{match.group(1)}/blob/{branch}/notebooks/{Path(notebook).name}"
+    return f"https://colab.research.google.com/github/{match.group(1)}/blob/{BRANCH}/notebooks/{Path(notebook).name}"
 
 
 def colab_badge(notebook: str | Path, root: Path | None = None) -> str:
@@ -132,11 +129,10 @@ def notebook_paths(root: Path) -> list[Path]:
 
 def readme_badges(root: Path) -> str:
     """The README's badge list: one line per lesson notebook."""
-    lines = []
-    for path in notebook_paths(root):
-        title = path.stem[3:].replace("_", " ")
-        lines.append(f"- {path.stem[:2]} {title}: {colab_badge(path, root)}")
-    return "\n".join(lines) + "\n"
+    return "".join(
+        f"- {path.stem[:2]} {path.stem[3:].replace('_', ' ')}: {colab_badge(path, root)}\n"
+        for path in notebook_paths(root)
+    )
 
 
 README_BLOCK = re.compile(r"(<!-- colab -->\n).*?(<!-- /colab -->)", re.S)

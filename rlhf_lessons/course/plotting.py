@@ -39,8 +39,7 @@ def on_grid(xs: Sequence[float], ys: Sequence[float], grid: np.ndarray) -> np.nd
     if xs.shape != ys.shape:
         raise ValueError(f"xs and ys must have the same shape, got {xs.shape} and {ys.shape}")
     idx = np.searchsorted(xs, grid, side="right") - 1
-    out = np.where(idx >= 0, ys[np.clip(idx, 0, None)], np.nan)
-    return out
+    return np.where(idx >= 0, ys[np.clip(idx, 0, None)], np.nan)
 
 
 BANDS = ("minmax", "ci")

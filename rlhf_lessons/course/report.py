@@ -57,10 +57,8 @@ def claims_table(result: dict) -> str:
         )  # fmt: skip
         lines.append(f"| {c['name']} | {c['direction']} {c['bar']:g} ({c['reason']}) | {est} | "
                      f"{c['n']} | {'yes' if c['passed'] else '**no**'} |")  # fmt: skip
-    seeds = result.get("seeds") or []
-    if seeds:
-        lines.append("")
-        lines.append(f"Seeds: {', '.join(str(s) for s in seeds)}.")
+    if result.get("seeds"):
+        lines += ["", f"Seeds: {', '.join(str(s) for s in result['seeds'])}."]
     return "\n".join(lines) + "\n"
 
 
@@ -90,8 +88,7 @@ def runtimes_table(course: dict) -> str:
     lines.append(f"| **all lessons** ({course.get('workers', 1)} at a time) | "
                  f"**{course['wall_seconds'] / 60:.1f} min** | {course['passed']}/{len(course['lessons'])} passed |")  # fmt: skip
     if course.get("machine"):
-        lines.append("")
-        lines.append(f"Measured on {course['machine']}.")
+        lines += ["", f"Measured on {course['machine']}."]
     return "\n".join(lines) + "\n"
 
 
@@ -121,7 +118,7 @@ def render(readme: str, results: dict[str, dict], course: dict | None) -> str:
     return out
 
 
-def publish(build: Path, root: Path, allow_partial: bool = False) -> list[str]:
+def publish(build: Path, root: Path) -> list[str]:
     """Copy a full run's results and figures from ``build`` into ``docs/`` and re-render the
     README. Refuses results from the fast switch or from overridden seeds."""
     found = load_results(build / "results")
@@ -134,17 +131,12 @@ def publish(build: Path, root: Path, allow_partial: bool = False) -> list[str]:
                 "RLHF_LESSONS_SEEDS set: the README shows the learner's defaults only; run "
                 "`make lessons` without them"
             )
-    docs = root / "docs" / "results"
-    docs.mkdir(parents=True, exist_ok=True)
+    (root / "docs" / "results").mkdir(parents=True, exist_ok=True)
     copied = []
-    for src in sorted((build / "results").glob("*.json")):
-        shutil.copy2(src, docs / src.name)
-        copied.append(str(docs / src.name))
-    for src in sorted((build / "figures").glob("*.png")):
-        shutil.copy2(src, root / "docs" / "figures" / src.name)
-        copied.append(str(root / "docs" / "figures" / src.name))
-    readme = root / "README.md"
-    readme.write_text(render_committed(root))
+    for files, folder in (("results/*.json", "results"), ("figures/*.png", "figures")):
+        for src in sorted(build.glob(files)):
+            copied.append(str(shutil.copy2(src, root / "docs" / folder / src.name)))
+    (root / "README.md").write_text(render_committed(root))
     return copied
 
 

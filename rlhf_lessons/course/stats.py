@@ -20,7 +20,7 @@ Each returns an :class:`Interval`; ``str(interval)`` prints ``0.552 [0.501, 0.60
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, replace
 
 import numpy as np
@@ -134,21 +134,13 @@ def proportion_ci(successes: float, n: int, level: float = LEVEL) -> Interval:
 
 
 def bootstrap_ci(
-    values: Sequence[float],
-    statistic: Callable[[np.ndarray], float] = np.mean,
-    n_boot: int = 10_000,
-    seed: int = 0,
-    level: float = LEVEL,
+    values: Sequence[float], n_boot: int = 10_000, seed: int = 0, level: float = LEVEL
 ) -> Interval:
-    """Percentile bootstrap interval of ``statistic`` over items (resampled with replacement)."""
+    """Percentile bootstrap interval of the mean over items (resampled with replacement)."""
     v = _values(values)
-    rng = np.random.default_rng(seed)
-    idx = rng.integers(0, v.size, size=(n_boot, v.size))
-    stats = (
-        np.apply_along_axis(statistic, 1, v[idx]) if statistic is not np.mean else v[idx].mean(1)
-    )
-    lo, hi = np.quantile(stats, [(1 - level) / 2, (1 + level) / 2])
-    return Interval(float(statistic(v)), float(lo), float(hi), int(v.size), level, "bootstrap")
+    idx = np.random.default_rng(seed).integers(0, v.size, size=(n_boot, v.size))
+    lo, hi = np.quantile(v[idx].mean(1), [(1 - level) / 2, (1 + level) / 2])
+    return Interval(float(np.mean(v)), float(lo), float(hi), int(v.size), level, "bootstrap")
 
 
 def paired_bootstrap_diff(

@@ -17,6 +17,14 @@ from __future__ import annotations
 import torch
 
 
+def check_same_shape(**tensors: torch.Tensor | None) -> None:
+    """The losses' input check: every tensor given (``None``: an optional one left out) must
+    have one shape."""
+    shapes = {name: tuple(t.shape) for name, t in tensors.items() if t is not None}
+    if len(set(shapes.values())) > 1:
+        raise ValueError(f"{', '.join(shapes)} must share one shape, got {shapes}")
+
+
 def reward_to_go(
     rewards: torch.Tensor, gamma: float, bootstrap: float | torch.Tensor = 0.0
 ) -> torch.Tensor:
@@ -112,7 +120,7 @@ def normalize(
         if dim is None:
             return (x - x.mean()) / (x.std() + eps)
         return (x - x.mean(dim, keepdim=True)) / (x.std(dim, keepdim=True) + eps)
-    m = torch.ones_like(x) if mask is None else mask.to(x.dtype)
+    m = mask.to(x.dtype)
     dims = tuple(range(x.dim())) if dim is None else (dim,)
     count = m.sum(dims, keepdim=True)
     mean = (x * m).sum(dims, keepdim=True) / count.clamp(min=1)
@@ -152,6 +160,15 @@ def masked_whiten(
     return out * mask.to(x.dtype)
 
 
+def _check_groups(rewards: torch.Tensor, k: str) -> None:
+    if rewards.ndim != 2 or rewards.shape[1] < 2:
+        raise ValueError(
+            f"rewards must be (B, {k}) with {k} >= 2 samples per prompt, got {tuple(rewards.shape)}"
+        )
+    if not torch.isfinite(rewards).all():
+        raise ValueError("rewards contain NaN or inf: check the reward function's output")
+
+
 def rloo_advantages(rewards: torch.Tensor) -> torch.Tensor:
     """REINFORCE leave-one-out (Kool et al. 2019; Ahmadian et al. 2024, arXiv 2402.14740).
 
@@ -164,12 +181,7 @@ def rloo_advantages(rewards: torch.Tensor) -> torch.Tensor:
     Returns:
         (B, k) advantages; each row sums to 0.
     """
-    if rewards.ndim != 2 or rewards.shape[1] < 2:
-        raise ValueError(
-            f"rewards must be (B, k) with k >= 2 samples per prompt, got {tuple(rewards.shape)}"
-        )
-    if not torch.isfinite(rewards).all():
-        raise ValueError("rewards contain NaN or inf: check the reward function's output")
+    _check_groups(rewards, "k")
     k = rewards.shape[1]
     return (rewards - rewards.mean(dim=1, keepdim=True)) * k / (k - 1)
 
@@ -184,12 +196,7 @@ def grpo_advantages(rewards: torch.Tensor, eps: float = 1e-4) -> torch.Tensor:
     Returns:
         (B, G); mean 0 and std ~1 per group, all zeros for a group with equal rewards.
     """
-    if rewards.ndim != 2 or rewards.shape[1] < 2:
-        raise ValueError(
-            f"rewards must be (B, G) with G >= 2 samples per prompt, got {tuple(rewards.shape)}"
-        )
-    if not torch.isfinite(rewards).all():
-        raise ValueError("rewards contain NaN or inf: check the reward function's output")
+    _check_groups(rewards, "G")
     mean = rewards.mean(dim=1, keepdim=True)
     std = rewards.std(dim=1, keepdim=True)
     return (rewards - mean) / (std + eps)

@@ -2,22 +2,17 @@
 
 A claim about an RL algorithm rests on several seeds. CartPole's networks are tiny: a forward
 pass of a 64-unit MLP is microseconds of arithmetic and tens of microseconds of Python and
-dispatch overhead, so training S seeds one after another pays that overhead S times. Here the
-S seeds train side by side, with a leading seed dimension on every tensor, and pay it once.
+dispatch overhead (the overhead of each operation and autograd node is the cost, which is why
+:class:`TanhMLP` and :class:`SeedAdam` write out what torch would do in several calls), so
+training S seeds one after another pays it S times. Here the S seeds train side by side, with a
+leading seed dimension on every tensor (:func:`stack_seeds`), and pay it once.
 
-- :func:`stack_seeds`: one module from S modules of the same class, whose every ``nn.Linear``
-  holds S weight matrices (:class:`SeedLinear`, a batched matrix multiply), so the module's own
-  forward code maps (S, B, in) to (S, B, out), and slice ``i`` is what ``modules[i]`` computes.
-  :func:`load_seed_` copies seed ``i``'s weights back into a plain module.
-- :class:`SeedRandom`: per-seed random generators (network initialisation, environment starts,
-  sampled actions, minibatch order), so a seed's run does not depend on its neighbours.
-- :func:`clip_grad_norm_per_seed_`: each seed's gradient is clipped by its own norm.
-
-The seeds never interact. The loss is the *sum* of the seeds' own losses, so each seed's
-parameters get exactly the gradient they would get alone; Adam works element by element;
-clipping and advantage normalisation are per seed. So seed ``i`` in a batch is the same run as
-seed ``i`` alone, up to floating-point rounding (which chaotic training amplifies over time:
-the same run statistically, not bit for bit). ``tests/test_batched.py`` checks both.
+The seeds never interact: each has its own random streams (:class:`SeedRandom`); the loss is
+the *sum* of the seeds' own losses, so each seed's parameters get exactly the gradient they
+would get alone; Adam works element by element; clipping (:func:`clip_grad_norm_per_seed_`)
+and advantage normalisation are per seed. So seed ``i`` in a batch is the same run as seed
+``i`` alone, up to floating-point rounding (which chaotic training amplifies over time: the
+same run statistically, not bit for bit). ``tests/test_batched.py`` checks both.
 """
 
 from __future__ import annotations
@@ -121,7 +116,7 @@ def tanh_mlp(x, w0, b0, w1, b1, w2, b2) -> torch.Tensor:
 
 class TanhMLP(torch.autograd.Function):
     """Batched 2-hidden-layer tanh MLPs, with the backward written out (one autograd node
-    instead of eight: for networks this small each node's overhead outweighs its arithmetic).
+    instead of eight).
 
     Forward, for every network n at once (``torch.baddbmm``): ``h1 = tanh(x W0 + b0)``,
     ``h2 = tanh(h1 W1 + b1)``, ``out = h2 W2 + b2``. Shapes: ``x`` (n, B, in), weights
@@ -178,11 +173,10 @@ def tanh_mlp_backward(
 
 class SeedAdam:
     """Adam (Kingma & Ba 2015) as ``torch.optim.Adam(params, lr=lr, eps=eps, fused=True)``
-    computes it: :meth:`step` calls the same fused kernel (``torch._fused_adam_``),
-    without the :class:`torch.optim.Optimizer` wrapper's per-call bookkeeping (hooks, profiler
-    records, state look-ups), which costs more than the update of networks this small. Set
-    :attr:`lr` to schedule the learning rate. Adam acts element by element, so one optimizer
-    for all seeds keeps them apart. ``tests/test_batched.py`` checks it against torch's Adam.
+    computes it: :meth:`step` calls the same fused kernel (``torch._fused_adam_``), without the
+    :class:`torch.optim.Optimizer` wrapper's per-call bookkeeping (hooks, profiler records, state
+    look-ups). Set :attr:`lr` to schedule the learning rate. Adam acts element by element, so
+    one optimizer for all seeds keeps them apart. ``tests/test_batched.py`` checks it.
     """
 
     def __init__(

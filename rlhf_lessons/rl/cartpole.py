@@ -28,9 +28,7 @@ from rlhf_lessons.training import EvalFn, History
 ENV_ID = "CartPole-v1"
 SOLVED_RETURN = 475.0  # gym.spec("CartPole-v1").reward_threshold
 START_LOW, START_HIGH = -0.05, 0.05  # CartPole-v1 starts uniformly in [-0.05, 0.05]^4
-
-# A policy for evaluation maps observations (..., 4) to actions (...).
-ActFn = Callable[[np.ndarray], np.ndarray]
+ActFn = Callable[[np.ndarray], np.ndarray]  # a policy for evaluation: obs (..., 4) -> actions
 
 
 def check_cartpole_args(tokenizer, data) -> None:
@@ -44,8 +42,7 @@ def check_cartpole_args(tokenizer, data) -> None:
 
 
 def one_seed_trainer(train_seeds: Callable[..., list[History]], config_class: type, name: str):
-    """The trainer contract's ``train_<algo>(policy, tokenizer, data, config, *, eval_fn,
-    eval_every, show_progress) -> History`` for one seed (``config.seed``), from the
+    """The trainer contract's ``train_<algo>`` for one seed (``config.seed``), from the
     seed-batched ``train_seeds`` (``name``: the algorithm, for the docstring)."""
 
     def train(
@@ -120,9 +117,7 @@ class CartPoles:
             its reward 0) until :meth:`reset`; :attr:`running` says which are still going.
 
     Shapes: observations ``(S, N, 4)`` float32, actions ``(S, N)`` in {0, 1}, rewards and the
-    ``terminated`` / ``truncated`` flags ``(S, N)``. The dynamics are :func:`physics_step`, the
-    rules gymnasium's: +1 per step, terminated when |x| > 2.4 or |theta| > 12 degrees,
-    truncated after 500 steps, start states uniform in [-0.05, 0.05]^4.
+    ``terminated`` / ``truncated`` flags ``(S, N)``. The dynamics are :func:`physics_step`.
     """
 
     def __init__(self, rngs: Sequence[np.random.Generator], num_envs: int, autoreset: bool = True):

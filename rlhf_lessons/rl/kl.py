@@ -75,15 +75,15 @@ def estimator_stats(mu: float, n: int = 2_000_000, seed: int = 0) -> dict[str, d
     to the true KL), plus ``min`` (k3 and k2 are never negative; k1 is).
     """
     true = gaussian_kl(0.0, 1.0, mu, 1.0)
-    out = {}
-    for name, k in estimator_samples(mu, n, seed).items():
-        out[name] = {
+    return {
+        name: {
             "mean": k.mean().item(),
             "bias/true": (k.mean().item() - true) / true,
             "std/true": k.std().item() / true,
             "min": k.min().item(),
         }
-    return out
+        for name, k in estimator_samples(mu, n, seed).items()
+    }
 
 
 def fit_gaussian(

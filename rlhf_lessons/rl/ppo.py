@@ -33,7 +33,7 @@ from torch.nn import functional as F
 
 from rlhf_lessons.course.device import torch_threads
 from rlhf_lessons.course.progress import progress
-from rlhf_lessons.rl.advantages import gae, masked_mean, normalize
+from rlhf_lessons.rl.advantages import check_same_shape, gae, masked_mean, normalize
 from rlhf_lessons.rl.batched import (
     SeedAdam,
     SeedRandom,
@@ -169,14 +169,12 @@ class SeedActorCritic(nn.Module):
 
     The actor and the critic have the same shape up to their last layer (2 outputs vs 1), so
     both run side by side in the same three ``torch.baddbmm`` calls
-    (:class:`~rlhf_lessons.rl.batched.TanhMLP`, one autograd node): half the operations of
-    :func:`~rlhf_lessons.rl.batched.stack_seeds`'s module (which runs them one after the
-    other), and these networks are so small that the count of operations is the cost. The
-    critic's last layer gets a second output column of zeros, which nothing reads: its gradient
-    is 0, so Adam never moves it and it adds nothing to the gradient norm. Parameters are
-    (2S, in, out) weights and (2S, 1, out) biases in seed-major order (seed ``s``'s actor at row
-    ``2s``, its critic at ``2s + 1``), so ``p.view(S, -1)`` is each seed's slice
-    (:func:`~rlhf_lessons.rl.batched.clip_grad_norm_per_seed_` with ``seeds=S``).
+    (:class:`~rlhf_lessons.rl.batched.TanhMLP`): half the operations of running them one after
+    the other, and the count of operations is the cost. The critic's last layer gets a second
+    output column of zeros, which nothing reads: its gradient is 0, so Adam never moves it and
+    it adds nothing to the gradient norm. Parameters are (2S, in, out) weights and (2S, 1, out)
+    biases in seed-major order (seed ``s``'s actor at row ``2s``, its critic at ``2s + 1``), so
+    ``p.view(S, -1)`` is each seed's slice (``clip_grad_norm_per_seed_(..., seeds=S)``).
     """
 
     def __init__(self, members: Sequence[ActorCritic]) -> None:
@@ -244,15 +242,6 @@ def _mean(x: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
     return x.mean() if mask is None else masked_mean(x, mask)
 
 
-def _check_same_shape(mask: torch.Tensor | None = None, **tensors: torch.Tensor) -> None:
-    """Every tensor (and the mask, if given) must have one shape."""
-    shapes = {name: tuple(t.shape) for name, t in tensors.items()}
-    if mask is not None:
-        shapes["mask"] = tuple(mask.shape)
-    if len(set(shapes.values())) > 1:
-        raise ValueError(f"{', '.join(shapes)} must share one shape, got {shapes}")
-
-
 def clipped_surrogate_loss(
     new_logp: torch.Tensor,
     old_logp: torch.Tensor,
@@ -280,7 +269,7 @@ def clipped_surrogate_loss(
         ``approx_kl`` (the k3 estimator mean((rho - 1) - log rho) of KL(pi_old || pi_theta))
         and ``clipfrac`` (fraction of samples whose ratio lies outside the clip range).
     """
-    _check_same_shape(new_logp=new_logp, old_logp=old_logp, advantages=advantages, mask=mask)
+    check_same_shape(new_logp=new_logp, old_logp=old_logp, advantages=advantages, mask=mask)
     log_ratio = new_logp - old_logp.detach()
     ratio = log_ratio.exp()
     adv = advantages.detach()
@@ -313,7 +302,7 @@ def value_loss(
         mask: optional, same shape: the mean is over the masked elements only.
         metrics: ``False`` returns no ``value_loss`` number (saves a synchronising ``.item()``).
     """
-    _check_same_shape(new_values=new_values, old_values=old_values, returns=returns, mask=mask)
+    check_same_shape(new_values=new_values, old_values=old_values, returns=returns, mask=mask)
     err = (new_values - returns).pow(2)
     if clip_eps is not None:
         v_clipped = old_values + torch.clamp(new_values - old_values, -clip_eps, clip_eps)
@@ -328,10 +317,9 @@ class ZooGradient:
     ``.grad`` to what ``agent.zero_grad(); (S * ppo_loss(agent, ...)).backward()`` leaves there,
     to the bit (``tests/test_ppo.py`` checks it), and :meth:`clip_grad_norm_` clips it per seed.
 
-    Why: for networks this small each autograd node (the network, log-softmax, gather, exp,
-    clamp, min, means...) costs more in overhead than in arithmetic. Here the forward keeps only
-    what the gradient needs (the loss value itself is never used by the training loop) and the
-    backward repeats autograd's own operations in autograd's order. With ``g = S`` (the gradient
+    Why: each autograd node (log-softmax, gather, exp, clamp, min, means...) costs more than its
+    arithmetic. Here the forward keeps only what the gradient needs (the training loop never
+    uses the loss value) and the backward repeats autograd's own operations in its order. With ``g = S`` (the gradient
     that reaches the loss) and n the number of samples: ``dL/d log pi(a|s) = ratio * A * (-g / n)``
     where the unclipped term is the smaller one (0 elsewhere), ``dL/dV = (g * vf_coef * 0.5 / n)
     * 2 (V - R)``, then log-softmax's backward and :func:`~rlhf_lessons.rl.batched.

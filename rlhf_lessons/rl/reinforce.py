@@ -28,7 +28,7 @@ from torch.distributions import Categorical
 
 from rlhf_lessons.course.device import torch_threads
 from rlhf_lessons.course.progress import progress
-from rlhf_lessons.rl.advantages import normalize, reward_to_go
+from rlhf_lessons.rl.advantages import check_same_shape, normalize, reward_to_go
 from rlhf_lessons.rl.batched import SeedRandom, clip_grad_norm_per_seed_, stack_seeds
 from rlhf_lessons.rl.cartpole import (
     MAX_STEPS,
@@ -119,11 +119,7 @@ def reinforce_loss(
         -mean(logp * stopgrad(A)): its gradient is minus the policy-gradient estimate averaged
         over the T steps.
     """
-    if logp.shape != advantages.shape or (weights is not None and weights.shape != logp.shape):
-        raise ValueError(
-            f"logp, advantages (and weights) must have one shape, got {tuple(logp.shape)}, "
-            f"{tuple(advantages.shape)}" + ("" if weights is None else f", {tuple(weights.shape)}")
-        )
+    check_same_shape(logp=logp, advantages=advantages, weights=weights)
     terms = logp * advantages.detach()
     loss = -(terms.mean() if weights is None else (weights * terms).sum())
     return loss, {"loss": loss.item(), "adv_mean": advantages.mean().item()}
