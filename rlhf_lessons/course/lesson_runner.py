@@ -5,15 +5,11 @@ figures included) is written under ``build/``. A lesson's *checkpoint* is its ce
 ``checkpoint`` (the cell that asserts the lesson's claim): it passed when that cell ran without an
 error. A notebook that fails before its checkpoint counts as not passed.
 
-``workers`` notebooks run side by side (``make lessons`` runs two, one per core). Their kernels
-then get one thread each (``OMP_NUM_THREADS=1`` for torch's default, ``RLHF_LESSONS_THREADS=1``
-for :func:`~rlhf_lessons.course.device.lm_threads`), so two kernels never fight over the cores.
-The longest lessons start first (by the last run's times, in ``build/results/lesson_seconds.json``
-or the committed ``docs/results/course.json``), and a lesson that reuses another's cached runs
-waits for it (:data:`AFTER`, or ``"rlhf_lessons": {"after": [...]}`` in a notebook's metadata).
-While they run, a bar per notebook shows which cell is running (a line per cell when the output
-is not a terminal); a line is printed as each lesson finishes. The run is written to
-``build/results/course.json`` (``rlhf-lessons report`` renders it into the README).
+``workers`` notebooks run side by side (``make lessons`` runs two, one per core), each kernel on
+one thread (:func:`kernel_env`), the longest first (:func:`schedule`), a lesson that reuses
+another's cached runs after it (:func:`dependencies`). While they run, a bar per notebook shows
+which cell is running (:class:`_Display`); a line is printed as each lesson finishes. The run is
+written to ``build/results/course.json`` (``rlhf-lessons report`` renders it into the README).
 """
 
 from __future__ import annotations
@@ -46,7 +42,9 @@ class LessonReport:
 
 def kernel_env(workers: int, out_dir: Path) -> dict[str, str]:
     """The kernels' environment: this process's, the build folder for their results, and one
-    thread per kernel when several run at once (unless the caller set the thread variables)."""
+    thread per kernel when several run at once (``OMP_NUM_THREADS`` for torch's default,
+    ``RLHF_LESSONS_THREADS`` for :func:`~rlhf_lessons.course.device.lm_threads`), so two kernels
+    never fight over the cores (unless the caller set the thread variables)."""
     env = dict(os.environ)
     env["RLHF_LESSONS_BUILD"] = str(Path(out_dir).resolve())
     if workers > 1:
@@ -203,8 +201,9 @@ def previous_seconds(out_dir: Path) -> dict[str, float]:
 
 
 def schedule(paths: list[Path], seconds: dict[str, float], deps: dict[str, set[str]]) -> list[Path]:
-    """Longest first: by a lesson's own time plus the time of the lessons waiting for it (so a
-    lesson others depend on is not left to the end). Unknown lessons count as the longest."""
+    """Longest first (times: :func:`previous_seconds`): by a lesson's own time plus the time of
+    the lessons waiting for it (so a lesson others depend on is not left to the end). Unknown
+    lessons count as the longest."""
     longest = max(seconds.values(), default=0.0) + 1.0
 
     def cost(n: str) -> float:
@@ -333,4 +332,3 @@ def write_course_json(out_dir: Path, reports: list[LessonReport], wall: float, w
         history = {}
     history.update({r.lesson[:2]: round(r.seconds, 1) for r in reports})
     history_path.write_text(json.dumps(dict(sorted(history.items())), indent=2) + "\n")
-    return results / "course.json"

@@ -95,21 +95,17 @@ def runtimes_table(course: dict) -> str:
 def render(readme: str, results: dict[str, dict], course: dict | None) -> str:
     """The README with every generated block filled from ``results`` (and ``course``)."""
 
-    def claims(m: re.Match) -> str:
-        lesson = m.group(2)
+    def result(lesson: str, use: str) -> dict:
         if lesson not in results:
-            raise KeyError(
-                f"README shows the claims of lesson {lesson}, but there is no results file for it"
-            )
-        return m.group(1) + claims_table(results[lesson]) + m.group(3)
+            raise KeyError(f"README {use} lesson {lesson}, but there is no results file for it")
+        return results[lesson]
+
+    def claims(m: re.Match) -> str:
+        return m.group(1) + claims_table(result(m.group(2), "shows the claims of")) + m.group(3)
 
     def value(m: re.Match) -> str:
-        lesson, path, spec = m.group(2), m.group(3), m.group(4)
-        if lesson not in results:
-            raise KeyError(f"README quotes lesson {lesson}, but there is no results file for it")
-        x = lookup(results[lesson], path)
-        text = format(x, spec) if spec else str(x)
-        return m.group(1) + text + m.group(5)
+        x, spec = lookup(result(m.group(2), "quotes"), m.group(3)), m.group(4)
+        return m.group(1) + (format(x, spec) if spec else str(x)) + m.group(5)
 
     out = CLAIMS.sub(claims, readme)
     out = VALUE.sub(value, out)

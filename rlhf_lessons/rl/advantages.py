@@ -28,17 +28,12 @@ def check_same_shape(**tensors: torch.Tensor | None) -> None:
 def reward_to_go(
     rewards: torch.Tensor, gamma: float, bootstrap: float | torch.Tensor = 0.0
 ) -> torch.Tensor:
-    """Discounted reward-to-go of an episode, or of a batch of episodes.
+    """Discounted reward-to-go ``G_t = r_t + gamma * G_{t+1}``, with ``G_T = bootstrap``.
 
-    Args:
-        rewards: (..., T) rewards r_0 .. r_{T-1} (a batch of episodes padded with zeros after
-            their end is fine: padding adds nothing).
-        gamma: discount in [0, 1].
-        bootstrap: value of the state after step T-1, a number or (...) (0 if the episode
-            terminated, V(s_T) if it was truncated).
-
-    Returns:
-        (..., T) tensor with ``G_t = r_t + gamma * G_{t+1}`` and ``G_T = bootstrap``.
+    ``rewards`` (..., T): r_0 .. r_{T-1} of an episode, or of a batch of episodes padded with
+    zeros after their end (padding adds nothing). ``bootstrap``, a number or (...): the value of
+    the state after step T-1 (0 if the episode terminated, V(s_T) if it was truncated).
+    Returns (..., T).
     """
     if rewards.ndim < 1:
         raise ValueError(f"rewards must be (..., T), got shape {tuple(rewards.shape)}")
@@ -175,11 +170,7 @@ def rloo_advantages(rewards: torch.Tensor) -> torch.Tensor:
     Each of the k samples of a prompt is baselined by the mean reward of the *other* k - 1:
     ``A_i = r_i - mean_{j != i} r_j = k / (k - 1) * (r_i - mean_j r_j)``.
 
-    Args:
-        rewards: (B, k) sequence rewards, k >= 2 samples per prompt.
-
-    Returns:
-        (B, k) advantages; each row sums to 0.
+    ``rewards`` (B, k), k >= 2 samples per prompt -> (B, k) advantages; each row sums to 0.
     """
     _check_groups(rewards, "k")
     k = rewards.shape[1]
@@ -190,11 +181,7 @@ def grpo_advantages(rewards: torch.Tensor, eps: float = 1e-4) -> torch.Tensor:
     """GRPO's group-normalised advantage (DeepSeekMath, arXiv 2402.03300):
     ``A_i = (r_i - mean(r)) / (std(r) + eps)`` within each prompt's group of G samples.
 
-    Args:
-        rewards: (B, G) sequence rewards.
-
-    Returns:
-        (B, G); mean 0 and std ~1 per group, all zeros for a group with equal rewards.
+    ``rewards`` (B, G) -> (B, G); mean 0 and std ~1 per group, 0 for a group of equal rewards.
     """
     _check_groups(rewards, "G")
     mean = rewards.mean(dim=1, keepdim=True)

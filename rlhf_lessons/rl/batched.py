@@ -71,9 +71,7 @@ def stack_seeds(modules: Sequence[nn.Module]) -> nn.Module:
     stacked = copy.deepcopy(modules[0])
     for name, layer in modules[0].named_modules():
         if isinstance(layer, nn.Linear):
-            parent_name, _, attr = name.rpartition(".")
-            parent = stacked.get_submodule(parent_name)
-            setattr(parent, attr, SeedLinear([m.get_submodule(name) for m in modules]))
+            stacked.set_submodule(name, SeedLinear([m.get_submodule(name) for m in modules]))
         elif any(True for _ in layer.parameters(recurse=False)):
             raise TypeError(
                 f"stack_seeds supports parameters in nn.Linear layers only; {name!r} is a "
