@@ -57,8 +57,8 @@ class _Display:
     """A bar per running notebook (cells done of its code cells, the running cell's first line),
     or, when stderr is not a terminal, one line per cell started."""
 
-    def __init__(self, enabled: bool | None = None):
-        self.enabled = progress_enabled() if enabled is None else enabled
+    def __init__(self):
+        self.enabled = progress_enabled()
         self.bars: dict[str, object] = {}
         self.started: dict[str, float] = {}
         self.tty = sys.stderr.isatty()

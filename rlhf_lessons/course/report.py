@@ -12,7 +12,7 @@ rewrites the generated blocks of ``README.md``:
   ``<!-- value 06 smol.after .3f -->`` (``path`` walks ``values`` by dots; a claim's mean is
   ``claims.<name>``);
   ``<!-- value own_data grpo.reward_change .3f -->`` quotes ``build/results/own_data.json``
-  (``benchmarks/own_data.py``);
+  (``benchmarks/own_data.py``: the "Use it on your own data" examples at their real budgets);
 - ``<!-- runtimes -->`` ... ``<!-- /runtimes -->``: the per-lesson wall times.
 
 ``rlhf-lessons report --check`` renders from the committed ``docs/results/`` and fails when the
@@ -33,10 +33,7 @@ CLAIMS = re.compile(r"(<!-- claims (\d\d) -->\n).*?(<!-- /claims -->)", re.S)
 VALUE = re.compile(
     r"(<!-- value (\d\d|own_data) ([\w.\-]+) ?([^ ]*?) -->).*?(<!-- /value -->)", re.S
 )
-#: Results files that are not a lesson's, quoted by ``<!-- value <name> ... -->`` the same way:
-#: ``own_data.json`` is written by ``benchmarks/own_data.py`` (the "Use it on your own data"
-#: examples at their real budgets).
-EXTRA_RESULTS = ("own_data",)
+EXTRA_RESULTS = ("own_data",)  # results files that are not a lesson's (the module docstring)
 RUNTIMES = re.compile(r"(<!-- runtimes -->\n).*?(<!-- /runtimes -->)", re.S)
 
 

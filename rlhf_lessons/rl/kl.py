@@ -125,15 +125,11 @@ def fit_gaussian(
 def per_token_kl(
     logits_q: torch.Tensor, logits_p: torch.Tensor, mask: torch.Tensor | None = None
 ) -> torch.Tensor:
-    """Exact KL(q_t || p_t) over the vocabulary at every position of a sequence.
+    """Exact KL(q_t || p_t) = sum_v q_t(v) (log q_t(v) - log p_t(v)) in nats at every position.
 
-    Args:
-        logits_q: (B, T, V) next-token logits of the sampling model (the policy).
-        logits_p: (B, T, V) next-token logits of the reference model at the same positions.
-        mask: optional (B, T); positions with 0 get KL 0.
-
-    Returns:
-        (B, T) KL in nats: sum_v q_t(v) (log q_t(v) - log p_t(v)).
+    ``logits_q`` (B, T, V): the sampling model's (the policy's) next-token logits; ``logits_p``
+    the reference model's at the same positions; ``mask`` (B, T), optional: 0 gives KL 0.
+    Returns (B, T).
     """
     if logits_q.shape != logits_p.shape:
         raise ValueError(
@@ -149,20 +145,14 @@ def per_token_kl(
 def temperature_kl_terms(
     model, batch, temperature: float, rows_per_pass: int = 8
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Per-token terms of KL(q || p) on sampled sequences, where p is ``model`` and q the same
-    model at ``temperature`` (q proportional to p^(1/temperature)), the sequences drawn from q.
+    """Per-token terms of KL(q || p) on ``batch`` (a :class:`rlhf_lessons.lm.Batch` of prompts
+    and completions sampled from q), where p is the causal LM ``model`` and q the same model at
+    ``temperature`` (q proportional to p^(1/temperature)): one forward pass gives both. It runs
+    ``rows_per_pass`` sequences at a time (the (rows, T, V) logits are the memory peak).
 
-    Args:
-        model: a causal LM; one forward pass gives both distributions (its logits, and its
-            logits divided by the temperature).
-        batch: a :class:`rlhf_lessons.lm.Batch` of prompts + sampled completions.
-        temperature: q's temperature (the one the completions were sampled at).
-        rows_per_pass: sequences per forward pass: the (rows, T, V) logits are the memory peak.
-
-    Returns:
-        ``(exact, log_r)``, both (B, T) and 0 outside the completion: the exact per-token
-        KL(q_t || p_t) over the vocabulary (:func:`per_token_kl`), and ``log r = log p - log q``
-        of the sampled token, from which :func:`kl_estimates` gives k1, k2, k3.
+    Returns ``(exact, log_r)``, both (B, T) and 0 outside the completion: the exact per-token
+    KL(q_t || p_t) over the vocabulary (:func:`per_token_kl`), and ``log r = log p - log q``
+    of the sampled token, from which :func:`kl_estimates` gives k1, k2, k3.
     """
     from rlhf_lessons.lm import next_token_logits
 
