@@ -8,8 +8,8 @@ error. A notebook that fails before its checkpoint counts as not passed.
 ``workers`` notebooks run side by side (``make lessons`` runs two, one per core), each kernel on
 one thread (:func:`kernel_env`), the longest first (:func:`schedule`), a lesson that reuses
 another's cached runs after it (:func:`dependencies`). While they run, a bar per notebook shows
-which cell is running (:class:`_Display`); a line is printed as each lesson finishes. The run is
-written to ``build/results/course.json`` (``rlhf-lessons report`` renders it into the README).
+which cell is running; a line is printed as each lesson finishes. The run is written to
+``build/results/course.json`` (``rlhf-lessons report`` renders it into the README).
 """
 
 from __future__ import annotations
