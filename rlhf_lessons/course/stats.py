@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass, replace
+from dataclasses import dataclass, replace
 
 import numpy as np
 
@@ -54,15 +54,11 @@ class Interval:
     def below(self, bar: float) -> bool:
         return self.high < bar
 
-    def as_dict(self) -> dict:
-        return asdict(self)
-
     def __str__(self) -> str:
-        return f"{self.mean:.3f} [{self.low:.3f}, {self.high:.3f}]"
+        return format(self, ".3f")
 
     def __format__(self, spec: str) -> str:
-        if not spec:
-            return str(self)
+        spec = spec or ".3f"
         return f"{self.mean:{spec}} [{self.low:{spec}}, {self.high:{spec}}]"
 
 
