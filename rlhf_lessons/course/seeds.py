@@ -21,8 +21,8 @@ import os
 ENV_VAR = "RLHF_LESSONS_SEEDS"
 
 
-def _parse(value: str) -> tuple[int | None, list[int] | None]:
-    """``"1000"`` -> (1000, None); ``"1,2,3"`` -> (None, [1, 2, 3])."""
+def _parse(value: str) -> list[int]:
+    """``"1000"`` -> [1000]; ``"1,2,3"`` -> [1, 2, 3]."""
     parts = [p.strip() for p in value.replace(" ", ",").split(",") if p.strip()]
     try:
         numbers = [int(p) for p in parts]
@@ -33,11 +33,9 @@ def _parse(value: str) -> tuple[int | None, list[int] | None]:
             f"{ENV_VAR} must be one whole number (the first seed, e.g. 1000) or a comma-separated "
             f"list of seeds in [0, 2**32) (e.g. 7,19,23), got {value!r}"
         )
-    if len(numbers) == 1:
-        return numbers[0], None
     if len(set(numbers)) != len(numbers):
         raise ValueError(f"{ENV_VAR} lists a seed twice: {value!r}")
-    return None, numbers
+    return numbers
 
 
 def lesson_seeds(n: int, default_base: int = 0) -> list[int]:
@@ -47,9 +45,9 @@ def lesson_seeds(n: int, default_base: int = 0) -> list[int]:
     value = os.environ.get(ENV_VAR, "").strip()
     if not value:
         return list(range(default_base, default_base + n))
-    base, listed = _parse(value)
-    if listed is None:
-        return list(range(base, base + n))
+    listed = _parse(value)
+    if len(listed) == 1:  # the first seed
+        return list(range(listed[0], listed[0] + n))
     if len(listed) < n:
         raise ValueError(
             f"{ENV_VAR} lists {len(listed)} seeds but this lesson needs {n}: list at least {n}, "
