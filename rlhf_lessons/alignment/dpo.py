@@ -35,10 +35,7 @@ measures it). ``history.logps_chosen`` and ``logps_rejected`` follow it during t
 
 **Defaults** (:class:`DPOConfig`, :meth:`DPOConfig.ipo`, :meth:`DPOConfig.simpo`) are for the
 course's tiny review model (:mod:`rlhf_lessons.review_world.tiny_lm`) on pairs it sampled
-itself, the DPO paper's IMDb setup in miniature: batches of 64 pairs (the paper's), Adam at 5e-4
-(a 0.5M-parameter model; the paper's RMSprop at 1e-6 is for GPT-2 large), one epoch. IPO on
-token-*averaged* log-ratios (TRL's convention, the default here) needs a larger beta than DPO
-for the same KL: its target 1 / (2 beta) is then per token.
+itself, the DPO paper's IMDb setup in miniature.
 """
 
 from __future__ import annotations
@@ -193,11 +190,8 @@ def policy_logps(policy, rows: Batch, average: bool = False) -> torch.Tensor:
     (or, with ``average``, the per-token mean) completion-token log-probs. A pair's two rows
     share their prompt, which runs through the model once (:func:`rlhf_lessons.lm.
     completion_logprobs`)."""
-    logp = completion_logprobs(policy, rows, share_prompts=SHARE_PROMPTS)
+    logp = completion_logprobs(policy, rows, share_prompts=True)
     return sequence_logprobs(logp, rows.completion_mask, average)
-
-
-SHARE_PROMPTS = True
 
 
 def pair_loss(cfg: DPOConfig, chosen, rejected, ref_chosen=None, ref_rejected=None):
@@ -274,11 +268,9 @@ def train_dpo(
     2. ``epochs`` passes over the shuffled pairs in minibatches of ``batch_size``: one forward
        pass over both responses of each pair, the loss, an Adam step with clipped gradients.
 
-    Data-parallel when launched with several processes (``torchrun``, ``accelerate launch``;
-    or pass ``parallel``): each process takes its share of every minibatch's pairs and the
-    loss, a mean over pairs, is weighted so one step equals the one-process step
-    (:mod:`rlhf_lessons.distributed`); every process computes the reference log-probs of all
-    pairs. In one process nothing changes.
+    Data-parallel under ``torchrun`` or ``accelerate launch`` (or with ``parallel``): each
+    process takes its share of every minibatch's pairs, weighted so that a step equals the
+    one-process step (:mod:`rlhf_lessons.distributed`).
 
     Returns a :class:`~rlhf_lessons.training.History`, one row per step: the loss's metrics
     (``loss``, ``rewards_chosen``, ``rewards_rejected``, ``margin``, ``accuracy``,
@@ -330,7 +322,7 @@ def train_dpo(
 @torch.no_grad()
 def response_logps(
     model, tokenizer, pairs: Sequence[Mapping], config: DPOConfig | None = None,
-    disable_adapter: bool = False, chunk_size: int | None = None,
+    disable_adapter: bool = False,
 ) -> tuple[torch.Tensor, torch.Tensor]:  # fmt: skip
     """(N,) ``log pi(y_w | x)`` and (N,) ``log pi(y_l | x)`` of N pairs under ``model``: sums of
     the responses' token log-probs (per-token means when ``config`` averages, as SimPO),
@@ -339,18 +331,13 @@ def response_logps(
     cfg = config or DPOConfig()
     batch = tokenize_preferences(tokenizer, pairs, cfg.max_prompt_length,
                                  cfg.max_completion_length, cfg.add_eos)  # fmt: skip
-    logps = precompute_reference_logps(model, batch, chunk_size, disable_adapter=disable_adapter,
+    logps = precompute_reference_logps(model, batch, disable_adapter=disable_adapter,
                                        threads=cfg.threads)  # fmt: skip
     return logps.select(cfg.average_logps).chunk(2)
 
 
 def implicit_rewards(
-    policy,
-    tokenizer,
-    pairs: Sequence[Mapping],
-    reference=None,
-    config: DPOConfig | None = None,
-    chunk_size: int | None = None,
+    policy, tokenizer, pairs: Sequence[Mapping], reference=None, config: DPOConfig | None = None
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """(N,) implicit rewards of the chosen and of the rejected responses of N pairs:
     ``beta (log pi(y|x) - log pi_ref(y|x))`` (DPO, IPO), or ``beta log pi(y|x)`` with no
@@ -358,7 +345,7 @@ def implicit_rewards(
     sums or means, the lengths and the threads; ``reference`` is as in
     :func:`implicit_reward_accuracy`."""
     cfg = config or DPOConfig()
-    chosen, rejected = response_logps(policy, tokenizer, pairs, cfg, chunk_size=chunk_size)
+    chosen, rejected = response_logps(policy, tokenizer, pairs, cfg)
     if reference is not None and cfg.needs_reference:
         if isinstance(reference, ReferenceLogps):
             if len(reference) != 2 * len(chosen):
@@ -370,24 +357,13 @@ def implicit_rewards(
             ref_chosen, ref_rejected = reference.select(cfg.average_logps).chunk(2)
         else:
             own = reference is policy and is_peft_model(policy)  # a LoRA policy's base
-            ref_chosen, ref_rejected = response_logps(reference, tokenizer, pairs, cfg, own,
-                                                      chunk_size)  # fmt: skip
+            ref_chosen, ref_rejected = response_logps(reference, tokenizer, pairs, cfg, own)
         chosen, rejected = chosen - ref_chosen, rejected - ref_rejected
     return cfg.beta * chosen, cfg.beta * rejected
 
 
 def implicit_reward_accuracy(
-    policy,
-    tokenizer,
-    pairs: Sequence[Mapping],
-    reference=None,
-    beta: float = 0.1,
-    average: bool = False,
-    config: DPOConfig | None = None,
-    chunk_size: int | None = None,
-    max_prompt_length: int | None = 32,
-    max_completion_length: int | None = 32,
-    threads: int | None = 1,
+    policy, tokenizer, pairs: Sequence[Mapping], reference=None, config: DPOConfig | None = None
 ) -> dict:
     """How often the policy's implicit reward ranks a pair as its label does (held-out pairs).
 
@@ -396,17 +372,12 @@ def implicit_reward_accuracy(
     scores 0.5; TRL's logged ``rewards/accuracies`` (and :func:`train_dpo`'s history) count
     ties as wrong.
 
-    Args:
-        policy: the trained model (a causal LM or a peft model); tokenizer: its tokenizer.
-        pairs: ``{"prompt", "chosen", "rejected"}`` records, as for :func:`train_dpo`.
-        reference: pi_ref as a model (run once here); the policy itself, when it is a peft
-            model (its adapter is disabled for the reference); a :class:`ReferenceLogps`
-            precomputed on :func:`tokenize_preferences` of the same pairs with the same
-            lengths; or ``None`` for a reference-free reward.
-        beta, average, max_prompt_length, max_completion_length, threads: the reward's scale,
-            per-token means instead of sums, the lengths and torch threads; or all of them from
-            ``config`` (a :class:`DPOConfig`; SimPO's has no reference).
-        chunk_size: rows per forward pass (None: :func:`rows_per_pass`).
+    ``pairs`` are ``{"prompt", "chosen", "rejected"}`` records, as for :func:`train_dpo`;
+    ``reference`` is pi_ref as a model (run once here); the policy itself, when it is a peft
+    model (its adapter is disabled for the reference); a :class:`ReferenceLogps` precomputed on
+    :func:`tokenize_preferences` of the same pairs with the same lengths; or ``None`` for a
+    reference-free reward. ``config`` (default :class:`DPOConfig`) gives the reward's beta,
+    sums or per-token means, the lengths and the torch threads (SimPO's has no reference).
 
     Returns:
         dict: ``accuracy`` (ties 1/2), ``ties`` (fraction of pairs with equal rewards),
@@ -414,14 +385,7 @@ def implicit_reward_accuracy(
         (means), ``n_pairs``, and ``correct``: each pair's 1, 1/2 or 0 (for a paired interval
         of the change between two policies on the same pairs).
     """
-    if config is None:
-        if not (isinstance(beta, int | float) and beta > 0):
-            raise ValueError(f"beta must be > 0, got {beta!r}")
-        loss = "ipo" if average else "dpo"  # a config with the same beta, sums or means
-        config = DPOConfig(loss=loss, beta=beta, max_prompt_length=max_prompt_length,
-                           max_completion_length=max_completion_length, threads=threads)  # fmt: skip
-    chosen, rejected = implicit_rewards(policy, tokenizer, pairs, reference, config, chunk_size)
-    return ranking_accuracy(chosen, rejected)
+    return ranking_accuracy(*implicit_rewards(policy, tokenizer, pairs, reference, config))
 
 
 def ranking_accuracy(chosen: torch.Tensor, rejected: torch.Tensor) -> dict:

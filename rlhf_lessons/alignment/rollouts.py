@@ -31,9 +31,6 @@ import torch
 from rlhf_lessons.lm import Batch, generate, token_logprobs
 from rlhf_lessons.training import RewardFn
 
-__all__ = ["RewardFn", "Rollout", "collect_rollout", "forward_by_length", "logprobs_by_length",
-           "logprobs_in_chunks", "score_completions"]  # fmt: skip
-
 
 @dataclass
 class Rollout:
@@ -135,10 +132,10 @@ def logprobs_by_length(model, batch: Batch, temperature: float = 1.0, rows: int 
 
 
 @torch.no_grad()
-def logprobs_in_chunks(model, batch: Batch, temperature: float, chunk: int = 32) -> torch.Tensor:
+def logprobs_in_chunks(model, batch: Batch, temperature: float) -> torch.Tensor:
     """:func:`logprobs_by_length` without gradients, on ``model``'s device; (B, T) on the CPU."""
     device = next(model.parameters()).device
-    return logprobs_by_length(model, batch.to(device), temperature, chunk).cpu()
+    return logprobs_by_length(model, batch.to(device), temperature).cpu()
 
 
 def score_completions(reward_fn: RewardFn, prompts: Sequence[str], completions: Sequence[str]):
@@ -175,18 +172,12 @@ def collect_rollout(
 ) -> Rollout:
     """Sample one completion per prompt from ``policy`` (a causal LM) and measure it.
 
-    Args:
-        policy, ref: causal LMs sharing ``tokenizer``; both are put in eval mode while sampling
-            and scoring (no dropout: "N implementation details", no. 8) and restored after.
-        prompts: formatted prompts; repeat a prompt to draw several completions of it.
-        reward_fn: ``(prompts, completions) -> (B,)`` scores.
-        max_new_tokens: completions are cut there (and count as not ended).
-        temperature: sampling temperature, also used for both models' log-probs.
-        missing_eos_penalty: subtracted from the score of each completion without EOS.
-        seed: seeds the sampling.
-        batch_size: prompts per generation pass.
-        policy_logprobs: record the policy's log-probs (``False``: ``logp`` is None, for a
-            trainer that gets them from its first update's forward pass, or with its values).
+    ``policy`` and ``ref`` share ``tokenizer``; both are in eval mode while sampling and scoring
+    (no dropout: "N implementation details", no. 8), then restored. Repeat a prompt to draw
+    several completions of it. Completions are cut at ``max_new_tokens`` (and count as not
+    ended); ``temperature`` is used for the sampling and both models' log-probs.
+    ``policy_logprobs=False`` leaves ``logp`` None, for a trainer that gets it from its first
+    update's forward pass (or with its values).
     """
     if missing_eos_penalty is not None and missing_eos_penalty < 0:
         raise ValueError(
