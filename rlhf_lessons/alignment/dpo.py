@@ -18,12 +18,10 @@ the start pi = pi_ref, so h = 0 and the loss is log 2 whatever the data.
 
 The package's pieces, in the order :func:`train_dpo` uses them:
 
-- :mod:`~rlhf_lessons.alignment.dpo_data`: records to tokens (:func:`tokenize_preferences`) and
-  log pi_ref of every response, computed once before the first step
-  (:func:`precompute_reference_logps`): the reference is a constant, so the loop runs only the
-  policy and no reference model stays in memory;
+- :mod:`~rlhf_lessons.alignment.dpo_data`: records to tokens, and log pi_ref of every response,
+  computed once before the first step (the reference is a constant);
 - :mod:`~rlhf_lessons.alignment.lora`: with a LoRA policy the reference is the same model with
-  its adapter switched off (:func:`adapter_disabled`), so there is never a second copy;
+  its adapter switched off, so there is never a second copy;
 - :func:`rlhf_lessons.lm.completion_logprobs`: the policy's log-probs of the responses, with the
   output layer run at the response tokens only;
 - :mod:`~rlhf_lessons.alignment.dpo_losses` and :mod:`~rlhf_lessons.alignment.simpo`: the loss.
@@ -48,11 +46,9 @@ import torch
 from torch import nn
 
 from rlhf_lessons.alignment.dpo_data import (  # noqa: F401 - re-exported: lessons import them here
-    LOGITS_BUDGET,
     ReferenceLogps,
     pair_texts,
     precompute_reference_logps,
-    rows_per_pass,
     tokenize_preferences,
 )
 from rlhf_lessons.alignment.dpo_losses import dpo_loss
@@ -158,9 +154,8 @@ class DPOConfig:
 
     @classmethod
     def simpo(cls, **overrides) -> DPOConfig:
-        """SimPO on the tiny review model: beta 2.0 and gamma 0.5 (the SimPO code's defaults;
-        TRL's ``CPOConfig`` has ``simpo_gamma`` 0.5 too, but ``beta`` 0.1 and ``cpo_alpha`` 1.0,
-        see :mod:`rlhf_lessons.alignment.simpo`)."""
+        """SimPO on the tiny review model: beta 2.0 and gamma 0.5, the SimPO code's defaults
+        (not TRL's ``CPOConfig``'s, see :mod:`rlhf_lessons.alignment.simpo`)."""
         return replace(cls(loss="simpo"), **overrides)
 
 
@@ -185,15 +180,6 @@ def minibatches(n: int, config: DPOConfig) -> list[tuple[float, torch.Tensor]]:
     return steps[: config.max_steps]
 
 
-def policy_logps(policy, rows: Batch, average: bool = False) -> torch.Tensor:
-    """(B,) log pi(y | x) of each row's completion under ``policy``, with gradient: summed
-    (or, with ``average``, the per-token mean) completion-token log-probs. A pair's two rows
-    share their prompt, which runs through the model once (:func:`rlhf_lessons.lm.
-    completion_logprobs`)."""
-    logp = completion_logprobs(policy, rows, share_prompts=True)
-    return sequence_logprobs(logp, rows.completion_mask, average)
-
-
 def pair_loss(cfg: DPOConfig, chosen, rejected, ref_chosen=None, ref_rejected=None):
     """The configured loss on (B,) sequence log-probs: ``(loss, metrics)``."""
     if cfg.loss == "simpo":
@@ -215,12 +201,7 @@ def reference_logps(
     if ref_logps is not None:
         if ref_model is not None:
             raise ValueError("give ref_model or ref_logps, not both")
-        if len(ref_logps) != len(batch):
-            raise ValueError(
-                f"ref_logps holds {len(ref_logps)} rows but the {len(batch) // 2} pairs make "
-                f"{len(batch)} (chosen rows, then rejected rows): precompute it on "
-                "tokenize_preferences of the same pairs, with the config's lengths"
-            )
+        ref_logps.check_rows(len(batch), "ref_logps")
         return replace(ref_logps, seconds=0.0), "ref_logps (precomputed)"
     if ref_model is not None:
         return precompute_reference_logps(ref_model, batch, cfg.ref_chunk_size), "ref_model"
@@ -262,8 +243,7 @@ def train_dpo(
     pairs ``[{"prompt", "chosen", "rejected"}, ...]`` with DPO, IPO, the hinge loss or SimPO.
 
     1. Check and tokenise the pairs; compute log pi_ref of every response once
-       (:func:`reference_logps`: ``ref_logps``, ``ref_model``, the LoRA policy's base, or the
-       policy before training; skipped for SimPO). Runs on the same pairs (a sweep over beta)
+       (:func:`reference_logps`; none for SimPO). Runs on the same pairs (a sweep over beta)
        can share one ``ref_logps`` (:func:`precompute_reference_logps`).
     2. ``epochs`` passes over the shuffled pairs in minibatches of ``batch_size``: one forward
        pass over both responses of each pair, the loss, an Adam step with clipped gradients.
@@ -304,7 +284,9 @@ def train_dpo(
                 shard = par.shard(idx)  # this process's pairs (all of them in one process)
                 idx = shard.index
                 rows = batch.rows(torch.cat([idx, idx + n])).trimmed().to(device)
-                chosen, rejected = policy_logps(model, rows, cfg.average_logps).chunk(2)
+                logp = completion_logprobs(model, rows, share_prompts=True)  # prompts run once
+                seq = sequence_logprobs(logp, rows.completion_mask, cfg.average_logps)  # (2B,)
+                chosen, rejected = seq.chunk(2)
                 refs = (ref_seq[idx].to(device), ref_seq[idx + n].to(device)) if ref else ()
                 loss, metrics = pair_loss(cfg, chosen, rejected, *refs)
                 lr = optimizer.param_groups[0]["lr"]
@@ -341,19 +323,12 @@ def implicit_rewards(
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """(N,) implicit rewards of the chosen and of the rejected responses of N pairs:
     ``beta (log pi(y|x) - log pi_ref(y|x))`` (DPO, IPO), or ``beta log pi(y|x)`` with no
-    reference (SimPO: per-token means). ``config`` (default :class:`DPOConfig`) gives beta,
-    sums or means, the lengths and the threads; ``reference`` is as in
-    :func:`implicit_reward_accuracy`."""
+    reference (SimPO: per-token means); arguments as :func:`implicit_reward_accuracy`."""
     cfg = config or DPOConfig()
     chosen, rejected = response_logps(policy, tokenizer, pairs, cfg)
     if reference is not None and cfg.needs_reference:
         if isinstance(reference, ReferenceLogps):
-            if len(reference) != 2 * len(chosen):
-                raise ValueError(
-                    f"reference holds log-probs of {len(reference)} rows but these pairs make "
-                    f"{2 * len(chosen)} (2 per pair): precompute it on tokenize_preferences of "
-                    "the same pairs"
-                )
+            reference.check_rows(2 * len(chosen), "reference")
             ref_chosen, ref_rejected = reference.select(cfg.average_logps).chunk(2)
         else:
             own = reference is policy and is_peft_model(policy)  # a LoRA policy's base
@@ -379,11 +354,10 @@ def implicit_reward_accuracy(
     reference-free reward. ``config`` (default :class:`DPOConfig`) gives the reward's beta,
     sums or per-token means, the lengths and the torch threads (SimPO's has no reference).
 
-    Returns:
-        dict: ``accuracy`` (ties 1/2), ``ties`` (fraction of pairs with equal rewards),
-        ``margin`` (mean chosen - rejected reward), ``rewards_chosen``, ``rewards_rejected``
-        (means), ``n_pairs``, and ``correct``: each pair's 1, 1/2 or 0 (for a paired interval
-        of the change between two policies on the same pairs).
+    Returns ``accuracy`` (ties 1/2), ``ties`` (fraction of pairs with equal rewards),
+    ``margin`` (mean chosen - rejected reward), ``rewards_chosen``, ``rewards_rejected``
+    (means), ``n_pairs``, and ``correct``: each pair's 1, 1/2 or 0 (for a paired interval of
+    the change between two policies on the same pairs).
     """
     return ranking_accuracy(*implicit_rewards(policy, tokenizer, pairs, reference, config))
 

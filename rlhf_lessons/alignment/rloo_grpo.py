@@ -84,8 +84,7 @@ def sequence_kl(logp: torch.Tensor, ref_logp: torch.Tensor, mask: torch.Tensor) 
             "logp, ref_logp and mask must share shape (B, T), got "
             f"{tuple(logp.shape)}, {tuple(ref_logp.shape)}, {tuple(mask.shape)}"
         )
-    m = mask.bool()
-    return torch.where(m, logp - ref_logp, torch.zeros_like(logp)).sum(-1)
+    return torch.where(mask.bool(), logp - ref_logp, torch.zeros_like(logp)).sum(-1)
 
 
 def kl_penalized_rewards(
@@ -180,12 +179,11 @@ def rloo_loss(
     clip_eps: float = 0.2,
     clip_eps_high: float | None = None,
 ) -> tuple[torch.Tensor, dict[str, float]]:
-    """RLOO's whole-sequence REINFORCE loss (Ahmadian et al. 2024, section 3.2):
-    ``grad = (1/k) sum_i [r_i - (1/(k-1)) sum_{j != i} r_j] grad log pi(y_i | x)``.
+    """RLOO's whole-sequence REINFORCE loss (Ahmadian et al. 2024, section 3.2).
 
-    Without ``old_seq_logp``: ``L = -mean_i A_i * log pi(y_i | x_i)``, so
-    ``grad L = -mean_i A_i grad log pi(y_i | x_i)``, REINFORCE with the leave-one-out baseline
-    already inside A_i (and the KL penalty inside the reward, see :func:`kl_penalized_rewards`).
+    Without ``old_seq_logp``: ``L = -mean_i A_i log pi(y_i | x_i)``, whose gradient
+    ``-mean_i A_i grad log pi(y_i | x_i)`` is REINFORCE with the leave-one-out baseline
+    ``A_i = r_i - mean_{j != i} r_j`` (the KL penalty is inside r, :func:`kl_penalized_rewards`).
 
     With ``old_seq_logp`` (log pi_old(y|x) recorded at sampling): TRL 1.x's RLOOTrainer form, a
     PPO-clipped *sequence* ratio ``rho_i = exp(log pi(y_i|x) - log pi_old(y_i|x))``:

@@ -14,11 +14,9 @@ lm-human-preferences gives such responses a fixed -1), which teaches the policy 
 sentences instead of being cut off mid-review.
 
 **Forward passes by length.** A sampled batch is a left-padded prompt plus a completion that
-stops at its own EOS, so about 40% of a (B, T) batch of the review world is padding, and a
-forward pass pays for every cell. :func:`forward_by_length` runs a model on rows of similar
-length, a few at a time, each group cut to its own longest row, and puts the results back in
-the batch's layout: the same numbers (to float rounding) for about two thirds of the compute.
-It works with gradients too, so the trainers use it for their updates.
+stops at its own EOS, so much of it is padding, and a forward pass pays for every cell:
+:func:`forward_by_length` runs rows of similar length together, each group cut to its longest
+row, for the same numbers (to float rounding); with gradients too, for the trainers' updates.
 """
 
 from __future__ import annotations
@@ -90,13 +88,11 @@ def forward_by_length(
 ):
     """``fn(batch)`` computed on groups of rows of similar length, without their padding.
 
-    The rows are sorted by length and cut into groups of ``rows``; each group is shifted to
-    start at column 0 and cut to its longest row; ``fn`` returns one tensor or a tuple of
-    tensors of shape (n, w, ...) aligned with the group's tokens (log-probs, values, entropies);
-    the results are put back at the batch's rows and columns, zero on padding. Gradients flow
-    through. Whatever ``fn`` computes at a real token depends only on the row's real tokens
-    (positions come from the attention mask), so this equals ``fn(batch)`` there, up to float
-    rounding.
+    The rows are sorted by length and cut into groups of ``rows``, each shifted to start at
+    column 0 and cut to its longest row; ``fn`` returns one tensor or a tuple of (n, w, ...)
+    tensors aligned with the group's tokens, put back at the batch's rows and columns, zero on
+    padding, with gradients. What ``fn`` computes at a real token depends only on the row's real
+    tokens (positions come from the attention mask): it equals ``fn(batch)``, to float rounding.
     """
     if rows < 1:
         raise ValueError(f"rows must be >= 1, got {rows}")
