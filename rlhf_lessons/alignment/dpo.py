@@ -20,8 +20,7 @@ The package's pieces, in the order :func:`train_dpo` uses them:
 
 - :mod:`~rlhf_lessons.alignment.dpo_data`: records to tokens, and log pi_ref of every response,
   computed once before the first step (the reference is a constant);
-- :mod:`~rlhf_lessons.alignment.lora`: with a LoRA policy the reference is the same model with
-  its adapter switched off, so there is never a second copy;
+- :mod:`~rlhf_lessons.alignment.lora`: a LoRA policy's reference is its own base model;
 - :func:`rlhf_lessons.lm.completion_logprobs`: the policy's log-probs of the responses, with the
   output layer run at the response tokens only;
 - :mod:`~rlhf_lessons.alignment.dpo_losses` and :mod:`~rlhf_lessons.alignment.simpo`: the loss.

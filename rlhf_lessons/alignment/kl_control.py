@@ -20,18 +20,18 @@ from dataclasses import dataclass
 
 import torch
 
+from rlhf_lessons.rl.kl import kl_estimates
+
 KL_ESTIMATORS = ("k1", "k3")
 
 
 def token_kl(logp: torch.Tensor, ref_logp: torch.Tensor, estimator: str = "k1") -> torch.Tensor:
-    """Per-token KL estimate on the sampled tokens. (B, T), (B, T) -> (B, T).
-
-    k1 = logp - ref_logp; k3 = (r - 1) - log r with log r = ref_logp - logp (always >= 0).
-    """
+    """Per-token KL estimate of lesson 03 (:func:`rlhf_lessons.rl.kl.kl_estimates`) on the
+    sampled tokens, (B, T) x 2 -> (B, T): k1 = logp - ref_logp; k3 = (r - 1) - log r >= 0 with
+    log r = ref_logp - logp."""
     if estimator not in KL_ESTIMATORS:
         raise ValueError(f"estimator must be one of {KL_ESTIMATORS}, got {estimator!r}")
-    log_r = ref_logp - logp
-    return -log_r if estimator == "k1" else (log_r.exp() - 1.0) - log_r
+    return kl_estimates(ref_logp - logp)[estimator]
 
 
 def check_scores(scores: torch.Tensor, batch: int, beta: float) -> None:

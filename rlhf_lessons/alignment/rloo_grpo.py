@@ -404,11 +404,6 @@ class GroupPGConfig:
         """Completions per rollout: prompts_per_iteration * k."""
         return self.prompts_per_iteration * self.k
 
-    @property
-    def paper_loss(self) -> bool:
-        """GRPO's loss as in the paper (per-sequence mean, plain k3): :func:`grpo_loss`."""
-        return self.loss_type == "grpo" and not self.kl_ratio_correction
-
     @classmethod
     def rloo(cls, **overrides) -> GroupPGConfig:
         """RLOO on the tiny review model: TRL's beta 0.05 (sequence KL in the reward)."""
@@ -428,7 +423,7 @@ def _step_loss(cfg: GroupPGConfig, new_logp, ro, adv, idx):
         return rloo_loss((new_logp * mask).sum(-1), adv[idx], ro.logp[idx].sum(-1), cfg.clip_eps,
                          cfg.clip_eps_high)  # fmt: skip
     args = (new_logp, ro.logp[idx], ro.ref_logp[idx], adv[idx], mask)
-    if cfg.paper_loss:
+    if cfg.loss_type == "grpo" and not cfg.kl_ratio_correction:  # the paper's
         return grpo_loss(*args, cfg.clip_eps, cfg.beta, cfg.clip_eps_high)
     from rlhf_lessons.alignment.grpo_trl_variants import trl_grpo_loss
 
