@@ -364,8 +364,7 @@ def implicit_reward_accuracy(
 def ranking_accuracy(chosen: torch.Tensor, rejected: torch.Tensor) -> dict:
     """:func:`implicit_reward_accuracy`'s dict from (N,) rewards of the chosen and of the
     rejected responses, already computed (e.g. ``beta * (log pi - log pi_ref)`` from the log-probs
-    of :func:`response_logps`, so that one forward pass serves both): a pair is right when its
-    chosen reward is higher, a tie counts 1/2."""
+    of :func:`response_logps`, so that one forward pass serves both)."""
     if chosen.shape != rejected.shape or chosen.ndim != 1:
         raise ValueError(
             f"chosen and rejected must be (N,) rewards of the same pairs, got shapes "
