@@ -129,7 +129,7 @@ def test_implicit_reward_accuracy_takes_its_threads_from_the_config(tiny_lm, mon
 
 
 def test_rows_per_pass_keeps_the_logits_within_the_budget(tiny_lm):
-    from rlhf_lessons.alignment.dpo import LOGITS_BUDGET, rows_per_pass
+    from rlhf_lessons.alignment.dpo_data import LOGITS_BUDGET, rows_per_pass
 
     model, tok = tiny_lm
     batch = tokenize_preferences(tok, PAIRS)

@@ -18,12 +18,9 @@ the start pi = pi_ref, so h = 0 and the loss is log 2 whatever the data.
 
 The package's pieces, in the order :func:`train_dpo` uses them:
 
-- :mod:`~rlhf_lessons.alignment.dpo_data`: records to tokens (:func:`tokenize_preferences`) and
-  log pi_ref of every response, computed once before the first step
-  (:func:`precompute_reference_logps`): the reference is a constant, so the loop runs only the
-  policy and no reference model stays in memory;
-- :mod:`~rlhf_lessons.alignment.lora`: with a LoRA policy the reference is the same model with
-  its adapter switched off (:func:`adapter_disabled`), so there is never a second copy;
+- :mod:`~rlhf_lessons.alignment.dpo_data`: records to tokens, and log pi_ref of every response,
+  computed once before the first step (the reference is a constant);
+- :mod:`~rlhf_lessons.alignment.lora`: a LoRA policy's reference is its own base model;
 - :func:`rlhf_lessons.lm.completion_logprobs`: the policy's log-probs of the responses, with the
   output layer run at the response tokens only;
 - :mod:`~rlhf_lessons.alignment.dpo_losses` and :mod:`~rlhf_lessons.alignment.simpo`: the loss.
@@ -35,10 +32,7 @@ measures it). ``history.logps_chosen`` and ``logps_rejected`` follow it during t
 
 **Defaults** (:class:`DPOConfig`, :meth:`DPOConfig.ipo`, :meth:`DPOConfig.simpo`) are for the
 course's tiny review model (:mod:`rlhf_lessons.review_world.tiny_lm`) on pairs it sampled
-itself, the DPO paper's IMDb setup in miniature: batches of 64 pairs (the paper's), Adam at 5e-4
-(a 0.5M-parameter model; the paper's RMSprop at 1e-6 is for GPT-2 large), one epoch. IPO on
-token-*averaged* log-ratios (TRL's convention, the default here) needs a larger beta than DPO
-for the same KL: its target 1 / (2 beta) is then per token.
+itself, the DPO paper's IMDb setup in miniature.
 """
 
 from __future__ import annotations
@@ -51,11 +45,9 @@ import torch
 from torch import nn
 
 from rlhf_lessons.alignment.dpo_data import (  # noqa: F401 - re-exported: lessons import them here
-    LOGITS_BUDGET,
     ReferenceLogps,
     pair_texts,
     precompute_reference_logps,
-    rows_per_pass,
     tokenize_preferences,
 )
 from rlhf_lessons.alignment.dpo_losses import dpo_loss
@@ -161,9 +153,8 @@ class DPOConfig:
 
     @classmethod
     def simpo(cls, **overrides) -> DPOConfig:
-        """SimPO on the tiny review model: beta 2.0 and gamma 0.5 (the SimPO code's defaults;
-        TRL's ``CPOConfig`` has ``simpo_gamma`` 0.5 too, but ``beta`` 0.1 and ``cpo_alpha`` 1.0,
-        see :mod:`rlhf_lessons.alignment.simpo`)."""
+        """SimPO on the tiny review model: beta 2.0 and gamma 0.5, the SimPO code's defaults
+        (not TRL's ``CPOConfig``'s, see :mod:`rlhf_lessons.alignment.simpo`)."""
         return replace(cls(loss="simpo"), **overrides)
 
 
@@ -188,18 +179,6 @@ def minibatches(n: int, config: DPOConfig) -> list[tuple[float, torch.Tensor]]:
     return steps[: config.max_steps]
 
 
-def policy_logps(policy, rows: Batch, average: bool = False) -> torch.Tensor:
-    """(B,) log pi(y | x) of each row's completion under ``policy``, with gradient: summed
-    (or, with ``average``, the per-token mean) completion-token log-probs. A pair's two rows
-    share their prompt, which runs through the model once (:func:`rlhf_lessons.lm.
-    completion_logprobs`)."""
-    logp = completion_logprobs(policy, rows, share_prompts=SHARE_PROMPTS)
-    return sequence_logprobs(logp, rows.completion_mask, average)
-
-
-SHARE_PROMPTS = True
-
-
 def pair_loss(cfg: DPOConfig, chosen, rejected, ref_chosen=None, ref_rejected=None):
     """The configured loss on (B,) sequence log-probs: ``(loss, metrics)``."""
     if cfg.loss == "simpo":
@@ -221,12 +200,7 @@ def reference_logps(
     if ref_logps is not None:
         if ref_model is not None:
             raise ValueError("give ref_model or ref_logps, not both")
-        if len(ref_logps) != len(batch):
-            raise ValueError(
-                f"ref_logps holds {len(ref_logps)} rows but the {len(batch) // 2} pairs make "
-                f"{len(batch)} (chosen rows, then rejected rows): precompute it on "
-                "tokenize_preferences of the same pairs, with the config's lengths"
-            )
+        ref_logps.check_rows(len(batch), "ref_logps")
         return replace(ref_logps, seconds=0.0), "ref_logps (precomputed)"
     if ref_model is not None:
         return precompute_reference_logps(ref_model, batch, cfg.ref_chunk_size), "ref_model"
@@ -268,17 +242,14 @@ def train_dpo(
     pairs ``[{"prompt", "chosen", "rejected"}, ...]`` with DPO, IPO, the hinge loss or SimPO.
 
     1. Check and tokenise the pairs; compute log pi_ref of every response once
-       (:func:`reference_logps`: ``ref_logps``, ``ref_model``, the LoRA policy's base, or the
-       policy before training; skipped for SimPO). Runs on the same pairs (a sweep over beta)
+       (:func:`reference_logps`; none for SimPO). Runs on the same pairs (a sweep over beta)
        can share one ``ref_logps`` (:func:`precompute_reference_logps`).
     2. ``epochs`` passes over the shuffled pairs in minibatches of ``batch_size``: one forward
        pass over both responses of each pair, the loss, an Adam step with clipped gradients.
 
-    Data-parallel when launched with several processes (``torchrun``, ``accelerate launch``;
-    or pass ``parallel``): each process takes its share of every minibatch's pairs and the
-    loss, a mean over pairs, is weighted so one step equals the one-process step
-    (:mod:`rlhf_lessons.distributed`); every process computes the reference log-probs of all
-    pairs. In one process nothing changes.
+    Data-parallel under ``torchrun`` or ``accelerate launch`` (or with ``parallel``): each
+    process takes its share of every minibatch's pairs, weighted so that a step equals the
+    one-process step (:mod:`rlhf_lessons.distributed`).
 
     Returns a :class:`~rlhf_lessons.training.History`, one row per step: the loss's metrics
     (``loss``, ``rewards_chosen``, ``rewards_rejected``, ``margin``, ``accuracy``,
@@ -312,7 +283,9 @@ def train_dpo(
                 shard = par.shard(idx)  # this process's pairs (all of them in one process)
                 idx = shard.index
                 rows = batch.rows(torch.cat([idx, idx + n])).trimmed().to(device)
-                chosen, rejected = policy_logps(model, rows, cfg.average_logps).chunk(2)
+                logp = completion_logprobs(model, rows, share_prompts=True)  # prompts run once
+                seq = sequence_logprobs(logp, rows.completion_mask, cfg.average_logps)  # (2B,)
+                chosen, rejected = seq.chunk(2)
                 refs = (ref_seq[idx].to(device), ref_seq[idx + n].to(device)) if ref else ()
                 loss, metrics = pair_loss(cfg, chosen, rejected, *refs)
                 lr = optimizer.param_groups[0]["lr"]
@@ -330,7 +303,7 @@ def train_dpo(
 @torch.no_grad()
 def response_logps(
     model, tokenizer, pairs: Sequence[Mapping], config: DPOConfig | None = None,
-    disable_adapter: bool = False, chunk_size: int | None = None,
+    disable_adapter: bool = False,
 ) -> tuple[torch.Tensor, torch.Tensor]:  # fmt: skip
     """(N,) ``log pi(y_w | x)`` and (N,) ``log pi(y_l | x)`` of N pairs under ``model``: sums of
     the responses' token log-probs (per-token means when ``config`` averages, as SimPO),
@@ -339,55 +312,32 @@ def response_logps(
     cfg = config or DPOConfig()
     batch = tokenize_preferences(tokenizer, pairs, cfg.max_prompt_length,
                                  cfg.max_completion_length, cfg.add_eos)  # fmt: skip
-    logps = precompute_reference_logps(model, batch, chunk_size, disable_adapter=disable_adapter,
+    logps = precompute_reference_logps(model, batch, disable_adapter=disable_adapter,
                                        threads=cfg.threads)  # fmt: skip
     return logps.select(cfg.average_logps).chunk(2)
 
 
 def implicit_rewards(
-    policy,
-    tokenizer,
-    pairs: Sequence[Mapping],
-    reference=None,
-    config: DPOConfig | None = None,
-    chunk_size: int | None = None,
+    policy, tokenizer, pairs: Sequence[Mapping], reference=None, config: DPOConfig | None = None
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """(N,) implicit rewards of the chosen and of the rejected responses of N pairs:
     ``beta (log pi(y|x) - log pi_ref(y|x))`` (DPO, IPO), or ``beta log pi(y|x)`` with no
-    reference (SimPO: per-token means). ``config`` (default :class:`DPOConfig`) gives beta,
-    sums or means, the lengths and the threads; ``reference`` is as in
-    :func:`implicit_reward_accuracy`."""
+    reference (SimPO: per-token means); arguments as :func:`implicit_reward_accuracy`."""
     cfg = config or DPOConfig()
-    chosen, rejected = response_logps(policy, tokenizer, pairs, cfg, chunk_size=chunk_size)
+    chosen, rejected = response_logps(policy, tokenizer, pairs, cfg)
     if reference is not None and cfg.needs_reference:
         if isinstance(reference, ReferenceLogps):
-            if len(reference) != 2 * len(chosen):
-                raise ValueError(
-                    f"reference holds log-probs of {len(reference)} rows but these pairs make "
-                    f"{2 * len(chosen)} (2 per pair): precompute it on tokenize_preferences of "
-                    "the same pairs"
-                )
+            reference.check_rows(2 * len(chosen), "reference")
             ref_chosen, ref_rejected = reference.select(cfg.average_logps).chunk(2)
         else:
             own = reference is policy and is_peft_model(policy)  # a LoRA policy's base
-            ref_chosen, ref_rejected = response_logps(reference, tokenizer, pairs, cfg, own,
-                                                      chunk_size)  # fmt: skip
+            ref_chosen, ref_rejected = response_logps(reference, tokenizer, pairs, cfg, own)
         chosen, rejected = chosen - ref_chosen, rejected - ref_rejected
     return cfg.beta * chosen, cfg.beta * rejected
 
 
 def implicit_reward_accuracy(
-    policy,
-    tokenizer,
-    pairs: Sequence[Mapping],
-    reference=None,
-    beta: float = 0.1,
-    average: bool = False,
-    config: DPOConfig | None = None,
-    chunk_size: int | None = None,
-    max_prompt_length: int | None = 32,
-    max_completion_length: int | None = 32,
-    threads: int | None = 1,
+    policy, tokenizer, pairs: Sequence[Mapping], reference=None, config: DPOConfig | None = None
 ) -> dict:
     """How often the policy's implicit reward ranks a pair as its label does (held-out pairs).
 
@@ -396,39 +346,25 @@ def implicit_reward_accuracy(
     scores 0.5; TRL's logged ``rewards/accuracies`` (and :func:`train_dpo`'s history) count
     ties as wrong.
 
-    Args:
-        policy: the trained model (a causal LM or a peft model); tokenizer: its tokenizer.
-        pairs: ``{"prompt", "chosen", "rejected"}`` records, as for :func:`train_dpo`.
-        reference: pi_ref as a model (run once here); the policy itself, when it is a peft
-            model (its adapter is disabled for the reference); a :class:`ReferenceLogps`
-            precomputed on :func:`tokenize_preferences` of the same pairs with the same
-            lengths; or ``None`` for a reference-free reward.
-        beta, average, max_prompt_length, max_completion_length, threads: the reward's scale,
-            per-token means instead of sums, the lengths and torch threads; or all of them from
-            ``config`` (a :class:`DPOConfig`; SimPO's has no reference).
-        chunk_size: rows per forward pass (None: :func:`rows_per_pass`).
+    ``pairs`` are ``{"prompt", "chosen", "rejected"}`` records, as for :func:`train_dpo`;
+    ``reference`` is pi_ref as a model (run once here); the policy itself, when it is a peft
+    model (its adapter is disabled for the reference); a :class:`ReferenceLogps` precomputed on
+    :func:`tokenize_preferences` of the same pairs with the same lengths; or ``None`` for a
+    reference-free reward. ``config`` (default :class:`DPOConfig`) gives the reward's beta,
+    sums or per-token means, the lengths and the torch threads (SimPO's has no reference).
 
-    Returns:
-        dict: ``accuracy`` (ties 1/2), ``ties`` (fraction of pairs with equal rewards),
-        ``margin`` (mean chosen - rejected reward), ``rewards_chosen``, ``rewards_rejected``
-        (means), ``n_pairs``, and ``correct``: each pair's 1, 1/2 or 0 (for a paired interval
-        of the change between two policies on the same pairs).
+    Returns ``accuracy`` (ties 1/2), ``ties`` (fraction of pairs with equal rewards),
+    ``margin`` (mean chosen - rejected reward), ``rewards_chosen``, ``rewards_rejected``
+    (means), ``n_pairs``, and ``correct``: each pair's 1, 1/2 or 0 (for a paired interval of
+    the change between two policies on the same pairs).
     """
-    if config is None:
-        if not (isinstance(beta, int | float) and beta > 0):
-            raise ValueError(f"beta must be > 0, got {beta!r}")
-        loss = "ipo" if average else "dpo"  # a config with the same beta, sums or means
-        config = DPOConfig(loss=loss, beta=beta, max_prompt_length=max_prompt_length,
-                           max_completion_length=max_completion_length, threads=threads)  # fmt: skip
-    chosen, rejected = implicit_rewards(policy, tokenizer, pairs, reference, config, chunk_size)
-    return ranking_accuracy(chosen, rejected)
+    return ranking_accuracy(*implicit_rewards(policy, tokenizer, pairs, reference, config))
 
 
 def ranking_accuracy(chosen: torch.Tensor, rejected: torch.Tensor) -> dict:
     """:func:`implicit_reward_accuracy`'s dict from (N,) rewards of the chosen and of the
     rejected responses, already computed (e.g. ``beta * (log pi - log pi_ref)`` from the log-probs
-    of :func:`response_logps`, so that one forward pass serves both): a pair is right when its
-    chosen reward is higher, a tie counts 1/2."""
+    of :func:`response_logps`, so that one forward pass serves both)."""
     if chosen.shape != rejected.shape or chosen.ndim != 1:
         raise ValueError(
             f"chosen and rejected must be (N,) rewards of the same pairs, got shapes "

@@ -1,15 +1,12 @@
 """Preference pairs for the DPO family (lessons 06-07): records to tokens, and the reference's
 log-probabilities of them, computed once.
 
-- :func:`pair_texts` checks every ``{"prompt", "chosen", "rejected"}`` record
-  (:func:`rlhf_lessons.rewards.preference_data.validate_pair`) and renders conversational ones
-  with the chat template; :func:`tokenize_preferences` turns N pairs into one
-  :class:`~rlhf_lessons.lm.Batch` of 2N rows, chosen rows first, then rejected rows.
+- :func:`pair_texts` checks every ``{"prompt", "chosen", "rejected"}`` record and renders
+  conversational ones with the chat template; :func:`tokenize_preferences` turns N pairs into
+  one :class:`~rlhf_lessons.lm.Batch` of 2N rows, chosen rows first, then rejected rows.
 - The reference pi_ref is frozen, so log pi_ref(y_w | x) and log pi_ref(y_l | x) are numbers
-  attached to each pair. :func:`precompute_reference_logps` computes them once, under
-  ``no_grad``, in length-sorted chunks, before training starts (TRL's
-  ``precompute_ref_log_probs``); the training loop then runs only the policy, and no reference
-  model has to stay in memory.
+  attached to each pair: :func:`precompute_reference_logps` computes them once, before training
+  (TRL's ``precompute_ref_log_probs``); the loop then runs only the policy.
 """
 
 from __future__ import annotations
@@ -43,13 +40,11 @@ def _completion_text(messages: Sequence[Mapping], field: str, where: str) -> str
 
 
 def pair_texts(tokenizer, pairs: Sequence[Mapping]) -> tuple[list[str], list[str], list[str]]:
-    """Check every pair and return the prompts, chosen and rejected texts to tokenise.
-
-    Standard records (strings) are used as they are: their prompts are taken to be already
-    formatted (the review prompts are plain text). Conversational records have their prompt
-    messages rendered with :func:`rlhf_lessons.lm.format_prompt` (the chat template, assistant
-    turn opened) and their single assistant message as the completion.
-    """
+    """Check every pair (:func:`rlhf_lessons.rewards.preference_data.validate_pair`) and return
+    the prompts, chosen and rejected texts to tokenise. Standard records' prompts are taken to
+    be already formatted; conversational records' prompt messages are rendered with
+    :func:`rlhf_lessons.lm.format_prompt` (the chat template, assistant turn opened), and their
+    single assistant message is the completion."""
     if isinstance(pairs, Mapping) or isinstance(pairs, str):
         raise PreferenceDataError(
             "pairs must be a list of {'prompt', 'chosen', 'rejected'} records, got a single "
@@ -86,10 +81,8 @@ def tokenize_preferences(
     prompts, chosen, rejected = pair_texts(tokenizer, pairs)
     batch = tokenize_pairs(tokenizer, prompts + prompts, chosen + rejected, max_prompt_length,
                            max_completion_length, add_eos)  # fmt: skip
-    n = len(prompts)
-    same = (batch.input_ids[:n] == batch.input_ids[n:]).all(-1) & (
-        batch.attention_mask[:n] == batch.attention_mask[n:]
-    ).all(-1)
+    n, rows = len(prompts), torch.cat([batch.input_ids, batch.attention_mask], dim=-1)
+    same = (rows[:n] == rows[n:]).all(-1)
     if same.any():
         i = int(same.nonzero()[0, 0])
         raise PreferenceDataError(
@@ -116,6 +109,15 @@ class ReferenceLogps:
     def select(self, average: bool) -> torch.Tensor:
         return self.mean if average else self.sum
 
+    def check_rows(self, rows: int, name: str) -> None:
+        """A clear error unless these are the log-probs of ``rows`` rows (2 per pair)."""
+        if len(self) != rows:
+            raise ValueError(
+                f"{name} holds {len(self)} rows but the {rows // 2} pairs make {rows} (chosen "
+                "rows, then rejected rows): precompute it on tokenize_preferences of the same "
+                "pairs, with the config's lengths"
+            )
+
 
 #: completion-token logits (tokens x V floats, 128 MiB in fp32) per no-grad forward pass
 LOGITS_BUDGET = 2**25
@@ -141,22 +143,15 @@ def precompute_reference_logps(
     disable_adapter: bool = False,
     threads: int | None = None,
 ) -> ReferenceLogps:
-    """The reference's sequence log-probs of every row of ``batch``, computed once.
+    """The sequence log-probs (sum and mean) of every row of ``batch`` (prompt + completion
+    rows, e.g. :func:`tokenize_preferences`) under the frozen ``ref_model``, computed once.
 
-    Runs ``ref_model`` over ``chunk_size`` rows at a time (default :func:`rows_per_pass`) in
-    eval mode under ``no_grad``, and reduces each row's completion-token log-probs to their sum
-    and their mean. Rows with the same prompt (a pair's two responses) go into the same pass,
+    ``ref_model`` is a causal LM, or a peft model whose base is the reference
+    (``disable_adapter=True`` bypasses its adapters meanwhile). It runs in eval mode under
+    ``no_grad`` on ``threads`` (None: as they are), ``chunk_size`` rows per pass (None:
+    :func:`rows_per_pass`). Rows with the same prompt (a pair's two responses) share a pass,
     where the prompt runs once (:func:`rlhf_lessons.lm.completion_logprobs`), and passes take
-    rows of similar length (little padding). Results come back in the batch's row order; the
-    model's train/eval mode is restored afterwards.
-
-    Args:
-        ref_model: the frozen reference, a causal LM; or a peft model with
-            ``disable_adapter=True`` (its base model is the reference).
-        batch: prompt + completion rows (e.g. from :func:`tokenize_preferences`).
-        chunk_size: rows per forward pass (None: :func:`rows_per_pass`).
-        disable_adapter: bypass the peft adapters of ``ref_model`` meanwhile.
-        threads: torch threads meanwhile (``None``: leave as is).
+    rows of similar length. Results come back in the batch's row order.
     """
     if chunk_size is None:
         chunk_size = rows_per_pass(ref_model, batch)

@@ -107,10 +107,8 @@ def pair_metrics(
     logps_chosen: torch.Tensor,
     logps_rejected: torch.Tensor,
 ) -> dict[str, float]:
-    """Batch means of what a pairwise loss logs, named as TRL logs them: ``loss``,
-    ``rewards_chosen``, ``rewards_rejected``, ``margin`` (their difference), ``accuracy``
-    (pairs whose chosen reward is higher; ties count as wrong), ``logps_chosen``,
-    ``logps_rejected`` (the policy's) and ``pairs`` (B)."""
+    """Batch means of what a pairwise loss logs, named as TRL logs them (``accuracy``: pairs
+    whose chosen reward is higher, ties counting as wrong; ``logps_*``: the policy's)."""
     with torch.no_grad():
         return {
             "loss": loss.item(),

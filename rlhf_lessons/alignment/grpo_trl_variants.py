@@ -11,10 +11,9 @@ code in ``tests/test_rloo_grpo.py``:
     so a token of a short completion weighs more than one of a long completion;
   - "bnpo": ``sum_{i,t} l / sum_i |o_i|``: every token of the minibatch weighs the same;
   - "dapo" (TRL's default; Yu et al. 2025, "DAPO", arXiv 2503.14476): ``sum_{i,t} l /
-    num_items_in_batch``, where ``num_items_in_batch`` is the number of completion tokens per
-    optimizer step averaged over the whole generation batch (TRL: the generation batch's token
-    count times ``gradient_accumulation_steps`` over ``steps_per_generation``); with one minibatch it equals "bnpo"; with several,
-    minibatches of long completions weigh more;
+    num_items_in_batch``, the completion tokens per optimizer step averaged over the whole
+    generation batch (``mask.sum()`` when not given); with one minibatch it equals "bnpo", with
+    several, minibatches of long completions weigh more;
   - "dr_grpo" (Liu et al. 2025, "Understanding R1-Zero-Like Training", arXiv 2503.20783):
     ``sum_{i,t} l / (B * max_completion_length)``, a constant, so no length is favoured by the
     normaliser.
@@ -25,10 +24,8 @@ code in ``tests/test_rloo_grpo.py``:
   ``grad(rho k3) = (k3 + 1 - r) grad log pi = (log pi - log pi_ref) grad log pi``
   (r = pi_ref / pi), whose expectation over the sampled token y_t ~ pi(.|s_t) is
   ``grad KL(pi(.|s_t) || pi_ref(.|s_t))``: the reverse per-token KL, where the plain k3 gives
-  the forward one. What holds is per token *with the context s_t held fixed*: summed over a
-  completion it is still not the gradient of the sequence KL(pi(y|x) || pi_ref(y|x)), which
-  also charges each token for the KL of the tokens after it (``tests/test_rloo_grpo.py``
-  checks all three statements by exact enumeration on a two-token toy policy).
+  the forward one; neither is the gradient of the sequence KL (:mod:`~rlhf_lessons.alignment.
+  rloo_grpo`; ``tests/test_rloo_grpo.py`` checks all three by exact enumeration).
 """
 
 from __future__ import annotations
@@ -41,35 +38,6 @@ from rlhf_lessons.alignment.rloo_grpo import (
     grpo_metrics,
     grpo_terms,
 )
-
-
-def _check_loss_type(loss_type: str, max_completion_length: int | None) -> None:
-    if loss_type not in LOSS_TYPES:
-        raise ValueError(f"loss_type must be one of {LOSS_TYPES}, got {loss_type!r}")
-    if loss_type == "dr_grpo" and not max_completion_length:
-        raise ValueError("loss_type='dr_grpo' needs max_completion_length (its constant divisor)")
-
-
-def aggregate_tokens(
-    per_token: torch.Tensor,
-    mask: torch.Tensor,
-    loss_type: str,
-    num_items_in_batch: float | None = None,
-    max_completion_length: int | None = None,
-) -> torch.Tensor:
-    """Average per-token losses (B, T) over the completion tokens ``mask`` in one of TRL's
-    ``loss_type`` ways (module docstring). ``num_items_in_batch`` ("dapo") defaults to
-    ``mask.sum()``; ``max_completion_length`` is needed by "dr_grpo"."""
-    _check_loss_type(loss_type, max_completion_length)
-    per_token = per_token * mask
-    if loss_type == "grpo":
-        return (per_token.sum(-1) / mask.sum(-1).clamp(min=1.0)).mean()
-    if loss_type == "bnpo":
-        return per_token.sum() / mask.sum()
-    if loss_type == "dapo":
-        normaliser = mask.sum() if num_items_in_batch is None else num_items_in_batch
-        return per_token.sum() / max(float(normaliser), 1.0)
-    return per_token.sum() / (mask.shape[0] * max_completion_length)
 
 
 def trl_grpo_loss(
@@ -88,7 +56,7 @@ def trl_grpo_loss(
 ) -> tuple[torch.Tensor, dict[str, float]]:
     """TRL 1.x's ``GRPOTrainer._compute_loss`` (token-level importance sampling), with TRL's
     defaults: per token ``l = -min(rho A, clip(rho) A) + beta * w * k3`` with ``w = rho``
-    (``kl_ratio_correction``) or 1, averaged by ``loss_type`` (:func:`aggregate_tokens`).
+    (``kl_ratio_correction``) or 1, averaged over the completion tokens by ``loss_type``.
 
     Arguments as :func:`rlhf_lessons.alignment.rloo_grpo.grpo_loss`, plus ``loss_type``,
     ``kl_ratio_correction``, ``num_items_in_batch`` and ``max_completion_length`` (module
@@ -96,11 +64,22 @@ def trl_grpo_loss(
     :func:`~rlhf_lessons.alignment.rloo_grpo.grpo_loss`.
     """
     _check_beta(beta, ref_logp)
-    _check_loss_type(loss_type, max_completion_length)
+    if loss_type not in LOSS_TYPES:
+        raise ValueError(f"loss_type must be one of {LOSS_TYPES}, got {loss_type!r}")
+    if loss_type == "dr_grpo" and not max_completion_length:
+        raise ValueError("loss_type='dr_grpo' needs max_completion_length (its constant divisor)")
     t = grpo_terms(new_logp, old_logp, ref_logp, advantages, mask, clip_eps, clip_eps_high)
     per_token = -t.surrogate
     if beta > 0:
         per_token = per_token + beta * (t.ratio * t.k3 if kl_ratio_correction else t.k3)
-    loss = aggregate_tokens(per_token, t.mask, loss_type, num_items_in_batch,
-                            max_completion_length)  # fmt: skip
+    per_token, mask = per_token * t.mask, t.mask
+    if loss_type == "grpo":
+        loss = (per_token.sum(-1) / mask.sum(-1).clamp(min=1.0)).mean()
+    elif loss_type == "bnpo":
+        loss = per_token.sum() / mask.sum()
+    elif loss_type == "dapo":
+        normaliser = mask.sum() if num_items_in_batch is None else num_items_in_batch
+        loss = per_token.sum() / max(float(normaliser), 1.0)
+    else:  # "dr_grpo"
+        loss = per_token.sum() / (mask.shape[0] * max_completion_length)
     return loss, grpo_metrics(loss, t)

@@ -20,18 +20,30 @@ from dataclasses import dataclass
 
 import torch
 
+from rlhf_lessons.rl.kl import kl_estimates
+
 KL_ESTIMATORS = ("k1", "k3")
 
 
 def token_kl(logp: torch.Tensor, ref_logp: torch.Tensor, estimator: str = "k1") -> torch.Tensor:
-    """Per-token KL estimate on the sampled tokens. (B, T), (B, T) -> (B, T).
-
-    k1 = logp - ref_logp; k3 = (r - 1) - log r with log r = ref_logp - logp (always >= 0).
-    """
+    """Per-token KL estimate of lesson 03 (:func:`rlhf_lessons.rl.kl.kl_estimates`) on the
+    sampled tokens, (B, T) x 2 -> (B, T): k1 = logp - ref_logp; k3 = (r - 1) - log r >= 0 with
+    log r = ref_logp - logp."""
     if estimator not in KL_ESTIMATORS:
         raise ValueError(f"estimator must be one of {KL_ESTIMATORS}, got {estimator!r}")
-    log_r = ref_logp - logp
-    return -log_r if estimator == "k1" else (log_r.exp() - 1.0) - log_r
+    return kl_estimates(ref_logp - logp)[estimator]
+
+
+def check_scores(scores: torch.Tensor, batch: int, beta: float) -> None:
+    """The checks of a KL-penalised reward: (B,) finite scores, one per completion; beta >= 0."""
+    if scores.ndim != 1 or scores.shape[0] != batch:
+        raise ValueError(
+            f"scores must be (B,) = ({batch},), one per completion, got {tuple(scores.shape)}"
+        )
+    if not torch.isfinite(scores).all():
+        raise ValueError("scores contain NaN or inf: check the reward function's output")
+    if beta < 0:
+        raise ValueError(f"beta must be >= 0, got {beta}")
 
 
 def shape_rewards(
@@ -44,24 +56,13 @@ def shape_rewards(
 ) -> tuple[torch.Tensor, dict[str, float]]:
     """Per-token rewards ``-beta * kl_t``, plus the sequence score at the last completion token.
 
-    Args:
-        scores: (B,) reward-model (or true) score of each completion.
-        logp, ref_logp: (B, T) log-probs of the sampled tokens under the policy (at rollout
-            time) and the reference.
-        completion_mask: (B, T) 1 on completion tokens.
-        beta: KL coefficient (>= 0).
-        estimator: "k1" or "k3".
-
-    Returns:
-        ``(rewards, metrics)``: rewards (B, T), zero outside the completion; metrics: the mean
-        sequence KL (sum over tokens), the mean score, and the mean total reward.
+    ``scores`` (B,) are the completions' reward-model (or true) scores; ``logp``, ``ref_logp``
+    and ``completion_mask`` (B, T): the sampled tokens' log-probs under the policy (at rollout
+    time) and the reference, and 1 on completion tokens; ``estimator`` "k1" or "k3".
+    Returns ``(rewards, metrics)``: rewards (B, T), zero outside the completion; metrics: the
+    mean sequence KL (sum over tokens), the mean score, and the mean total reward.
     """
-    if scores.ndim != 1 or scores.shape[0] != logp.shape[0]:
-        raise ValueError(f"scores must be (B,) = ({logp.shape[0]},), got {tuple(scores.shape)}")
-    if not torch.isfinite(scores).all():
-        raise ValueError("scores contain NaN or inf: check the reward model's output")
-    if beta < 0:
-        raise ValueError(f"beta must be >= 0, got {beta}")
+    check_scores(scores, logp.shape[0], beta)
     mask = completion_mask.to(logp.dtype)
     if (mask.sum(-1) == 0).any():
         raise ValueError("a row has an empty completion: it cannot receive a score")

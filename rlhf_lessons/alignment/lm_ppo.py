@@ -49,7 +49,6 @@ from rlhf_lessons.alignment.kl_control import (
     shape_rewards,
 )
 from rlhf_lessons.alignment.rollouts import (
-    RewardFn,
     Rollout,
     collect_rollout,
     forward_by_length,
@@ -63,6 +62,7 @@ from rlhf_lessons.rl.ppo import clipped_surrogate_loss, value_loss
 from rlhf_lessons.training import (
     EvalFn,
     History,
+    RewardFn,
     Stopwatch,
     check_frozen_reference,
     mean,
@@ -128,11 +128,9 @@ class PolicyWithValueHead(nn.Module):
         if not path.is_file():
             raise FileNotFoundError(f"{path} is missing: {folder} was not saved with its value "
                                     "head; start a fresh one with PolicyWithValueHead(lm)")  # fmt: skip
-        policy = cls(
-            lm if lm is not None else AutoModelForCausalLM.from_pretrained(folder, **kwargs)
-        )
-        policy.v_head.load_state_dict(load_file(str(path)))
-        return policy.to(next(policy.lm.parameters()).device)
+        policy = cls(AutoModelForCausalLM.from_pretrained(folder, **kwargs) if lm is None else lm)
+        policy.v_head.load_state_dict(load_file(str(path)))  # copied onto the head's device
+        return policy
 
 
 @dataclass
@@ -157,7 +155,6 @@ class LMPPOConfig:
     clip_eps: float = 0.2  # [cliprange 0.2]
     clip_value: float = 0.2  # [cliprange_value 0.2]
     vf_coef: float = 0.1  # [0.1]
-    whiten_rewards: bool = False  # [False]; advantages are always whitened
     missing_eos_penalty: float | None = 1.0  # subtracted from completions cut off before EOS
     threads: int | None = None  # torch threads while training (None: leave as is)
     seed: int = 0
@@ -240,8 +237,6 @@ class LMPPO:
         beta = self.kl_ctl.value
         rewards, shaped = shape_rewards(ro.scores, ro.logp, ro.ref_logp, mask, beta,
                                         cfg.kl_estimator)  # fmt: skip
-        if cfg.whiten_rewards:
-            rewards = masked_whiten(rewards, mask, shift_mean=False)
         advantages, returns = lm_advantages(rewards, old_values, mask, cfg.gamma, cfg.gae_lambda)
 
         # 3. PPO epochs over shuffled minibatches of the batch.
@@ -269,15 +264,13 @@ class LMPPO:
                 "ended": ro.ended.float().mean().item(),
                 **{k: mean(v) for k, v in stats.items()}}  # fmt: skip
 
-    def step(
-        self, prompts: Sequence[str], completions: Sequence[str], scores, add_eos: bool = True
-    ) -> dict[str, float]:
+    def step(self, prompts: Sequence[str], completions: Sequence[str], scores) -> dict[str, float]:
         """One PPO update on completions sampled and scored elsewhere.
 
         ``prompts``: formatted prompts (B); ``completions``: the policy's completions of them,
-        as text (B); ``scores``: (B,) their rewards (a reward model's, a judge's, a person's).
-        ``add_eos``: the completions ended (an EOS token is appended, as the policy emitted
-        it); False for completions cut off by a length limit. Returns :meth:`update`'s metrics.
+        as text (B), each ended by EOS (appended, as the policy emitted it); ``scores``: (B,)
+        their rewards (a reward model's, a judge's, a person's). Returns :meth:`update`'s
+        metrics.
         """
         scores = torch.as_tensor(scores, dtype=torch.float32).flatten()
         if not len(prompts) == len(completions) == len(scores):
@@ -286,9 +279,9 @@ class LMPPO:
         if len(prompts) < self.cfg.minibatch_size:
             raise ValueError(f"a step needs at least minibatch_size ({self.cfg.minibatch_size}) "
                              f"samples, got {len(prompts)}")  # fmt: skip
-        batch = tokenize_pairs(self.tokenizer, prompts, completions, add_eos=add_eos)
+        batch = tokenize_pairs(self.tokenizer, prompts, completions)
         ref_logp = logprobs_in_chunks(self.ref, batch, self.cfg.temperature) * batch.completion_mask
-        ended = torch.full((len(batch),), add_eos and self.tokenizer.eos_token_id is not None)
+        ended = torch.full((len(batch),), self.tokenizer.eos_token_id is not None)
         return self.update(Rollout(list(prompts), list(completions), batch, None, ref_logp,
                                    scores, scores, ended))  # fmt: skip
 

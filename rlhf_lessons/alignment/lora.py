@@ -38,13 +38,10 @@ def add_lora(
     dropout: float = 0.0,
     seed: int = 0,
 ):
-    """Wrap ``model`` with a fresh LoRA adapter on its ``target_modules`` linear layers.
-
-    B = 0 at the start (the wrapped model computes exactly what ``model`` does) and A is random,
-    drawn after seeding torch with ``seed``: two calls with the same seed give the same adapter.
-    Only A and B train. Defaults: rank 8 on the attention queries and values (the LoRA paper's
-    and TRL's examples); no dropout, so log-probs are deterministic.
-    """
+    """Wrap ``model`` with a fresh LoRA adapter on its ``target_modules`` linear layers; only
+    A and B train. A is drawn after seeding torch with ``seed``: two calls with the same seed
+    give the same adapter. Defaults: rank 8 on the attention queries and values (the LoRA
+    paper's and TRL's examples); no dropout, so log-probs are deterministic."""
     try:
         from peft import LoraConfig, get_peft_model
     except ImportError as err:  # pragma: no cover - peft ships with the [lm] extra
@@ -61,11 +58,8 @@ def add_lora(
 
 @contextlib.contextmanager
 def adapter_disabled(model) -> Iterator[nn.Module]:
-    """Run a peft model as its base model: ``with adapter_disabled(policy) as ref: ...``.
-
-    Inside the block every adapter is bypassed, so the model computes exactly what the frozen
-    base weights compute: pi_ref, when the base is the SFT model.
-    """
+    """Run a peft model as its base model (every adapter bypassed) inside the block:
+    ``with adapter_disabled(policy) as ref: ...``."""
     if not is_peft_model(model):
         raise ValueError(
             f"adapter_disabled needs a peft PeftModel (e.g. peft.get_peft_model(model, "
@@ -80,13 +74,12 @@ def check_adapters_only(policy) -> None:
     """A peft policy must train only its adapters: with the adapter disabled its base weights
     are the reference, which must not move. peft keys every adapter weight by the adapter's
     name ("...lora_A.default.weight")."""
-    names = list(policy.peft_config)
-
-    def in_adapter(param: str) -> bool:
-        return any(f".{a}." in param or param.endswith(f".{a}") for a in names)
-
-    trainable = [n for n, p in policy.named_parameters() if p.requires_grad]
-    base = [n for n in trainable if not in_adapter(n)]
+    adapters = list(policy.peft_config)
+    base = [
+        n
+        for n, p in policy.named_parameters()
+        if p.requires_grad and not any(f".{a}." in n or n.endswith(f".{a}") for a in adapters)
+    ]
     if base:
         raise ValueError(
             f"the peft policy has trainable base weights (e.g. {base[0]}); with the adapter "

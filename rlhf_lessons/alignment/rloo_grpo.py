@@ -51,14 +51,15 @@ from typing import NamedTuple
 import torch
 from torch import nn
 
-from rlhf_lessons.alignment.kl_control import token_kl
-from rlhf_lessons.alignment.rollouts import RewardFn, collect_rollout, logprobs_by_length
+from rlhf_lessons.alignment.kl_control import check_scores, token_kl
+from rlhf_lessons.alignment.rollouts import collect_rollout, logprobs_by_length
 from rlhf_lessons.course.device import torch_threads
 from rlhf_lessons.course.seeding import seed_everything
 from rlhf_lessons.rl.advantages import grpo_advantages, masked_mean, rloo_advantages
 from rlhf_lessons.training import (
     EvalFn,
     History,
+    RewardFn,
     Stopwatch,
     check_frozen_reference,
     mean,
@@ -83,8 +84,7 @@ def sequence_kl(logp: torch.Tensor, ref_logp: torch.Tensor, mask: torch.Tensor) 
             "logp, ref_logp and mask must share shape (B, T), got "
             f"{tuple(logp.shape)}, {tuple(ref_logp.shape)}, {tuple(mask.shape)}"
         )
-    m = mask.bool()
-    return torch.where(m, logp - ref_logp, torch.zeros_like(logp)).sum(-1)
+    return torch.where(mask.bool(), logp - ref_logp, torch.zeros_like(logp)).sum(-1)
 
 
 def kl_penalized_rewards(
@@ -95,26 +95,13 @@ def kl_penalized_rewards(
     beta: float,
 ) -> torch.Tensor:
     """RLOO's reward: ``r_i = score_i - beta * sum_t (log pi(y_t) - log pi_ref(y_t))``.
+    (B,) scores, (B, T) x 3 (the log-probs recorded at sampling time) -> (B,).
 
     As in TRL's RLOOTrainer and the RLOO paper, the KL penalty is one number per sequence (the
-    k1 estimate summed over the completion, with the log-probs recorded at sampling time),
-    subtracted from the score *before* the leave-one-out baseline.
-
-    Args:
-        scores: (B,) reward of each completion.
-        logp, ref_logp: (B, T) token log-probs under the policy (at rollout) and the reference.
-        mask: (B, T) 1 on completion tokens.
-        beta: KL coefficient, >= 0.
+    k1 estimate summed over the completion), subtracted from the score *before* the
+    leave-one-out baseline.
     """
-    if scores.ndim != 1 or scores.shape[0] != logp.shape[0]:
-        raise ValueError(
-            f"scores must be (B,) = ({logp.shape[0]},), one per completion, got "
-            f"{tuple(scores.shape)}"
-        )
-    if not torch.isfinite(scores).all():
-        raise ValueError("scores contain NaN or inf: check the reward function's output")
-    if beta < 0:
-        raise ValueError(f"beta must be >= 0, got {beta}")
+    check_scores(scores, logp.shape[0], beta)
     if beta == 0:
         return scores.clone()
     return scores - beta * sequence_kl(logp, ref_logp, mask)
@@ -127,20 +114,14 @@ def group_advantages(
     scale_rewards: str = "group",
     normalize: bool = False,
 ) -> torch.Tensor:
-    """Advantages of a batch of k-sample groups: (B * k,) rewards -> (B * k,) advantages.
+    """Advantages of a batch of groups of ``k`` samples: (B * k,) rewards -> (B * k,).
 
-    Row ``i * k + j`` is sample j of prompt i (the layout of ``collect_rollout`` with each prompt
-    repeated k times in a row).
-
-    Args:
-        rewards: (B * k,) rewards, grouped as above.
-        k: samples per prompt, >= 2.
-        method: "rloo" (leave-one-out baseline) or "grpo" (group mean and std).
-        scale_rewards: GRPO only, TRL's option: "group" divides by each group's std (+1e-4, the
-            paper), "batch" by the std of the whole batch (+1e-4), "none" does not divide
-            (Dr. GRPO: dividing by a group's std up-weights prompts that are nearly solved).
-        normalize: RLOO only, TRL's ``normalize_advantages`` (default off): whiten the
-            advantages over the batch, ``(A - mean A) / (std A + 1e-4)``.
+    Row ``i * k + j`` is sample j of prompt i (``collect_rollout`` with each prompt repeated k
+    times in a row). ``method`` "rloo": the leave-one-out baseline; with ``normalize`` (TRL's
+    ``normalize_advantages``) whitened over the batch, ``(A - mean A) / (std A + 1e-4)``.
+    "grpo": minus the group mean, then ``scale_rewards`` (TRL's option): "group" divides by
+    each group's std (+1e-4, the paper), "batch" by the whole batch's, "none" does not divide
+    (Dr. GRPO: dividing by a group's std up-weights prompts that are nearly solved).
     """
     if method not in METHODS:
         raise ValueError(f"method must be one of {METHODS}, got {method!r}")
@@ -198,12 +179,11 @@ def rloo_loss(
     clip_eps: float = 0.2,
     clip_eps_high: float | None = None,
 ) -> tuple[torch.Tensor, dict[str, float]]:
-    """RLOO's whole-sequence REINFORCE loss (Ahmadian et al. 2024, section 3.2):
-    ``grad = (1/k) sum_i [r_i - (1/(k-1)) sum_{j != i} r_j] grad log pi(y_i | x)``.
+    """RLOO's whole-sequence REINFORCE loss (Ahmadian et al. 2024, section 3.2).
 
-    Without ``old_seq_logp``: ``L = -mean_i A_i * log pi(y_i | x_i)``, so
-    ``grad L = -mean_i A_i grad log pi(y_i | x_i)``, REINFORCE with the leave-one-out baseline
-    already inside A_i (and the KL penalty inside the reward, see :func:`kl_penalized_rewards`).
+    Without ``old_seq_logp``: ``L = -mean_i A_i log pi(y_i | x_i)``, whose gradient
+    ``-mean_i A_i grad log pi(y_i | x_i)`` is REINFORCE with the leave-one-out baseline
+    ``A_i = r_i - mean_{j != i} r_j`` (the KL penalty is inside r, :func:`kl_penalized_rewards`).
 
     With ``old_seq_logp`` (log pi_old(y|x) recorded at sampling): TRL 1.x's RLOOTrainer form, a
     PPO-clipped *sequence* ratio ``rho_i = exp(log pi(y_i|x) - log pi_old(y_i|x))``:
@@ -212,18 +192,12 @@ def rloo_loss(
     gradient is exactly the REINFORCE one above; the loss *value* is then -mean(A), not
     -mean(A log pi). Later updates on the same batch are importance-weighted and clipped.
 
-    Args:
-        seq_logp: (B,) log pi(y_i | x_i), the sum of the completion's token log-probs, with
-            gradient.
-        advantages: (B,) advantages (constants).
-        old_seq_logp: optional (B,) log pi_old(y_i | x_i) at sampling time.
-        clip_eps, clip_eps_high: the clip range [1 - clip_eps, 1 + clip_eps_high]
-            (``clip_eps_high`` defaults to ``clip_eps``; DAPO's "clip-higher" raises it).
-
-    Returns:
-        ``(loss, metrics)`` with ``loss``, ``clipfrac`` (fraction of sequences whose clip is
-        active: rho < 1 - eps with A < 0, or rho > 1 + eps_high with A > 0) and ``approx_kl``
-        (mean k3 estimate of KL(pi_old || pi) per sequence; 0 without ``old_seq_logp``).
+    ``seq_logp`` (B,) is log pi(y_i | x_i), the summed token log-probs, with gradient;
+    ``advantages`` (B,), constants; ``old_seq_logp`` (B,) or None. The clip range is
+    [1 - clip_eps, 1 + clip_eps_high] (``clip_eps_high`` defaults to ``clip_eps``; DAPO's
+    "clip-higher" raises it). Returns ``(loss, metrics)``: ``loss``, ``clipfrac`` (sequences
+    whose clip is active) and ``approx_kl`` (mean k3 estimate of KL(pi_old || pi) per
+    sequence; 0 without ``old_seq_logp``).
     """
     if seq_logp.ndim != 1:
         raise ValueError(
@@ -430,11 +404,6 @@ class GroupPGConfig:
         """Completions per rollout: prompts_per_iteration * k."""
         return self.prompts_per_iteration * self.k
 
-    @property
-    def paper_loss(self) -> bool:
-        """GRPO's loss as in the paper (per-sequence mean, plain k3): :func:`grpo_loss`."""
-        return self.loss_type == "grpo" and not self.kl_ratio_correction
-
     @classmethod
     def rloo(cls, **overrides) -> GroupPGConfig:
         """RLOO on the tiny review model: TRL's beta 0.05 (sequence KL in the reward)."""
@@ -454,7 +423,7 @@ def _step_loss(cfg: GroupPGConfig, new_logp, ro, adv, idx):
         return rloo_loss((new_logp * mask).sum(-1), adv[idx], ro.logp[idx].sum(-1), cfg.clip_eps,
                          cfg.clip_eps_high)  # fmt: skip
     args = (new_logp, ro.logp[idx], ro.ref_logp[idx], adv[idx], mask)
-    if cfg.paper_loss:
+    if cfg.loss_type == "grpo" and not cfg.kl_ratio_correction:  # the paper's
         return grpo_loss(*args, cfg.clip_eps, cfg.beta, cfg.clip_eps_high)
     from rlhf_lessons.alignment.grpo_trl_variants import trl_grpo_loss
 
@@ -465,15 +434,6 @@ def _step_loss(cfg: GroupPGConfig, new_logp, ro, adv, idx):
         num_items_in_batch=ro.mask.sum().item() / cfg.minibatches,
         max_completion_length=cfg.max_new_tokens,
     )  # fmt: skip
-
-
-def _check_inputs(policy, ref, pool: list, cfg: GroupPGConfig) -> None:
-    check_frozen_reference(policy, ref)
-    if len(pool) < cfg.prompts_per_iteration:
-        raise ValueError(
-            f"prompts has {len(pool)} prompts, fewer than prompts_per_iteration "
-            f"{cfg.prompts_per_iteration}: pass more prompts or draw fewer per iteration"
-        )
 
 
 def train_group_pg(
@@ -495,17 +455,20 @@ def train_group_pg(
     advantages, then take ``epochs`` x ``minibatches`` Adam steps on :func:`rloo_loss` or
     :func:`grpo_loss`. ``train_rloo`` and ``train_grpo`` call it with each method's config.
 
-    ``policy`` is typically ``copy.deepcopy(ref)``; ``prompts`` are formatted prompts drawn at
-    random; ``ref`` is the frozen reference (SFT) model; ``reward_fn(prompts, completions) ->
-    (B,)`` scores; ``eval_fn(policy) -> dict`` runs every ``eval_every`` iterations and at the
-    end, outside ``seconds``. Returns a :class:`~rlhf_lessons.training.History`, one row per
-    iteration: ``score`` (after the EOS penalty), ``raw_score`` (reward_fn alone), sequence
-    ``kl`` (k1), ``length``, ``ended``, ``zero_std`` (groups whose rewards are all equal), the
-    update's ``loss`` (~0 on-policy: not a progress measure), ``clipfrac``, ``approx_kl``,
-    ``grad_norm``, ``seconds``; ``info["samples"]``: a few of the last samples.
+    Arguments as :func:`~rlhf_lessons.alignment.lm_ppo.train_lm_ppo`, with ``policy`` a causal
+    LM (typically ``copy.deepcopy(ref)``). Returns a :class:`~rlhf_lessons.training.History`,
+    one row per iteration: ``score`` (after the EOS penalty), ``raw_score`` (reward_fn alone),
+    sequence ``kl`` (k1), ``length``, ``ended``, ``zero_std`` (groups whose rewards are all
+    equal), the update's ``loss`` (~0 on-policy: not a progress measure), ``clipfrac``,
+    ``approx_kl``, ``grad_norm``, ``seconds``; ``info["samples"]``: a few of the last samples.
     """
     cfg, pool = config or GroupPGConfig.grpo(), list(prompts)
-    _check_inputs(policy, ref, pool, cfg)
+    check_frozen_reference(policy, ref)
+    if len(pool) < cfg.prompts_per_iteration:
+        raise ValueError(
+            f"prompts has {len(pool)} prompts, fewer than prompts_per_iteration "
+            f"{cfg.prompts_per_iteration}: pass more prompts or draw fewer per iteration"
+        )
     seed_everything(cfg.seed)
     rng = random.Random(cfg.seed)
     ref.eval()  # only run under no_grad; its requires_grad flags stay as they are for deepcopy
@@ -571,8 +534,7 @@ def train_group_pg(
 
 
 def _method_config(method: str, config: GroupPGConfig | None) -> GroupPGConfig:
-    """``config``, or ``GroupPGConfig.<method>()`` when None; a clear error when its method
-    differs (``train_rloo`` with a GRPO config, ...)."""
+    """``config`` (or ``GroupPGConfig.<method>()``), refused when its method differs."""
     cfg = config or getattr(GroupPGConfig, method)()
     if cfg.method != method:
         raise ValueError(
@@ -582,12 +544,10 @@ def _method_config(method: str, config: GroupPGConfig | None) -> GroupPGConfig:
 
 
 def train_rloo(policy, tokenizer, prompts, config=None, **kwargs) -> History:
-    """RLOO: :func:`train_group_pg` with ``GroupPGConfig.rloo()`` (or ``config``, whose method
-    must be "rloo")."""
+    """RLOO: :func:`train_group_pg` with ``GroupPGConfig.rloo()`` or an RLOO ``config``."""
     return train_group_pg(policy, tokenizer, prompts, _method_config("rloo", config), **kwargs)
 
 
 def train_grpo(policy, tokenizer, prompts, config=None, **kwargs) -> History:
-    """GRPO: :func:`train_group_pg` with ``GroupPGConfig.grpo()`` (or ``config``, whose method
-    must be "grpo")."""
+    """GRPO: :func:`train_group_pg` with ``GroupPGConfig.grpo()`` or a GRPO ``config``."""
     return train_group_pg(policy, tokenizer, prompts, _method_config("grpo", config), **kwargs)

@@ -14,11 +14,9 @@ lm-human-preferences gives such responses a fixed -1), which teaches the policy 
 sentences instead of being cut off mid-review.
 
 **Forward passes by length.** A sampled batch is a left-padded prompt plus a completion that
-stops at its own EOS, so about 40% of a (B, T) batch of the review world is padding, and a
-forward pass pays for every cell. :func:`forward_by_length` runs a model on rows of similar
-length, a few at a time, each group cut to its own longest row, and puts the results back in
-the batch's layout: the same numbers (to float rounding) for about two thirds of the compute.
-It works with gradients too, so the trainers use it for their updates.
+stops at its own EOS, so much of it is padding, and a forward pass pays for every cell:
+:func:`forward_by_length` runs rows of similar length together, each group cut to its longest
+row, for the same numbers (to float rounding); with gradients too, for the trainers' updates.
 """
 
 from __future__ import annotations
@@ -30,9 +28,6 @@ import torch
 
 from rlhf_lessons.lm import Batch, generate, token_logprobs
 from rlhf_lessons.training import RewardFn
-
-__all__ = ["RewardFn", "Rollout", "collect_rollout", "forward_by_length", "logprobs_by_length",
-           "logprobs_in_chunks", "score_completions"]  # fmt: skip
 
 
 @dataclass
@@ -93,13 +88,11 @@ def forward_by_length(
 ):
     """``fn(batch)`` computed on groups of rows of similar length, without their padding.
 
-    The rows are sorted by length and cut into groups of ``rows``; each group is shifted to
-    start at column 0 and cut to its longest row; ``fn`` returns one tensor or a tuple of
-    tensors of shape (n, w, ...) aligned with the group's tokens (log-probs, values, entropies);
-    the results are put back at the batch's rows and columns, zero on padding. Gradients flow
-    through. Whatever ``fn`` computes at a real token depends only on the row's real tokens
-    (positions come from the attention mask), so this equals ``fn(batch)`` there, up to float
-    rounding.
+    The rows are sorted by length and cut into groups of ``rows``, each shifted to start at
+    column 0 and cut to its longest row; ``fn`` returns one tensor or a tuple of (n, w, ...)
+    tensors aligned with the group's tokens, put back at the batch's rows and columns, zero on
+    padding, with gradients. What ``fn`` computes at a real token depends only on the row's real
+    tokens (positions come from the attention mask): it equals ``fn(batch)``, to float rounding.
     """
     if rows < 1:
         raise ValueError(f"rows must be >= 1, got {rows}")
@@ -135,10 +128,10 @@ def logprobs_by_length(model, batch: Batch, temperature: float = 1.0, rows: int 
 
 
 @torch.no_grad()
-def logprobs_in_chunks(model, batch: Batch, temperature: float, chunk: int = 32) -> torch.Tensor:
+def logprobs_in_chunks(model, batch: Batch, temperature: float) -> torch.Tensor:
     """:func:`logprobs_by_length` without gradients, on ``model``'s device; (B, T) on the CPU."""
     device = next(model.parameters()).device
-    return logprobs_by_length(model, batch.to(device), temperature, chunk).cpu()
+    return logprobs_by_length(model, batch.to(device), temperature).cpu()
 
 
 def score_completions(reward_fn: RewardFn, prompts: Sequence[str], completions: Sequence[str]):
@@ -175,18 +168,12 @@ def collect_rollout(
 ) -> Rollout:
     """Sample one completion per prompt from ``policy`` (a causal LM) and measure it.
 
-    Args:
-        policy, ref: causal LMs sharing ``tokenizer``; both are put in eval mode while sampling
-            and scoring (no dropout: "N implementation details", no. 8) and restored after.
-        prompts: formatted prompts; repeat a prompt to draw several completions of it.
-        reward_fn: ``(prompts, completions) -> (B,)`` scores.
-        max_new_tokens: completions are cut there (and count as not ended).
-        temperature: sampling temperature, also used for both models' log-probs.
-        missing_eos_penalty: subtracted from the score of each completion without EOS.
-        seed: seeds the sampling.
-        batch_size: prompts per generation pass.
-        policy_logprobs: record the policy's log-probs (``False``: ``logp`` is None, for a
-            trainer that gets them from its first update's forward pass, or with its values).
+    ``policy`` and ``ref`` share ``tokenizer``; both are in eval mode while sampling and scoring
+    (no dropout: "N implementation details", no. 8), then restored. Repeat a prompt to draw
+    several completions of it. Completions are cut at ``max_new_tokens`` (and count as not
+    ended); ``temperature`` is used for the sampling and both models' log-probs.
+    ``policy_logprobs=False`` leaves ``logp`` None, for a trainer that gets it from its first
+    update's forward pass (or with its values).
     """
     if missing_eos_penalty is not None and missing_eos_penalty < 0:
         raise ValueError(

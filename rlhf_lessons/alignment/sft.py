@@ -97,11 +97,8 @@ def train_sft(
     """Fine-tune ``policy`` in place on ``{"prompt", "completion"}`` records (the prompt is a
     user message, formatted with :func:`rlhf_lessons.lm.format_prompt` when ``config.chat``).
 
-    Data-parallel when launched with several processes (``torchrun --nproc_per_node N``,
-    ``accelerate launch``; or pass ``parallel``): every process walks the same minibatches and
-    computes its share of each one's rows (:mod:`rlhf_lessons.distributed`); the loss, a mean
-    over the minibatch's completion tokens, is weighted so that one step equals the
-    one-process step. In one process nothing changes.
+    Data-parallel as :func:`~rlhf_lessons.alignment.dpo.train_dpo`: each process computes its
+    share of every minibatch's rows, weighted by their completion tokens.
 
     Returns a :class:`~rlhf_lessons.training.History` with one row per step (``loss``,
     ``seconds``) and ``info["examples"]``.
@@ -109,7 +106,7 @@ def train_sft(
     cfg = config or SFTConfig()
     data = check_sft_data(data)
     par = parallel if parallel is not None else Parallel.for_trainer()
-    trainable_parameters(policy)  # fails early, naming the fix, if nothing would train
+    params = trainable_parameters(policy)  # fails early, naming the fix, if nothing would train
     history = History("sft", asdict(cfg), info={"examples": len(data)})
     with torch_threads(cfg.threads):
         seed_everything(cfg.seed)
@@ -117,7 +114,7 @@ def train_sft(
                    for r in data]  # fmt: skip
         batch = lm.tokenize_pairs(tokenizer, prompts, [r["completion"] for r in data],
                                   cfg.max_prompt_length, cfg.max_completion_length, cfg.add_eos)  # fmt: skip
-        optimizer = torch.optim.Adam(trainable_parameters(policy), lr=cfg.lr)
+        optimizer = torch.optim.Adam(params, lr=cfg.lr)
         schedule = warmup_schedule(optimizer, cfg.warmup_steps)  # built before prepare (see par)
         model, optimizer = par.prepare(policy, optimizer)  # (policy, optimizer) in one process
         params = trainable_parameters(model)

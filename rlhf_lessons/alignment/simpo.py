@@ -17,11 +17,10 @@ frozen reference. SimPO changes two things and adds one:
 Training is :func:`rlhf_lessons.alignment.dpo.train_dpo` with ``DPOConfig.simpo()`` (the loss is
 the only difference); :func:`train_simpo` is that call under SimPO's name.
 
-gamma comes in two parametrisations. The paper and TRL (``trl.experimental.cpo.CPOTrainer``,
-``loss_type="simpo"``, ``simpo_gamma``, default 0.5) take it in reward units, as above; the
-SimPO authors' code takes ``gamma_beta_ratio`` = gamma / beta (``-log sigma(beta (Delta -
-ratio))``; its defaults beta 2.0, ratio 0.25 give gamma 0.5). Both are accepted. TRL's
-``CPOConfig`` defaults are *not* SimPO's: ``beta`` 0.1 and ``cpo_alpha`` 1.0, which adds an NLL
+gamma is in reward units in the paper and TRL (``trl.experimental.cpo.CPOTrainer``,
+``loss_type="simpo"``, ``simpo_gamma``, default 0.5); the SimPO authors' code takes
+``gamma_beta_ratio`` = gamma / beta (its beta 2.0 and ratio 0.25 give gamma 0.5); both are
+accepted. TRL's ``CPOConfig`` defaults are *not* SimPO's: ``beta`` 0.1 and ``cpo_alpha`` 1.0, which adds an NLL
 loss on the chosen responses; pure SimPO is ``loss_type="simpo", cpo_alpha=0`` with the beta
 set explicitly (the paper's released settings use beta 2-10, gamma / beta 0.1-0.8).
 """
