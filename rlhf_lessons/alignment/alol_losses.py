@@ -234,13 +234,9 @@ def r_gold_loss(
     r = rewards.detach().to(logp.dtype)
     per_seq = -(token_w * logp * mask).sum(-1)
     loss = (r * per_seq).mean()
-    nll = sequence_nll(logp, mask)
-    w_tokens = token_w[mask.bool()]
-    return loss, {
-        "loss": loss.item(), "nll": nll.mean().item(), "weight": r.mean().item(),
-        "weight_min": w_tokens.min().item(), "weight_max": w_tokens.max().item(),
-        "clipfrac": (logp.detach().exp()[mask.bool()] < min_prob).float().mean().item(),
-    }  # fmt: skip
+    m = mask.bool()
+    clipped = logp.detach().exp()[m] < min_prob
+    return loss, _metrics(loss, sequence_nll(logp, mask), r, token_w[m], clipped)
 
 
 def _sequence_is_loss(logp, ref_logp, mask, scale, clip_eps):

@@ -53,12 +53,12 @@ import numpy as np
 import torch
 from torch import nn
 
-from rlhf_lessons import lm
 from rlhf_lessons.alignment.dpo import DPOConfig, add_lora, train_dpo
 from rlhf_lessons.alignment.self_rewarding import (
     PromptWriterConfig,
     SelfRewardConfig,
     build_pairs,
+    format_prompts,
     generate_candidates,
     generate_prompts,
     judge_agreement,
@@ -96,9 +96,7 @@ def _seeded(config, seed: int | None):
 @dataclass
 class SFTStage:
     """Supervised fine-tuning on ``{"prompt", "completion"}`` records (e.g. IFT + EFT).
-
-    ``seed`` (every stage has one): seeds the stage's every random choice, replacing the
-    seeds of its configs (None: keep them)."""
+    ``seed``, as in every stage: replaces its configs' seeds (None: keep them)."""
 
     data: Sequence[Mapping]
     config: SFTConfig = field(default_factory=SFTConfig)
@@ -216,8 +214,8 @@ class ExternalRewardDPOStage:
                 f"reward_fn must return one score per completion, shape ({len(flat_prompts)},), "
                 f"got {scores.shape}"
             )
-        formatted = [lm.format_prompt(tokenizer, p) if config.chat else p for p in prompts]
-        choices, pairs, skipped = build_pairs(prompts, formatted, candidates,
+        formatted = format_prompts(tokenizer, prompts, config.chat)
+        _, pairs, skipped = build_pairs(prompts, formatted, candidates,
                                               scores.reshape(len(prompts), n, 1))  # fmt: skip
         metrics = {"prompts": len(prompts), "pairs": len(pairs), "new_prompts": n_new,
                    "prompts_rejected": rejected, "skipped_tie": skipped.get("tie", 0),
@@ -231,8 +229,7 @@ class ExternalRewardDPOStage:
 
 @dataclass
 class SPINStage:
-    """One SPIN iteration (:mod:`rlhf_lessons.alignment.spin`): chosen = the data's answer, rejected =
-    the current model's sample, reference = the current model. ``dpo.beta`` is SPIN's lambda."""
+    """One SPIN iteration (:mod:`rlhf_lessons.alignment.spin`); ``dpo.beta`` is SPIN's lambda."""
 
     data: Sequence[Mapping]
     config: SPINConfig = field(default_factory=SPINConfig)
@@ -347,22 +344,12 @@ def _load_checkpoint(model, folder: Path, lora: Mapping | None):
 def run_pipeline(model, tokenizer, stages: Sequence[Stage], output_dir: str | Path,
                  lora: Mapping | None = None, eval_fn: Callable[[nn.Module], dict] | None = None,
                  show_progress: bool = True) -> PipelineRun:  # fmt: skip
-    """Run ``stages`` in order on ``model``, checkpointing each under ``output_dir`` and
-    skipping (loading) the ones an earlier call already finished.
-
-    Args:
-        model: the starting causal LM (M0). A full-weight run trains it in place; keep a copy if
-            you need the original.
-        tokenizer: its tokenizer (saved with every checkpoint).
-        stages: :class:`SFTStage`, :class:`SelfRewardStage`, :class:`ExternalRewardDPOStage`,
-            :class:`SPINStage` in any order; their names must be unique.
-        output_dir: where the stage folders and ``run.json`` go.
-        lora: ``None`` trains all weights; a dict of :func:`rlhf_lessons.alignment.dpo.add_lora` arguments
-            (``{}`` is not allowed: use ``{"r": 8}``) trains a fresh adapter per stage and
-            merges it afterwards.
-        eval_fn: ``model -> dict`` of JSON-able numbers, run at the start and after every stage
-            (saved, so a resumed run does not recompute it).
-    """
+    """Run ``stages`` (any order, unique names) on ``model`` (M0; a full-weight run trains it
+    in place), checkpointing each under ``output_dir`` and loading the ones an earlier call
+    finished (see the module docstring). ``lora``: None trains all weights, a dict of
+    :func:`rlhf_lessons.alignment.dpo.add_lora` arguments a fresh adapter per stage.
+    ``eval_fn``: ``model -> dict`` of JSON-able numbers, run at the start and after every
+    stage (saved, so a resumed run does not recompute it)."""
     stages = list(stages)
     for s in stages:
         if not isinstance(s, STAGES):
@@ -397,9 +384,7 @@ def run_pipeline(model, tokenizer, stages: Sequence[Stage], output_dir: str | Pa
                                        saved["seconds"], resumed=True))  # fmt: skip
             continue
         for j in range(i, len(stages)):  # a later stage's folder belongs to another history
-            stale = stage_folder(output_dir, j, stages[j])
-            if stale.exists():
-                shutil.rmtree(stale)
+            shutil.rmtree(stage_folder(output_dir, j, stages[j]), ignore_errors=True)
         start = time.perf_counter()
         seed = i if stage.seed is None else stage.seed
         seed_everything(seed)

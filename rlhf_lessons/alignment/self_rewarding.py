@@ -158,7 +158,9 @@ def pick_pair(scores) -> PairChoice:
 # --- candidates and judgements ------------------------------------------------------------------
 
 
-def _formatted(tokenizer, prompts: Sequence[str], chat: bool) -> list[str]:
+def format_prompts(tokenizer, prompts: Sequence[str], chat: bool) -> list[str]:
+    """The user prompts in the tokenizer's chat template (``chat``; :func:`rlhf_lessons.lm.
+    format_prompt`) or as they are."""
     return [lm.format_prompt(tokenizer, p) if chat else p for p in prompts]
 
 
@@ -168,7 +170,7 @@ def generate_candidates(model, tokenizer, prompts: Sequence[str], config: SelfRe
     if not prompts:
         raise ValueError("prompts is empty")
     n = config.n_candidates
-    formatted = [p for p in _formatted(tokenizer, prompts, config.chat) for _ in range(n)]
+    formatted = [p for p in format_prompts(tokenizer, prompts, config.chat) for _ in range(n)]
     gen = lm.generate(model, tokenizer, formatted, max_new_tokens=config.max_new_tokens,
                       temperature=config.temperature, top_p=config.top_p,
                       batch_size=config.batch_size,
@@ -318,7 +320,7 @@ def self_reward_round(model, tokenizer, prompts: Sequence[str], config: SelfRewa
         candidates = generate_candidates(model, tokenizer, prompts, config)
         judgements = judge_candidates(model, tokenizer, prompts, candidates, config,
                                       show_progress=show_progress)  # fmt: skip
-    formatted = _formatted(tokenizer, prompts, config.chat)
+    formatted = format_prompts(tokenizer, prompts, config.chat)
     choices, pairs, skipped = build_pairs(prompts, formatted, candidates, judgements.scores)
     return SelfRewardData(prompts, candidates, judgements, choices, pairs, skipped,
                           time.perf_counter() - start)  # fmt: skip
@@ -402,7 +404,7 @@ def generate_prompts(model, tokenizer, seed_prompts: Sequence[str], n: int,
         asks = [
             config.format(rng.sample(seeds, config.n_shots)) for _ in range(math.ceil(want * 1.25))
         ]
-        asks = [lm.format_prompt(tokenizer, a) if config.chat else a for a in asks]
+        asks = format_prompts(tokenizer, asks, config.chat)
         gen = lm.generate(model, tokenizer, asks, max_new_tokens=config.max_new_tokens,
                           temperature=config.temperature, top_p=config.top_p,
                           batch_size=batch_size, seed=seed + 1000 * round_)  # fmt: skip

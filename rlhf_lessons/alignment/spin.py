@@ -40,6 +40,7 @@ import torch
 
 from rlhf_lessons import lm
 from rlhf_lessons.alignment.dpo import DPOConfig, train_dpo
+from rlhf_lessons.alignment.self_rewarding import format_prompts
 from rlhf_lessons.alignment.sft import check_sft_data
 from rlhf_lessons.course.device import torch_threads
 from rlhf_lessons.training import History
@@ -90,10 +91,6 @@ def spin_loss(
     return loss, {"loss": loss.item(), "accuracy": (u > 0).float().mean().item()}
 
 
-def formatted_prompts(tokenizer, data: Sequence[Mapping], chat: bool) -> list[str]:
-    return [lm.format_prompt(tokenizer, r["prompt"]) if chat else r["prompt"] for r in data]
-
-
 def spin_pairs(model, tokenizer, data: Sequence[Mapping], config: SPINConfig | None = None,
                seed: int | None = None) -> tuple[list[dict], Counter]:  # fmt: skip
     """One SPIN iteration's preference pairs: chosen = the data's answer, rejected = a sample
@@ -103,7 +100,7 @@ def spin_pairs(model, tokenizer, data: Sequence[Mapping], config: SPINConfig | N
     config = config or SPINConfig()
     data = check_sft_data(data)
     model.eval()
-    prompts = formatted_prompts(tokenizer, data, config.chat)
+    prompts = format_prompts(tokenizer, [r["prompt"] for r in data], config.chat)
     with torch_threads(config.threads):
         gen = lm.generate(model, tokenizer, prompts, max_new_tokens=config.max_new_tokens,
                           temperature=config.temperature, top_p=config.top_p,
@@ -142,7 +139,7 @@ def data_logprob(model, tokenizer, data: Sequence[Mapping], chat: bool = True,
     exp(-token)."""
     data = check_sft_data(data)
     model.eval()
-    prompts = formatted_prompts(tokenizer, data, chat)
+    prompts = format_prompts(tokenizer, [r["prompt"] for r in data], chat)
     device = next(model.parameters()).device
     total, tokens, seqs = 0.0, 0, []
     for i in range(0, len(data), batch_size):

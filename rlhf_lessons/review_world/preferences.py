@@ -85,13 +85,8 @@ def sample_ranked_completions(
             ):
                 kept.append((r, c))
         if len(kept) >= 2:
-            records.append(
-                {
-                    "prompt": prompt,
-                    "ranked_outputs": [c for _, c in kept],
-                    "rewards": [r for r, _ in kept],
-                }  # fmt: skip
-            )
+            ranked, rewards_kept = [c for _, c in kept], [r for r, _ in kept]
+            records.append({"prompt": prompt, "ranked_outputs": ranked, "rewards": rewards_kept})
     return records
 
 
@@ -171,8 +166,7 @@ def train_review_reward_model(
     config = RewardModelConfig(mode="pairs", epochs=epochs, lr=lr, batch_size=batch_size,
                                seed=seed, dropout=False)  # fmt: skip
     history = train_reward_model(rm, tokenizer, train, config, show_progress=show_progress)
-    for p in rm.parameters():
-        p.requires_grad_(False)
+    rm.requires_grad_(False)
     accuracy = evaluate_reward_model(rm, heldout).accuracy
     ref = generate(
         sft_model, tokenizer, list(train_prompts)[:256], max_new_tokens=max_new_tokens,

@@ -35,7 +35,6 @@ import copy
 import functools
 import math
 import random
-import re
 from collections.abc import Callable, Sequence
 
 import numpy as np
@@ -50,7 +49,7 @@ from rlhf_lessons.alignment.self_rewarding import (
     judge_candidates,
 )
 from rlhf_lessons.judges.llm_judge import RewardPromptConfig
-from rlhf_lessons.review_world.grammar import GRAMMAR
+from rlhf_lessons.review_world.grammar import _NONTERMINAL, GRAMMAR
 from rlhf_lessons.review_world.true_reward import join_prompt_completion, reward_of
 
 #: ``(prompts, completions) -> grades``: an annotator of the seed data (integers 0-5).
@@ -117,7 +116,6 @@ def true_reward_grades(prompts: Sequence[str], completions: Sequence[str]) -> li
     return [reward_to_grade(float(r)) for r in reward_of(prompts, completions)]
 
 
-_NONTERMINAL = re.compile(r"^[A-Z][A-Z0-9_]*$")
 _WORD_LISTS = ("ADJ", "NOUN", "VERB", "VERB_BASE", "VERB3", "VERB_PAST", "REACTION", "ADV_END")
 NEGATORS = ("not", "never")
 _CLAUSE_ENDS = (",", ".", "!", "and", "but", "yet", "while")
