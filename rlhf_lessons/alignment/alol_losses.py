@@ -84,13 +84,9 @@ def check_inputs(
     kl_beta=_UNSET,
     min_prob=_UNSET,
 ) -> torch.Tensor:
-    """Every check of an objective's inputs, in one call; returns ``mask`` in ``logp``'s dtype.
-
-    ``logp``, ``mask`` (and ``ref_logp``) must be (B, T) with a completion token in every row
-    and finite values on those tokens; ``rewards`` (>= 0: A-LoL's rewards lie in [0, 1]) and
-    ``advantages`` must be (B,) and finite; the settings an objective has (``clip_eps`` in
-    (0, 1] or None, ``kl_beta`` >= 0, ``min_prob`` in (0, 1]) must be in range. Each error
-    names the field and the fix."""
+    """Every check of an objective's inputs (the module's shapes, finite values on the completion
+    tokens, rewards >= 0, settings in range), in one call; returns ``mask`` in ``logp``'s dtype.
+    Each error names the field and the fix."""
     for name, x in (("logp", logp), ("mask", mask), ("ref_logp", ref_logp)):
         if x is None:
             continue
@@ -314,12 +310,10 @@ def a_lol_kl_loss(
     logp: torch.Tensor, ref_logp: torch.Tensor, mask: torch.Tensor, advantages: torch.Tensor,
     kl_beta: float = DEFAULT_KL_BETA,
 ) -> tuple[torch.Tensor, dict[str, float]]:  # fmt: skip
-    """A-LoL KL: ``L = mean_b [A+_b * NLL(y_b) + beta * (log pi_theta(y_b) - log pi_ref(y_b))]``.
-
-    No importance weight. The second term is a k1 estimate of KL(pi_theta || pi_ref) only for
-    y ~ pi_theta; on data it has the gradient beta * grad log pi_theta(y), so the objective's
-    gradient is that of ``(A+ - beta) * NLL(y)`` (see the module docstring). logp (B, T) with
-    grad, ref_logp (B, T), mask (B, T), advantages (B,), ``kl_beta`` >= 0."""
+    """A-LoL KL: ``L = mean_b [A+_b * NLL(y_b) + beta * (log pi_theta(y_b) - log pi_ref(y_b))]``,
+    no importance weight; on data its gradient is that of ``(A+ - beta) * NLL(y)`` (see the
+    module docstring). logp (B, T) with grad, ref_logp (B, T), mask (B, T), advantages (B,),
+    ``kl_beta`` >= 0."""
     mask = check_inputs(logp, mask, ref_logp=ref_logp, advantages=advantages, kl_beta=kl_beta)
     nll = sequence_nll(logp, mask)
     a = positive_part(advantages).to(nll.dtype)

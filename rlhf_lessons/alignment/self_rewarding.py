@@ -62,8 +62,7 @@ class SelfRewardConfig:
     ``judge_prefix``: text the judge's reply starts with, written into the prompt after the
     chat template ("prefilling" the reply); it is parsed together with the reply. A small
     model that rambles instead of scoring (SmolLM2-135M: 0 of 48 replies parsed) scores almost
-    always when its reply starts with ``"Score:"``. ``judge_system``: the judge's system message
-    (None: the tokenizer's default)."""
+    always when its reply starts with ``"Score:"``."""
 
     n_candidates: int = 4  # N responses per prompt
     temperature: float = 0.7
@@ -75,7 +74,6 @@ class SelfRewardConfig:
     judge_max_new_tokens: int = 64  # judge reply budget (tokens)
     reward_prompt: RewardPromptConfig = ADDITIVE_5_POINT
     judge_prefix: str = ""  # the start of the judge's reply, written for it (e.g. "Score:")
-    judge_system: str | None = None
     chat: bool = True
     batch_size: int = 8  # rows per generation call
     threads: int | None = None  # torch threads while sampling and judging (None: as they are)
@@ -209,9 +207,8 @@ def judge_candidates(model, tokenizer, prompts: Sequence[str], candidates: Seque
     if len(sizes) != 1:
         raise ValueError(f"every prompt needs the same number of candidates, got sizes {sizes}")
     n = sizes.pop()
-    judge = Judge(model, tokenizer, system=config.judge_system,
-                  max_new_tokens=config.judge_max_new_tokens, batch_size=config.batch_size,
-                  show_progress=show_progress)  # fmt: skip
+    judge = Judge(model, tokenizer, max_new_tokens=config.judge_max_new_tokens,
+                  batch_size=config.batch_size, show_progress=show_progress)  # fmt: skip
     rp, prefix = config.reward_prompt, config.judge_prefix
     users = [rp.format(p, c) for p, cands in zip(prompts, candidates, strict=True) for c in cands]
     chats = [c + prefix for c in judge.chat(users)]
@@ -224,11 +221,11 @@ def judge_candidates(model, tokenizer, prompts: Sequence[str], candidates: Seque
     parsed = [[parse_score(t, rp) for t in row] for row in texts]
     scores = np.array([[x.value if x.ok else np.nan for x in row] for row in parsed])
     reasons = [[x.reason for x in row] for row in parsed]
-    p, s = len(prompts), config.judge_samples
+    by_prompt = range(0, len(chats), n)
     return Judgements(
-        scores=scores.reshape(p, n, s),
-        reasons=[reasons[i * n : (i + 1) * n] for i in range(p)],
-        texts=[texts[i * n : (i + 1) * n] for i in range(p)],
+        scores=scores.reshape(len(prompts), n, s),
+        reasons=[reasons[i : i + n] for i in by_prompt],
+        texts=[texts[i : i + n] for i in by_prompt],
     )
 
 
