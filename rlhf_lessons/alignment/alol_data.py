@@ -222,8 +222,7 @@ class ValueFit:
     train_mse: list[float]  # per epoch
     heldout_mse: list[float]  # per epoch, on the held-out validation samples
     constant_mse: float  # held-out MSE of predicting the training mean for every prompt
-    n_samples: int
-    constant: float = math.nan  # the training samples' mean target (the constant predictor)
+    constant: float  # the training samples' mean target (the constant predictor)
 
 
 def fit_value_head(
@@ -261,9 +260,9 @@ def fit_value_head(
     generator = torch.Generator().manual_seed(seed)
     best, best_epoch, train_mse, heldout_mse = None, 0, [], []
 
+    @torch.no_grad()
     def mse(index: torch.Tensor) -> float:
-        with torch.no_grad():
-            return F.mse_loss(head(states[index], mask[index]), targets[index]).item()
+        return F.mse_loss(head(states[index], mask[index]), targets[index]).item()
 
     for epoch in range(1, epochs + 1):
         head.train()
@@ -279,10 +278,9 @@ def fit_value_head(
             best, best_epoch = copy.deepcopy(head.state_dict()), epoch
     head.load_state_dict(best)
     head.eval().requires_grad_(False)
-    constant = ((targets[te] - targets[tr].mean()) ** 2).mean().item()
-    return ValueFit(
-        head, best_epoch, train_mse, heldout_mse, constant, n, targets[tr].mean().item()
-    )
+    constant = targets[tr].mean()
+    constant_mse = ((targets[te] - constant) ** 2).mean().item()
+    return ValueFit(head, best_epoch, train_mse, heldout_mse, constant_mse, constant.item())
 
 
 def _reference_samples(ref, tokenizer, prompts, n_samples, max_new_tokens, reward_fn, seed):

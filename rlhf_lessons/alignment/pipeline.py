@@ -118,9 +118,8 @@ def _train_on_pairs(model, tokenizer, pairs: list[dict], dpo: DPOConfig,
 
 
 def _round_prompts(stage, model, tokenizer, seed: int) -> tuple[list[str], int, dict]:
-    """A round's prompts: the stage's ``prompts`` and ``n_new_prompts`` more that the model
-    writes from few-shot examples (``few_shot_prompts``, default ``prompts``). Returns the
-    prompts, how many are new and why others were rejected."""
+    """A round's prompts (see :class:`SelfRewardStage`), how many are new and why the model's
+    other attempts were rejected."""
     prompts, new, rejected = list(stage.prompts), [], {}
     if not prompts and not stage.n_new_prompts:
         raise ValueError(f"stage {stage.name!r}: give prompts, or n_new_prompts > 0, or both")
@@ -181,12 +180,9 @@ class SelfRewardStage:
 
 @dataclass
 class ExternalRewardDPOStage:
-    """A self-rewarding round with the judge replaced by a given reward: the same prompts
-    (given, and/or written by the model), N candidates per prompt sampled as ``config`` says
-    (its judge settings are unused), scored by ``reward_fn(prompts, completions)``; chosen =
-    best, rejected = worst, ties skipped; then DPO. With the same ``seed`` and starting model
-    as a :class:`SelfRewardStage`, it sees the same prompts and candidates: only the judge
-    differs (the ceiling, when ``reward_fn`` is the true reward)."""
+    """A :class:`SelfRewardStage` whose judge is ``reward_fn(prompts, completions)``
+    (``config``'s judge settings are unused): with the same ``seed`` and starting model, only
+    the judge differs (the ceiling, when ``reward_fn`` is the true reward)."""
 
     prompts: Sequence[str]
     reward_fn: RewardFn
@@ -271,11 +267,10 @@ class StageRecord:
     resumed: bool = False
 
 
-def _history_json(history: History | None) -> dict | None:
-    if history is None:
+def _history_json(h: History | None) -> dict | None:
+    if h is None:
         return None
-    return jsonable({"algo": history.algo, "config": history.config, "rows": history.rows,
-                      "info": history.info})  # fmt: skip
+    return jsonable({"algo": h.algo, "config": h.config, "rows": h.rows, "info": h.info})
 
 
 def _history_from_json(saved: dict | None) -> History | None:

@@ -259,10 +259,9 @@ class SelfRewardData:
         rows = []
         for i, (prompt, cands, choice) in enumerate(zip(self.prompts, self.candidates,
                                                         self.choices, strict=True)):  # fmt: skip
+            roles = {choice.rejected: "rejected", choice.chosen: "chosen"}
             for j, cand in enumerate(cands):
-                role = (
-                    "chosen" if j == choice.chosen else "rejected" if j == choice.rejected else ""
-                )
+                role = roles.get(j, "")
                 rows.append({"prompt_index": i, "prompt": prompt, "candidate": cand,
                              "scores": self.judgements.scores[i, j].tolist(),
                              "mean_score": choice.means[j], "role": role,
@@ -369,8 +368,7 @@ class PromptWriterConfig:
         text = lines[0] if lines else ""
         if self.stop:
             text = text.split(self.stop)[0]
-        text = re.sub(r"^\s*(?:[-*]|\d+[.)])\s+", "", text).strip().strip('"').strip()
-        return text
+        return re.sub(r"^\s*(?:[-*]|\d+[.)])\s+", "", text).strip().strip('"').strip()
 
 
 def generate_prompts(model, tokenizer, seed_prompts: Sequence[str], n: int,
@@ -440,12 +438,8 @@ def judge_agreement(data: SelfRewardData, reward_fn: RewardFn) -> dict:
     spearman = float("nan")
     if ok.sum() >= 3:
         spearman = float(pd.Series(means[ok]).corr(pd.Series(true[ok]), method="spearman"))
-    right, gaps = [], []
-    for i, c in enumerate(data.choices):
-        if c.ok:
-            gap = true[i, c.chosen] - true[i, c.rejected]
-            gaps.append(gap)
-            right.append(1.0 if gap > 0 else 0.5 if gap == 0 else 0.0)
+    gaps = [true[i, c.chosen] - true[i, c.rejected] for i, c in enumerate(data.choices) if c.ok]
+    right = [1.0 if gap > 0 else 0.5 if gap == 0 else 0.0 for gap in gaps]
     return {
         "spearman": spearman,
         "pair_accuracy": float(np.mean(right)) if right else float("nan"),

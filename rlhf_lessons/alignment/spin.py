@@ -18,11 +18,9 @@ point is pi = p_data. lambda is DPO's beta (0.1 in the paper).
 
 :func:`spin_loss` is the formula above on sequence log-probs; it is the DPO loss with
 chosen = data and rejected = sample (a unit test checks them equal), so training runs lesson 06's
-trainer. :func:`spin_pairs` builds one iteration's pairs, :func:`spin_iteration` trains on them with
-:func:`rlhf_lessons.alignment.dpo.train_dpo` (full weights: the policy before the update is the
-reference), and :func:`data_logprob` measures the likelihood of held-out data answers, the
-quantity SPIN should raise. :mod:`rlhf_lessons.alignment.pipeline` chains iterations (``SPINStage``), also
-with LoRA.
+:func:`rlhf_lessons.alignment.dpo.train_dpo` (:func:`spin_iteration`; chained, also with LoRA, by
+:mod:`rlhf_lessons.alignment.pipeline`'s ``SPINStage``). :func:`data_logprob` measures what SPIN
+should raise: the likelihood of held-out data answers.
 
 **Sampling temperature.** The fixed-point argument needs y' ~ pi_t itself, i.e. temperature 1
 (our default). lucidrains samples at 0.7: the rejected answers are then sharper than the model,
@@ -120,10 +118,9 @@ def spin_pairs(model, tokenizer, data: Sequence[Mapping], config: SPINConfig | N
 def spin_iteration(policy, tokenizer, data: Sequence[Mapping], config: SPINConfig | None = None,
                    dpo: DPOConfig | None = None, seed: int | None = None,
                    show_progress: bool = False) -> tuple[History | None, list[dict], Counter]:  # fmt: skip
-    """pi_t -> pi_{t+1}, in place: sample the rejected answers from ``policy`` (= pi_t), then DPO
-    with the policy as it is before the update as the reference (a peft policy: its base with
-    the adapter disabled, so merge earlier adapters into the base first). Returns the DPO
-    history (None when no pair was left), the pairs and the skip counts."""
+    """pi_t -> pi_{t+1}, in place: :func:`spin_pairs`, then DPO with ``policy`` before the update
+    as the reference (a peft policy: its base with the adapter disabled, so merge earlier
+    adapters first). Returns the DPO history (None without pairs), the pairs, the skip counts."""
     pairs, skipped = spin_pairs(policy, tokenizer, data, config, seed)
     if not pairs:
         return None, pairs, skipped

@@ -26,9 +26,8 @@ Next to the two coordinates, :func:`evaluate_policy` reports what the plot canno
 completions' length, their diversity (distinct-1/2) and the fraction the review grammar still
 accepts. A policy that buys reward with degenerate text ("great great great !") shows up there.
 
-Confidence intervals are 95% normal intervals (mean +- 1.96 standard errors). With several
-samples per prompt, the samples of one prompt are not independent of each other, so the standard
-error is computed over the per-prompt means (prompts are the independent draws).
+Confidence intervals are 95% t-intervals over the per-prompt means: the samples of one prompt
+are not independent of each other, the prompts are.
 """
 
 from __future__ import annotations
@@ -130,8 +129,6 @@ def evaluate_policy(
             f"reward_fn returned shape {tuple(rewards.shape)}, expected ({len(expanded)},)"
         )
     shape = (len(prompts), n_samples)
-    # mean and 95% half-width, the standard error over per-prompt means (a prompt's samples
-    # are correlated)
     reward, kl, kl3 = (cluster_mean_ci(x.view(shape).cpu().numpy()) for x in (rewards, k1, k3))
 
     eos = tokenizer.eos_token_id

@@ -136,8 +136,8 @@ def lexicon() -> tuple[frozenset[str], frozenset[str]]:
 
 
 def lexicon_score(text: str) -> int:
-    """#positive - #negative lexicon words in ``text``; "not" / "never" flips the next polar
-    word of its clause ("not bad at all" counts +1). Intensity, "!" and "but" are ignored."""
+    """#positive - #negative lexicon words in ``text``, "not" / "never" flipping the next polar
+    word of its clause ("not bad at all" counts +1); see the module docstring."""
     pos, neg = lexicon()
     score, flip = 0, False
     for word in text.split():
