@@ -110,10 +110,11 @@ class SFTStage:
         return StageOutput(history, {"examples": history.examples})
 
 
-def _train_on_pairs(model, tokenizer, pairs: list[dict], dpo: DPOConfig,
-                    show_progress: bool) -> History | None:  # fmt: skip
-    if not pairs:  # nothing to learn from: the model stays as it is
+def _train_on_pairs(stage, model, tokenizer, pairs: list[dict], show_progress: bool):
+    """DPO with the stage's (seeded) ``dpo`` config; None without pairs (the model stays)."""
+    if not pairs:
         return None
+    dpo = _seeded(stage.dpo, stage.seed)
     return train_dpo(model, tokenizer, pairs, dpo, show_progress=show_progress)
 
 
@@ -169,8 +170,7 @@ class SelfRewardStage:
         lengths = [len(tokenizer(c, add_special_tokens=False)["input_ids"])
                    for cands in data.candidates for c in cands]  # fmt: skip
         metrics["candidate_tokens"] = float(np.mean(lengths))
-        history = _train_on_pairs(model, tokenizer, data.pairs, _seeded(self.dpo, self.seed),
-                                  show_progress)  # fmt: skip
+        history = _train_on_pairs(self, model, tokenizer, data.pairs, show_progress)
         saved = {"prompts": data.prompts, "candidates": data.candidates,
                  "scores": data.judgements.scores, "reasons": data.judgements.reasons,
                  "judge_texts": data.judgements.texts, "pairs": data.pairs,
@@ -216,8 +216,7 @@ class ExternalRewardDPOStage:
         metrics = {"prompts": len(prompts), "pairs": len(pairs), "new_prompts": n_new,
                    "prompts_rejected": rejected, "skipped_tie": skipped.get("tie", 0),
                    "candidate_reward": float(scores.mean())}  # fmt: skip
-        history = _train_on_pairs(model, tokenizer, pairs, _seeded(self.dpo, self.seed),
-                                  show_progress)  # fmt: skip
+        history = _train_on_pairs(self, model, tokenizer, pairs, show_progress)
         return StageOutput(history, metrics, {"prompts": prompts, "candidates": candidates,
                                               "scores": scores.reshape(len(prompts), n),
                                               "pairs": pairs})  # fmt: skip
@@ -239,8 +238,7 @@ class SPINStage:
         metrics = {"examples": len(self.data), "pairs": len(pairs),
                    "skipped_same_as_data": skipped.get("same as data", 0),
                    "skipped_empty": skipped.get("empty", 0)}  # fmt: skip
-        history = _train_on_pairs(model, tokenizer, pairs, _seeded(self.dpo, self.seed),
-                                  show_progress)  # fmt: skip
+        history = _train_on_pairs(self, model, tokenizer, pairs, show_progress)
         return StageOutput(history, metrics, {"pairs": pairs})
 
 

@@ -135,13 +135,9 @@ def average_scores(scores) -> np.ndarray:
 
 
 def pick_pair(scores) -> PairChoice:
-    """The self-rewarding pair rule on one prompt's judgements, ``scores`` (N, S) with NaN for
-    a judgement that did not parse.
-
-    Average each candidate's valid scores; candidates with none drop out. Fewer than 2 left ->
-    no pair ("fewer than 2 scored"). Otherwise chosen = argmax, rejected = argmin of the
-    averages (the first one on equal values); equal max and min -> no pair ("tie").
-    """
+    """The pair rule (the module docstring's step 4) on one prompt's judgements ``scores``
+    (N, S), NaN where a judgement did not parse; candidates without a valid score drop out, and
+    among equal averages argmax / argmin take the first."""
     means = average_scores(scores)
     scored = np.flatnonzero(~np.isnan(means))
     if len(scored) < 2:
