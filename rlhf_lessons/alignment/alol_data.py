@@ -306,9 +306,8 @@ def fit_reference_value(
     seed: int = 0,
     **fit_kwargs,
 ) -> ValueFit:
-    """V_ref(x): sample ``n_samples`` completions of each (validation) prompt from ``ref``,
-    reward them (rescaled to [0, 1]), and fit :func:`fit_value_head` on ``ref``'s prompt
-    states. ``fit_kwargs`` go to :func:`fit_value_head`."""
+    """V_ref(x) (the module docstring's step 2) from ``n_samples`` completions of each prompt;
+    ``fit_kwargs`` go to :func:`fit_value_head`."""
     rewards, states, mask = _reference_samples(ref, tokenizer, list(prompts), n_samples,
                                                max_new_tokens, reward_fn, seed)  # fmt: skip
     groups = [i // n_samples for i in range(len(rewards))]

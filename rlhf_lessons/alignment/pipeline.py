@@ -210,16 +210,15 @@ class ExternalRewardDPOStage:
                 f"reward_fn must return one score per completion, shape ({len(flat_prompts)},), "
                 f"got {scores.shape}"
             )
+        scores = scores.reshape(len(prompts), n)
         formatted = format_prompts(tokenizer, prompts, config.chat)
-        _, pairs, skipped = build_pairs(prompts, formatted, candidates,
-                                              scores.reshape(len(prompts), n, 1))  # fmt: skip
+        _, pairs, skipped = build_pairs(prompts, formatted, candidates, scores[:, :, None])
         metrics = {"prompts": len(prompts), "pairs": len(pairs), "new_prompts": n_new,
                    "prompts_rejected": rejected, "skipped_tie": skipped.get("tie", 0),
                    "candidate_reward": float(scores.mean())}  # fmt: skip
         history = _train_on_pairs(self, model, tokenizer, pairs, show_progress)
-        return StageOutput(history, metrics, {"prompts": prompts, "candidates": candidates,
-                                              "scores": scores.reshape(len(prompts), n),
-                                              "pairs": pairs})  # fmt: skip
+        saved = {"prompts": prompts, "candidates": candidates, "scores": scores, "pairs": pairs}
+        return StageOutput(history, metrics, saved)
 
 
 @dataclass
@@ -296,15 +295,11 @@ def stage_folder(output_dir: Path, index: int, stage) -> Path:
     return Path(output_dir) / f"{index:02d}-{stage.name}"
 
 
-def _signature(stages: Sequence, lora: Mapping | None) -> dict:
-    return {"stages": [[s.kind, s.name] for s in stages], "lora": dict(lora) if lora else None}
-
-
 def _check_run_file(output_dir: Path, stages: Sequence, lora: Mapping | None) -> None:
     """A resumed run must be the same run: the finished stages' kinds and names and the LoRA
     setting must match what ``run.json`` recorded."""
     path = output_dir / RUN_FILE
-    new = _signature(stages, lora)
+    new = {"stages": [[s.kind, s.name] for s in stages], "lora": dict(lora) if lora else None}
     if path.exists():
         old = json.loads(path.read_text())
         n = min(len(old["stages"]), len(new["stages"]))
