@@ -349,18 +349,14 @@ def alol_objective(
     for name, needed in needs.items():
         if needed and given[name] is None:
             raise ValueError(f"method {method!r} needs {name}; pass it")
-    if method == "nll":
-        return nll_loss(logp, mask)
-    if method == "wbc":
-        return wbc_loss(logp, mask, rewards)
-    if method == "r_gold":
-        return r_gold_loss(logp, mask, rewards, min_prob)
-    if method == "r_lol":
-        return r_lol_loss(logp, ref_logp, mask, rewards, clip_eps)
-    if method == "a_lol":
-        return a_lol_loss(logp, ref_logp, mask, advantages, clip_eps)
-    if method == "a_lol_ref_free":
-        return a_lol_ref_free_loss(logp, mask, advantages)
-    if method == "a_lol_seq":
-        return a_lol_seq_loss(logp, ref_logp, mask, advantages, clip_eps)
-    return a_lol_kl_loss(logp, ref_logp, mask, advantages, kl_beta)
+    objectives = {
+        "nll": lambda: nll_loss(logp, mask),
+        "wbc": lambda: wbc_loss(logp, mask, rewards),
+        "r_gold": lambda: r_gold_loss(logp, mask, rewards, min_prob),
+        "r_lol": lambda: r_lol_loss(logp, ref_logp, mask, rewards, clip_eps),
+        "a_lol": lambda: a_lol_loss(logp, ref_logp, mask, advantages, clip_eps),
+        "a_lol_ref_free": lambda: a_lol_ref_free_loss(logp, mask, advantages),
+        "a_lol_seq": lambda: a_lol_seq_loss(logp, ref_logp, mask, advantages, clip_eps),
+        "a_lol_kl": lambda: a_lol_kl_loss(logp, ref_logp, mask, advantages, kl_beta),
+    }
+    return objectives[method]()

@@ -344,15 +344,14 @@ class PromptWriterConfig:
     chat: bool = False
     stop: str | None = None
     suffix: str = ""
-    min_words: int = 2
 
     def __post_init__(self) -> None:
         if "{examples}" not in self.template:
             raise ValueError("PromptWriterConfig.template must contain {examples}")
         if "{prompt}" not in self.example_format:
             raise ValueError("PromptWriterConfig.example_format must contain {prompt}")
-        if self.n_shots < 1 or self.max_new_tokens < 1 or self.min_words < 1:
-            raise ValueError("PromptWriterConfig needs n_shots, max_new_tokens, min_words >= 1")
+        if self.n_shots < 1 or self.max_new_tokens < 1:
+            raise ValueError("PromptWriterConfig needs n_shots >= 1 and max_new_tokens >= 1")
 
     def format(self, examples: Sequence[str]) -> str:
         shots = self.separator.join(self.example_format.format(prompt=e.strip()) for e in examples)
@@ -373,7 +372,7 @@ def generate_prompts(model, tokenizer, seed_prompts: Sequence[str], n: int,
     """Up to ``n`` new prompts written by the model from few-shot examples of ``seed_prompts``.
 
     Each request shows ``config.n_shots`` seed prompts drawn at random. A reply is rejected
-    (and counted by reason) when it is ``"empty"`` or shorter than ``min_words``, a
+    (and counted by reason) when it is ``"empty"`` or shorter than two words, a
     ``"copy of a seed"`` or a ``"duplicate"`` of an earlier new prompt. Up to ``max_rounds``
     rounds of requests are made; returns ``(prompts, rejected)``, possibly fewer than ``n``.
     """
@@ -402,7 +401,7 @@ def generate_prompts(model, tokenizer, seed_prompts: Sequence[str], n: int,
         for reply in gen.completions:
             text = config.extract(reply)
             key = text.lower()
-            if len(text.split()) < config.min_words:
+            if len(text.split()) < 2:
                 rejected["empty"] += 1
             elif key in known:
                 rejected["copy of a seed"] += 1

@@ -52,7 +52,6 @@ class SPINConfig:
     format_prompt`; without one the raw text is used)."""
 
     temperature: float = 1.0
-    top_p: float = 1.0
     max_new_tokens: int = 16
     chat: bool = True
     batch_size: int = 64
@@ -62,8 +61,6 @@ class SPINConfig:
     def __post_init__(self) -> None:
         if not self.temperature > 0:
             raise ValueError(f"SPINConfig.temperature must be > 0, got {self.temperature}")
-        if not 0 < self.top_p <= 1:
-            raise ValueError(f"SPINConfig.top_p must be in (0, 1], got {self.top_p}")
         if self.max_new_tokens < 1 or self.batch_size < 1:
             raise ValueError("SPINConfig needs max_new_tokens >= 1 and batch_size >= 1")
 
@@ -101,8 +98,7 @@ def spin_pairs(model, tokenizer, data: Sequence[Mapping], config: SPINConfig | N
     prompts = format_prompts(tokenizer, [r["prompt"] for r in data], config.chat)
     with torch_threads(config.threads):
         gen = lm.generate(model, tokenizer, prompts, max_new_tokens=config.max_new_tokens,
-                          temperature=config.temperature, top_p=config.top_p,
-                          batch_size=config.batch_size,
+                          temperature=config.temperature, batch_size=config.batch_size,
                           seed=config.seed if seed is None else seed)  # fmt: skip
     pairs, skipped = [], Counter()
     for prompt, record, sample in zip(prompts, data, gen.completions, strict=True):
