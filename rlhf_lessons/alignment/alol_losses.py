@@ -137,16 +137,13 @@ def check_inputs(
     return mask.to(logp.dtype)
 
 
-def check_clip_eps(clip_eps) -> float | None:
+def check_clip_eps(clip_eps) -> None:
     """``clip_eps`` in (0, 1] (weights clipped to [1 - eps, 1 + eps]) or None (no clip)."""
-    if clip_eps is None:
-        return None
-    if not isinstance(clip_eps, int | float) or not 0 < clip_eps <= 1:
+    if clip_eps is not None and not (isinstance(clip_eps, int | float) and 0 < clip_eps <= 1):
         raise ValueError(
             f"clip_eps must be in (0, 1] (weights are clipped to [1 - eps, 1 + eps]) or None for "
             f"an unclipped ratio, got {clip_eps!r}"
         )
-    return float(clip_eps)
 
 
 # --- Building blocks ---------------------------------------------------------------------------

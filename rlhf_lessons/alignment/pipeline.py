@@ -79,9 +79,8 @@ RUN_FILE = "run.json"
 
 @dataclass
 class StageOutput:
-    """What a stage returns: its training ``history`` (SFT or DPO; None when there was nothing
-    to train on), ``metrics`` about its data (saved in ``stage.json``) and ``data``
-    (``data.json``)."""
+    """What a stage returns (see the module docstring): ``history`` is None when there was
+    nothing to train on; ``metrics`` go to ``stage.json``, ``data`` to ``data.json``."""
 
     history: History | None
     metrics: dict
