@@ -180,16 +180,10 @@ def train_alol(
     on the offline ``data`` (:func:`~rlhf_lessons.alignment.alol_data.prepare_offline_data`,
     already tokenised with ``tokenizer``) with one of the eight objectives.
 
-    Each step draws ``batch_size`` responses (:class:`BatchSampler` with
-    :func:`sampling_weights`), computes the policy's token log-probs of them and the objective
-    (:func:`~rlhf_lessons.alignment.alol_losses.alol_objective`, pi_ref's log-probs read from
-    ``data``), and takes an Adam step with clipped gradients.
-
     Returns a :class:`~rlhf_lessons.training.History`, one row per step: the objective's
-    metrics (``loss``, ``nll``, ``weight``, ``weight_min``, ``weight_max``, ``clipfrac``),
-    the batch's mean unit reward and advantage (``batch_reward``, ``batch_advantage``: A, not
-    A+), ``grad_norm``, ``seconds``; ``info``:
-    ``examples`` (responses in the data), ``positive_fraction``, ``sampling``.
+    metrics, the batch's mean unit reward and advantage (``batch_reward``, ``batch_advantage``:
+    A, not A+), ``grad_norm``, ``seconds``; ``info``: ``examples`` (responses in the data),
+    ``positive_fraction``, ``sampling``.
     """
     cfg = config or ALoLConfig()
     params = trainable_parameters(policy)
@@ -199,8 +193,7 @@ def train_alol(
     total = cfg.total_steps(1.0 if math.isnan(positive) else positive)
     history = History(cfg.method, asdict(cfg), info={
         "examples": len(data), "positive_fraction": positive, "sampling": cfg.sampling})  # fmt: skip
-    no_advantage = torch.full((len(data),), math.nan)
-    advantages = no_advantage if data.advantages is None else data.advantages
+    advantages = torch.full((len(data),), math.nan) if data.advantages is None else data.advantages
     with torch_threads(cfg.threads):
         seed_everything(cfg.seed)
         sampler = BatchSampler(len(data), cfg.batch_size, sampling_weights(cfg.sampling, data),

@@ -21,7 +21,7 @@ this module prepares what they read:
 
 **Rewards are rescaled to [0, 1].** A-LoL's code expects a reward in [0, 1] (a sigmoid of a
 reward model's score in the HH experiment) and its value head ends in a sigmoid. VADER's score
-is in [-1, 1]; the data use (R + 1) / 2 (``reward_range``). Evaluation still reports VADER.
+is in [-1, 1]; the data use (R + 1) / 2 (:data:`REWARD_RANGE`). Evaluation still reports VADER.
 
 **Two differences from the repository**, both made for a small flat dataset: the HH script's
 methods read only the *preferred* response of each HH pair (its ``all_priority`` reads both),
@@ -46,6 +46,9 @@ from rlhf_lessons.alignment.rollouts import RewardFn, score_completions
 from rlhf_lessons.course.seeding import seed_everything
 from rlhf_lessons.lm import Batch, generate, token_logprobs_and_states, tokenize_pairs
 from rlhf_lessons.review_world.true_reward import reward_of
+
+REWARD_RANGE = (-1.0, 1.0)  # the true reward's (VADER's), rescaled to [0, 1] everywhere here
+MAX_PROMPT_LENGTH = MAX_COMPLETION_LENGTH = 32  # tokens, when the data are tokenised
 
 # --- 1. The offline dataset ------------------------------------------------------------------
 
@@ -88,11 +91,9 @@ def build_offline_dataset(
     reward_fn: RewardFn = reward_of,
     batch_size: int = 64,
 ) -> OfflineDataset:
-    """k responses to each prompt, of mixed quality, scored by ``reward_fn``.
-
-    Each response is, independently with probability ``noisy_fraction``, sampled from ``model``
-    at ``noisy_temperature`` (a noisy writer: garbled text) and otherwise at temperature 1 (the
-    SFT model's own reviews, both polarities). Deterministic in ``seed``."""
+    """k responses to each prompt, scored by ``reward_fn``: each one, independently with
+    probability ``noisy_fraction``, from the noisy writer (``model`` at ``noisy_temperature``),
+    otherwise from ``model`` at temperature 1. Deterministic in ``seed``."""
     if k < 1:
         raise ValueError(f"k (responses per prompt) must be >= 1, got {k}")
     if not 0.0 <= noisy_fraction <= 1.0:
@@ -142,7 +143,7 @@ def dpo_pairs(data: OfflineDataset, min_gap: float = 1e-6) -> list[dict]:
     return pairs
 
 
-def unit_rewards(rewards: torch.Tensor, reward_range: tuple[float, float] = (-1.0, 1.0)):
+def unit_rewards(rewards: torch.Tensor, reward_range: tuple[float, float] = REWARD_RANGE):
     """Rescale rewards from ``reward_range`` = (low, high) to [0, 1]: (R - low) / (high - low).
     Raises when a reward falls outside the range (a wrong range would give weights < 0)."""
     low, high = reward_range
@@ -169,20 +170,16 @@ def prompt_state_mask(batch: Batch) -> torch.Tensor:
 
 
 class PromptValueHead(nn.Module):
-    """V(x) from the frozen pi_ref's last hidden states of the prompt: a learned query attends
-    over them (multi-head attention, the repository's ``ValueHeadAttention``), a linear layer
-    and a sigmoid give a value in [0, ``max_value``].
+    """V(x) in [0, 1] from the frozen pi_ref's last hidden states of the prompt (see the module
+    docstring). forward(states (B, T, H), mask (B, T), 1 on the prompt's states) -> (B,)."""
 
-    forward(states (B, T, H), mask (B, T)) -> (B,); ``mask`` is 1 on the prompt's states."""
-
-    def __init__(self, hidden_size: int, heads: int = 4, max_value: float = 1.0):
+    def __init__(self, hidden_size: int, heads: int = 4):
         super().__init__()
         if hidden_size % heads:
             raise ValueError(f"hidden_size {hidden_size} must be divisible by heads {heads}")
         self.query = nn.Parameter(torch.randn(hidden_size) / math.sqrt(hidden_size))
         self.attention = nn.MultiheadAttention(hidden_size, heads, batch_first=True)
         self.out = nn.Linear(hidden_size, 1)
-        self.max_value = max_value
 
     def forward(self, states: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         if states.ndim != 3 or mask.shape != states.shape[:2]:
@@ -195,7 +192,7 @@ class PromptValueHead(nn.Module):
         query = self.query.expand(states.shape[0], 1, -1)
         pooled, _ = self.attention(query, states, states, key_padding_mask=~mask.bool(),
                                    need_weights=False)  # fmt: skip
-        return torch.sigmoid(self.out(pooled[:, 0]).squeeze(-1)) * self.max_value
+        return torch.sigmoid(self.out(pooled[:, 0]).squeeze(-1))
 
 
 @torch.no_grad()
@@ -225,8 +222,7 @@ class ValueFit:
     train_mse: list[float]  # per epoch
     heldout_mse: list[float]  # per epoch, on the held-out validation samples
     constant_mse: float  # held-out MSE of predicting the training mean for every prompt
-    n_samples: int
-    constant: float = math.nan  # the training samples' mean target (the constant predictor)
+    constant: float  # the training samples' mean target (the constant predictor)
 
 
 def fit_value_head(
@@ -236,7 +232,6 @@ def fit_value_head(
     epochs: int = 20,
     lr: float = 1e-3,
     batch_size: int = 64,
-    heldout_fraction: float = 0.2,
     heads: int = 4,
     seed: int = 0,
     groups: Sequence[int] | None = None,
@@ -244,19 +239,17 @@ def fit_value_head(
     """Fit a :class:`PromptValueHead` to ``targets`` (N,) from ``states`` (N, T, H) and
     ``mask`` (N, T) by MSE with AdamW (the repository: AdamW, MSE, the best epoch kept).
 
-    ``heldout_fraction`` of the prompts (whole ``groups``, so that samples of one prompt never
-    sit on both sides) are held out; the epoch with the lowest held-out MSE is kept."""
+    A fifth of the prompts (whole ``groups``, so that samples of one prompt never sit on both
+    sides) are held out; the epoch with the lowest held-out MSE is kept."""
     n = len(targets)
     if states.shape[0] != n or mask.shape[0] != n:
         raise ValueError(f"states {tuple(states.shape)}, mask {tuple(mask.shape)} and targets "
                          f"({n},) must have the same number of rows")  # fmt: skip
-    if not 0 < heldout_fraction < 1:
-        raise ValueError(f"heldout_fraction must be in (0, 1), got {heldout_fraction}")
     groups = list(range(n)) if groups is None else list(groups)
     seed_everything(seed)
     ids = sorted(set(groups))
     random.Random(seed).shuffle(ids)
-    held = set(ids[: max(1, int(len(ids) * heldout_fraction))])
+    held = set(ids[: max(1, int(len(ids) * 0.2))])
     test = torch.tensor([g in held for g in groups])
     if test.all():
         raise ValueError("too few prompts to hold some out: pass more validation prompts")
@@ -267,9 +260,9 @@ def fit_value_head(
     generator = torch.Generator().manual_seed(seed)
     best, best_epoch, train_mse, heldout_mse = None, 0, [], []
 
+    @torch.no_grad()
     def mse(index: torch.Tensor) -> float:
-        with torch.no_grad():
-            return F.mse_loss(head(states[index], mask[index]), targets[index]).item()
+        return F.mse_loss(head(states[index], mask[index]), targets[index]).item()
 
     for epoch in range(1, epochs + 1):
         head.train()
@@ -285,22 +278,20 @@ def fit_value_head(
             best, best_epoch = copy.deepcopy(head.state_dict()), epoch
     head.load_state_dict(best)
     head.eval().requires_grad_(False)
-    constant = ((targets[te] - targets[tr].mean()) ** 2).mean().item()
-    return ValueFit(
-        head, best_epoch, train_mse, heldout_mse, constant, n, targets[tr].mean().item()
-    )
+    constant = targets[tr].mean()
+    constant_mse = ((targets[te] - constant) ** 2).mean().item()
+    return ValueFit(head, best_epoch, train_mse, heldout_mse, constant_mse, constant.item())
 
 
-def _reference_samples(ref, tokenizer, prompts, n_samples, max_new_tokens, reward_fn,
-                       reward_range, seed, max_prompt_length, max_completion_length):  # fmt: skip
+def _reference_samples(ref, tokenizer, prompts, n_samples, max_new_tokens, reward_fn, seed):
     """``n_samples`` completions of each prompt from ``ref``: their unit rewards (P * S,),
     ``ref``'s hidden states (P * S, T, H) and the prompt-state mask (P * S, T)."""
     expanded = [p for p in prompts for _ in range(n_samples)]
     gen = generate(ref, tokenizer, expanded, max_new_tokens=max_new_tokens, batch_size=256,
                    seed=seed)  # fmt: skip
-    rewards = unit_rewards(score_completions(reward_fn, expanded, gen.completions), reward_range)
-    batch = tokenize_pairs(tokenizer, expanded, gen.completions, max_prompt_length,
-                           max_completion_length)  # fmt: skip
+    rewards = unit_rewards(score_completions(reward_fn, expanded, gen.completions))
+    batch = tokenize_pairs(tokenizer, expanded, gen.completions, MAX_PROMPT_LENGTH,
+                           MAX_COMPLETION_LENGTH)  # fmt: skip
     _, states = reference_pass(ref, batch)
     return rewards, states, prompt_state_mask(batch)
 
@@ -312,19 +303,13 @@ def fit_reference_value(
     n_samples: int = 2,
     max_new_tokens: int = 16,
     reward_fn: RewardFn = reward_of,
-    reward_range: tuple[float, float] = (-1.0, 1.0),
     seed: int = 0,
-    max_prompt_length: int | None = 32,
-    max_completion_length: int | None = 32,
     **fit_kwargs,
 ) -> ValueFit:
-    """V_ref(x): sample ``n_samples`` completions of each (validation) prompt from ``ref``,
-    reward them (rescaled to [0, 1]), and fit :func:`fit_value_head` on ``ref``'s prompt
-    states. ``fit_kwargs`` go to :func:`fit_value_head`."""
-    prompts = list(prompts)
-    rewards, states, mask = _reference_samples(ref, tokenizer, prompts, n_samples,
-                                               max_new_tokens, reward_fn, reward_range, seed,
-                                               max_prompt_length, max_completion_length)  # fmt: skip
+    """V_ref(x) (the module docstring's step 2) from ``n_samples`` completions of each prompt;
+    ``fit_kwargs`` go to :func:`fit_value_head`."""
+    rewards, states, mask = _reference_samples(ref, tokenizer, list(prompts), n_samples,
+                                               max_new_tokens, reward_fn, seed)  # fmt: skip
     groups = [i // n_samples for i in range(len(rewards))]
     return fit_value_head(states, mask, rewards, seed=seed, groups=groups, **fit_kwargs)
 
@@ -338,18 +323,14 @@ def value_error_gain(
     n_samples: int = 4,
     max_new_tokens: int = 16,
     reward_fn: RewardFn = reward_of,
-    reward_range: tuple[float, float] = (-1.0, 1.0),
     seed: int = 0,
-    max_prompt_length: int | None = 32,
-    max_completion_length: int | None = 32,
 ) -> torch.Tensor:
     """How much better the value head predicts ``ref``'s reward than a constant, on fresh
     samples of other prompts (e.g. the test split): (P, S) of (R - c)^2 - (R - V(x))^2, with c
     the constant the fit compares with (``value.constant``). Positive: the head is better."""
     prompts = list(prompts)
     rewards, states, mask = _reference_samples(ref, tokenizer, prompts, n_samples,
-                                               max_new_tokens, reward_fn, reward_range, seed,
-                                               max_prompt_length, max_completion_length)  # fmt: skip
+                                               max_new_tokens, reward_fn, seed)  # fmt: skip
     v = value.head(states, mask)
     gain = (rewards - value.constant) ** 2 - (rewards - v) ** 2
     return gain.view(len(prompts), n_samples)
@@ -391,17 +372,14 @@ def prepare_offline_data(
     tokenizer,
     dataset: OfflineDataset,
     value: ValueFit | PromptValueHead | None = None,
-    reward_range: tuple[float, float] = (-1.0, 1.0),
-    max_prompt_length: int | None = 32,
-    max_completion_length: int | None = 32,
 ) -> OfflineRLData:
     """Tokenise the dataset and run pi_ref over it once: its log-probs of every response (for
     the importance weights) and its prompt states, from which ``value`` gives V_ref(x) and the
     advantages A = R - V_ref(x)."""
-    batch = tokenize_pairs(tokenizer, dataset.prompts, dataset.completions, max_prompt_length,
-                           max_completion_length)  # fmt: skip
+    batch = tokenize_pairs(tokenizer, dataset.prompts, dataset.completions, MAX_PROMPT_LENGTH,
+                           MAX_COMPLETION_LENGTH)  # fmt: skip
     ref_logp, states = reference_pass(ref, batch)
-    rewards = unit_rewards(dataset.rewards, reward_range)
+    rewards = unit_rewards(dataset.rewards)
     values = advantages = None
     if value is not None:
         head = value.head if isinstance(value, ValueFit) else value

@@ -84,13 +84,9 @@ def check_inputs(
     kl_beta=_UNSET,
     min_prob=_UNSET,
 ) -> torch.Tensor:
-    """Every check of an objective's inputs, in one call; returns ``mask`` in ``logp``'s dtype.
-
-    ``logp``, ``mask`` (and ``ref_logp``) must be (B, T) with a completion token in every row
-    and finite values on those tokens; ``rewards`` (>= 0: A-LoL's rewards lie in [0, 1]) and
-    ``advantages`` must be (B,) and finite; the settings an objective has (``clip_eps`` in
-    (0, 1] or None, ``kl_beta`` >= 0, ``min_prob`` in (0, 1]) must be in range. Each error
-    names the field and the fix."""
+    """Every check of an objective's inputs (the module's shapes, finite values on the completion
+    tokens, rewards >= 0, settings in range), in one call; returns ``mask`` in ``logp``'s dtype.
+    Each error names the field and the fix."""
     for name, x in (("logp", logp), ("mask", mask), ("ref_logp", ref_logp)):
         if x is None:
             continue
@@ -141,16 +137,13 @@ def check_inputs(
     return mask.to(logp.dtype)
 
 
-def check_clip_eps(clip_eps) -> float | None:
+def check_clip_eps(clip_eps) -> None:
     """``clip_eps`` in (0, 1] (weights clipped to [1 - eps, 1 + eps]) or None (no clip)."""
-    if clip_eps is None:
-        return None
-    if not isinstance(clip_eps, int | float) or not 0 < clip_eps <= 1:
+    if clip_eps is not None and not (isinstance(clip_eps, int | float) and 0 < clip_eps <= 1):
         raise ValueError(
             f"clip_eps must be in (0, 1] (weights are clipped to [1 - eps, 1 + eps]) or None for "
             f"an unclipped ratio, got {clip_eps!r}"
         )
-    return float(clip_eps)
 
 
 # --- Building blocks ---------------------------------------------------------------------------
@@ -234,13 +227,9 @@ def r_gold_loss(
     r = rewards.detach().to(logp.dtype)
     per_seq = -(token_w * logp * mask).sum(-1)
     loss = (r * per_seq).mean()
-    nll = sequence_nll(logp, mask)
-    w_tokens = token_w[mask.bool()]
-    return loss, {
-        "loss": loss.item(), "nll": nll.mean().item(), "weight": r.mean().item(),
-        "weight_min": w_tokens.min().item(), "weight_max": w_tokens.max().item(),
-        "clipfrac": (logp.detach().exp()[mask.bool()] < min_prob).float().mean().item(),
-    }  # fmt: skip
+    m = mask.bool()
+    clipped = logp.detach().exp()[m] < min_prob
+    return loss, _metrics(loss, sequence_nll(logp, mask), r, token_w[m], clipped)
 
 
 def _sequence_is_loss(logp, ref_logp, mask, scale, clip_eps):
@@ -318,12 +307,10 @@ def a_lol_kl_loss(
     logp: torch.Tensor, ref_logp: torch.Tensor, mask: torch.Tensor, advantages: torch.Tensor,
     kl_beta: float = DEFAULT_KL_BETA,
 ) -> tuple[torch.Tensor, dict[str, float]]:  # fmt: skip
-    """A-LoL KL: ``L = mean_b [A+_b * NLL(y_b) + beta * (log pi_theta(y_b) - log pi_ref(y_b))]``.
-
-    No importance weight. The second term is a k1 estimate of KL(pi_theta || pi_ref) only for
-    y ~ pi_theta; on data it has the gradient beta * grad log pi_theta(y), so the objective's
-    gradient is that of ``(A+ - beta) * NLL(y)`` (see the module docstring). logp (B, T) with
-    grad, ref_logp (B, T), mask (B, T), advantages (B,), ``kl_beta`` >= 0."""
+    """A-LoL KL: ``L = mean_b [A+_b * NLL(y_b) + beta * (log pi_theta(y_b) - log pi_ref(y_b))]``,
+    no importance weight; on data its gradient is that of ``(A+ - beta) * NLL(y)`` (see the
+    module docstring). logp (B, T) with grad, ref_logp (B, T), mask (B, T), advantages (B,),
+    ``kl_beta`` >= 0."""
     mask = check_inputs(logp, mask, ref_logp=ref_logp, advantages=advantages, kl_beta=kl_beta)
     nll = sequence_nll(logp, mask)
     a = positive_part(advantages).to(nll.dtype)
@@ -359,18 +346,14 @@ def alol_objective(
     for name, needed in needs.items():
         if needed and given[name] is None:
             raise ValueError(f"method {method!r} needs {name}; pass it")
-    if method == "nll":
-        return nll_loss(logp, mask)
-    if method == "wbc":
-        return wbc_loss(logp, mask, rewards)
-    if method == "r_gold":
-        return r_gold_loss(logp, mask, rewards, min_prob)
-    if method == "r_lol":
-        return r_lol_loss(logp, ref_logp, mask, rewards, clip_eps)
-    if method == "a_lol":
-        return a_lol_loss(logp, ref_logp, mask, advantages, clip_eps)
-    if method == "a_lol_ref_free":
-        return a_lol_ref_free_loss(logp, mask, advantages)
-    if method == "a_lol_seq":
-        return a_lol_seq_loss(logp, ref_logp, mask, advantages, clip_eps)
-    return a_lol_kl_loss(logp, ref_logp, mask, advantages, kl_beta)
+    objectives = {
+        "nll": lambda: nll_loss(logp, mask),
+        "wbc": lambda: wbc_loss(logp, mask, rewards),
+        "r_gold": lambda: r_gold_loss(logp, mask, rewards, min_prob),
+        "r_lol": lambda: r_lol_loss(logp, ref_logp, mask, rewards, clip_eps),
+        "a_lol": lambda: a_lol_loss(logp, ref_logp, mask, advantages, clip_eps),
+        "a_lol_ref_free": lambda: a_lol_ref_free_loss(logp, mask, advantages),
+        "a_lol_seq": lambda: a_lol_seq_loss(logp, ref_logp, mask, advantages, clip_eps),
+        "a_lol_kl": lambda: a_lol_kl_loss(logp, ref_logp, mask, advantages, kl_beta),
+    }
+    return objectives[method]()

@@ -53,12 +53,12 @@ import numpy as np
 import torch
 from torch import nn
 
-from rlhf_lessons import lm
 from rlhf_lessons.alignment.dpo import DPOConfig, add_lora, train_dpo
 from rlhf_lessons.alignment.self_rewarding import (
     PromptWriterConfig,
     SelfRewardConfig,
     build_pairs,
+    format_prompts,
     generate_candidates,
     generate_prompts,
     judge_agreement,
@@ -79,9 +79,8 @@ RUN_FILE = "run.json"
 
 @dataclass
 class StageOutput:
-    """What a stage returns: its training ``history`` (SFT or DPO; None when there was nothing
-    to train on), ``metrics`` about its data (saved in ``stage.json``) and ``data``
-    (``data.json``)."""
+    """What a stage returns (see the module docstring): ``history`` is None when there was
+    nothing to train on; ``metrics`` go to ``stage.json``, ``data`` to ``data.json``."""
 
     history: History | None
     metrics: dict
@@ -96,9 +95,7 @@ def _seeded(config, seed: int | None):
 @dataclass
 class SFTStage:
     """Supervised fine-tuning on ``{"prompt", "completion"}`` records (e.g. IFT + EFT).
-
-    ``seed`` (every stage has one): seeds the stage's every random choice, replacing the
-    seeds of its configs (None: keep them)."""
+    ``seed``, as in every stage: replaces its configs' seeds (None: keep them)."""
 
     data: Sequence[Mapping]
     config: SFTConfig = field(default_factory=SFTConfig)
@@ -112,17 +109,17 @@ class SFTStage:
         return StageOutput(history, {"examples": history.examples})
 
 
-def _train_on_pairs(model, tokenizer, pairs: list[dict], dpo: DPOConfig,
-                    show_progress: bool) -> History | None:  # fmt: skip
-    if not pairs:  # nothing to learn from: the model stays as it is
+def _train_on_pairs(stage, model, tokenizer, pairs: list[dict], show_progress: bool):
+    """DPO with the stage's (seeded) ``dpo`` config; None without pairs (the model stays)."""
+    if not pairs:
         return None
+    dpo = _seeded(stage.dpo, stage.seed)
     return train_dpo(model, tokenizer, pairs, dpo, show_progress=show_progress)
 
 
 def _round_prompts(stage, model, tokenizer, seed: int) -> tuple[list[str], int, dict]:
-    """A round's prompts: the stage's ``prompts`` and ``n_new_prompts`` more that the model
-    writes from few-shot examples (``few_shot_prompts``, default ``prompts``). Returns the
-    prompts, how many are new and why others were rejected."""
+    """A round's prompts (see :class:`SelfRewardStage`), how many are new and why the model's
+    other attempts were rejected."""
     prompts, new, rejected = list(stage.prompts), [], {}
     if not prompts and not stage.n_new_prompts:
         raise ValueError(f"stage {stage.name!r}: give prompts, or n_new_prompts > 0, or both")
@@ -172,8 +169,7 @@ class SelfRewardStage:
         lengths = [len(tokenizer(c, add_special_tokens=False)["input_ids"])
                    for cands in data.candidates for c in cands]  # fmt: skip
         metrics["candidate_tokens"] = float(np.mean(lengths))
-        history = _train_on_pairs(model, tokenizer, data.pairs, _seeded(self.dpo, self.seed),
-                                  show_progress)  # fmt: skip
+        history = _train_on_pairs(self, model, tokenizer, data.pairs, show_progress)
         saved = {"prompts": data.prompts, "candidates": data.candidates,
                  "scores": data.judgements.scores, "reasons": data.judgements.reasons,
                  "judge_texts": data.judgements.texts, "pairs": data.pairs,
@@ -183,12 +179,9 @@ class SelfRewardStage:
 
 @dataclass
 class ExternalRewardDPOStage:
-    """A self-rewarding round with the judge replaced by a given reward: the same prompts
-    (given, and/or written by the model), N candidates per prompt sampled as ``config`` says
-    (its judge settings are unused), scored by ``reward_fn(prompts, completions)``; chosen =
-    best, rejected = worst, ties skipped; then DPO. With the same ``seed`` and starting model
-    as a :class:`SelfRewardStage`, it sees the same prompts and candidates: only the judge
-    differs (the ceiling, when ``reward_fn`` is the true reward)."""
+    """A :class:`SelfRewardStage` whose judge is ``reward_fn(prompts, completions)``
+    (``config``'s judge settings are unused): with the same ``seed`` and starting model, only
+    the judge differs (the ceiling, when ``reward_fn`` is the true reward)."""
 
     prompts: Sequence[str]
     reward_fn: RewardFn
@@ -216,23 +209,20 @@ class ExternalRewardDPOStage:
                 f"reward_fn must return one score per completion, shape ({len(flat_prompts)},), "
                 f"got {scores.shape}"
             )
-        formatted = [lm.format_prompt(tokenizer, p) if config.chat else p for p in prompts]
-        choices, pairs, skipped = build_pairs(prompts, formatted, candidates,
-                                              scores.reshape(len(prompts), n, 1))  # fmt: skip
+        scores = scores.reshape(len(prompts), n)
+        formatted = format_prompts(tokenizer, prompts, config.chat)
+        _, pairs, skipped = build_pairs(prompts, formatted, candidates, scores[:, :, None])
         metrics = {"prompts": len(prompts), "pairs": len(pairs), "new_prompts": n_new,
                    "prompts_rejected": rejected, "skipped_tie": skipped.get("tie", 0),
                    "candidate_reward": float(scores.mean())}  # fmt: skip
-        history = _train_on_pairs(model, tokenizer, pairs, _seeded(self.dpo, self.seed),
-                                  show_progress)  # fmt: skip
-        return StageOutput(history, metrics, {"prompts": prompts, "candidates": candidates,
-                                              "scores": scores.reshape(len(prompts), n),
-                                              "pairs": pairs})  # fmt: skip
+        history = _train_on_pairs(self, model, tokenizer, pairs, show_progress)
+        saved = {"prompts": prompts, "candidates": candidates, "scores": scores, "pairs": pairs}
+        return StageOutput(history, metrics, saved)
 
 
 @dataclass
 class SPINStage:
-    """One SPIN iteration (:mod:`rlhf_lessons.alignment.spin`): chosen = the data's answer, rejected =
-    the current model's sample, reference = the current model. ``dpo.beta`` is SPIN's lambda."""
+    """One SPIN iteration (:mod:`rlhf_lessons.alignment.spin`); ``dpo.beta`` is SPIN's lambda."""
 
     data: Sequence[Mapping]
     config: SPINConfig = field(default_factory=SPINConfig)
@@ -246,8 +236,7 @@ class SPINStage:
         metrics = {"examples": len(self.data), "pairs": len(pairs),
                    "skipped_same_as_data": skipped.get("same as data", 0),
                    "skipped_empty": skipped.get("empty", 0)}  # fmt: skip
-        history = _train_on_pairs(model, tokenizer, pairs, _seeded(self.dpo, self.seed),
-                                  show_progress)  # fmt: skip
+        history = _train_on_pairs(self, model, tokenizer, pairs, show_progress)
         return StageOutput(history, metrics, {"pairs": pairs})
 
 
@@ -274,11 +263,10 @@ class StageRecord:
     resumed: bool = False
 
 
-def _history_json(history: History | None) -> dict | None:
-    if history is None:
+def _history_json(h: History | None) -> dict | None:
+    if h is None:
         return None
-    return jsonable({"algo": history.algo, "config": history.config, "rows": history.rows,
-                      "info": history.info})  # fmt: skip
+    return jsonable({"algo": h.algo, "config": h.config, "rows": h.rows, "info": h.info})
 
 
 def _history_from_json(saved: dict | None) -> History | None:
@@ -306,15 +294,11 @@ def stage_folder(output_dir: Path, index: int, stage) -> Path:
     return Path(output_dir) / f"{index:02d}-{stage.name}"
 
 
-def _signature(stages: Sequence, lora: Mapping | None) -> dict:
-    return {"stages": [[s.kind, s.name] for s in stages], "lora": dict(lora) if lora else None}
-
-
 def _check_run_file(output_dir: Path, stages: Sequence, lora: Mapping | None) -> None:
     """A resumed run must be the same run: the finished stages' kinds and names and the LoRA
     setting must match what ``run.json`` recorded."""
     path = output_dir / RUN_FILE
-    new = _signature(stages, lora)
+    new = {"stages": [[s.kind, s.name] for s in stages], "lora": dict(lora) if lora else None}
     if path.exists():
         old = json.loads(path.read_text())
         n = min(len(old["stages"]), len(new["stages"]))
@@ -347,22 +331,12 @@ def _load_checkpoint(model, folder: Path, lora: Mapping | None):
 def run_pipeline(model, tokenizer, stages: Sequence[Stage], output_dir: str | Path,
                  lora: Mapping | None = None, eval_fn: Callable[[nn.Module], dict] | None = None,
                  show_progress: bool = True) -> PipelineRun:  # fmt: skip
-    """Run ``stages`` in order on ``model``, checkpointing each under ``output_dir`` and
-    skipping (loading) the ones an earlier call already finished.
-
-    Args:
-        model: the starting causal LM (M0). A full-weight run trains it in place; keep a copy if
-            you need the original.
-        tokenizer: its tokenizer (saved with every checkpoint).
-        stages: :class:`SFTStage`, :class:`SelfRewardStage`, :class:`ExternalRewardDPOStage`,
-            :class:`SPINStage` in any order; their names must be unique.
-        output_dir: where the stage folders and ``run.json`` go.
-        lora: ``None`` trains all weights; a dict of :func:`rlhf_lessons.alignment.dpo.add_lora` arguments
-            (``{}`` is not allowed: use ``{"r": 8}``) trains a fresh adapter per stage and
-            merges it afterwards.
-        eval_fn: ``model -> dict`` of JSON-able numbers, run at the start and after every stage
-            (saved, so a resumed run does not recompute it).
-    """
+    """Run ``stages`` (any order, unique names) on ``model`` (M0; a full-weight run trains it
+    in place), checkpointing each under ``output_dir`` and loading the ones an earlier call
+    finished (see the module docstring). ``lora``: None trains all weights, a dict of
+    :func:`rlhf_lessons.alignment.dpo.add_lora` arguments a fresh adapter per stage.
+    ``eval_fn``: ``model -> dict`` of JSON-able numbers, run at the start and after every
+    stage (saved, so a resumed run does not recompute it)."""
     stages = list(stages)
     for s in stages:
         if not isinstance(s, STAGES):
@@ -397,9 +371,7 @@ def run_pipeline(model, tokenizer, stages: Sequence[Stage], output_dir: str | Pa
                                        saved["seconds"], resumed=True))  # fmt: skip
             continue
         for j in range(i, len(stages)):  # a later stage's folder belongs to another history
-            stale = stage_folder(output_dir, j, stages[j])
-            if stale.exists():
-                shutil.rmtree(stale)
+            shutil.rmtree(stage_folder(output_dir, j, stages[j]), ignore_errors=True)
         start = time.perf_counter()
         seed = i if stage.seed is None else stage.seed
         seed_everything(seed)

@@ -62,8 +62,7 @@ class SelfRewardConfig:
     ``judge_prefix``: text the judge's reply starts with, written into the prompt after the
     chat template ("prefilling" the reply); it is parsed together with the reply. A small
     model that rambles instead of scoring (SmolLM2-135M: 0 of 48 replies parsed) scores almost
-    always when its reply starts with ``"Score:"``. ``judge_system``: the judge's system message
-    (None: the tokenizer's default)."""
+    always when its reply starts with ``"Score:"``."""
 
     n_candidates: int = 4  # N responses per prompt
     temperature: float = 0.7
@@ -75,7 +74,6 @@ class SelfRewardConfig:
     judge_max_new_tokens: int = 64  # judge reply budget (tokens)
     reward_prompt: RewardPromptConfig = ADDITIVE_5_POINT
     judge_prefix: str = ""  # the start of the judge's reply, written for it (e.g. "Score:")
-    judge_system: str | None = None
     chat: bool = True
     batch_size: int = 8  # rows per generation call
     threads: int | None = None  # torch threads while sampling and judging (None: as they are)
@@ -137,13 +135,9 @@ def average_scores(scores) -> np.ndarray:
 
 
 def pick_pair(scores) -> PairChoice:
-    """The self-rewarding pair rule on one prompt's judgements, ``scores`` (N, S) with NaN for
-    a judgement that did not parse.
-
-    Average each candidate's valid scores; candidates with none drop out. Fewer than 2 left ->
-    no pair ("fewer than 2 scored"). Otherwise chosen = argmax, rejected = argmin of the
-    averages (the first one on equal values); equal max and min -> no pair ("tie").
-    """
+    """The pair rule (the module docstring's step 4) on one prompt's judgements ``scores``
+    (N, S), NaN where a judgement did not parse; candidates without a valid score drop out, and
+    among equal averages argmax / argmin take the first."""
     means = average_scores(scores)
     scored = np.flatnonzero(~np.isnan(means))
     if len(scored) < 2:
@@ -158,7 +152,9 @@ def pick_pair(scores) -> PairChoice:
 # --- candidates and judgements ------------------------------------------------------------------
 
 
-def _formatted(tokenizer, prompts: Sequence[str], chat: bool) -> list[str]:
+def format_prompts(tokenizer, prompts: Sequence[str], chat: bool) -> list[str]:
+    """The user prompts in the tokenizer's chat template (``chat``; :func:`rlhf_lessons.lm.
+    format_prompt`) or as they are."""
     return [lm.format_prompt(tokenizer, p) if chat else p for p in prompts]
 
 
@@ -168,7 +164,7 @@ def generate_candidates(model, tokenizer, prompts: Sequence[str], config: SelfRe
     if not prompts:
         raise ValueError("prompts is empty")
     n = config.n_candidates
-    formatted = [p for p in _formatted(tokenizer, prompts, config.chat) for _ in range(n)]
+    formatted = [p for p in format_prompts(tokenizer, prompts, config.chat) for _ in range(n)]
     gen = lm.generate(model, tokenizer, formatted, max_new_tokens=config.max_new_tokens,
                       temperature=config.temperature, top_p=config.top_p,
                       batch_size=config.batch_size,
@@ -207,9 +203,8 @@ def judge_candidates(model, tokenizer, prompts: Sequence[str], candidates: Seque
     if len(sizes) != 1:
         raise ValueError(f"every prompt needs the same number of candidates, got sizes {sizes}")
     n = sizes.pop()
-    judge = Judge(model, tokenizer, system=config.judge_system,
-                  max_new_tokens=config.judge_max_new_tokens, batch_size=config.batch_size,
-                  show_progress=show_progress)  # fmt: skip
+    judge = Judge(model, tokenizer, max_new_tokens=config.judge_max_new_tokens,
+                  batch_size=config.batch_size, show_progress=show_progress)  # fmt: skip
     rp, prefix = config.reward_prompt, config.judge_prefix
     users = [rp.format(p, c) for p, cands in zip(prompts, candidates, strict=True) for c in cands]
     chats = [c + prefix for c in judge.chat(users)]
@@ -222,11 +217,11 @@ def judge_candidates(model, tokenizer, prompts: Sequence[str], candidates: Seque
     parsed = [[parse_score(t, rp) for t in row] for row in texts]
     scores = np.array([[x.value if x.ok else np.nan for x in row] for row in parsed])
     reasons = [[x.reason for x in row] for row in parsed]
-    p, s = len(prompts), config.judge_samples
+    by_prompt = range(0, len(chats), n)
     return Judgements(
-        scores=scores.reshape(p, n, s),
-        reasons=[reasons[i * n : (i + 1) * n] for i in range(p)],
-        texts=[texts[i * n : (i + 1) * n] for i in range(p)],
+        scores=scores.reshape(len(prompts), n, s),
+        reasons=[reasons[i : i + n] for i in by_prompt],
+        texts=[texts[i : i + n] for i in by_prompt],
     )
 
 
@@ -260,10 +255,9 @@ class SelfRewardData:
         rows = []
         for i, (prompt, cands, choice) in enumerate(zip(self.prompts, self.candidates,
                                                         self.choices, strict=True)):  # fmt: skip
+            roles = {choice.rejected: "rejected", choice.chosen: "chosen"}
             for j, cand in enumerate(cands):
-                role = (
-                    "chosen" if j == choice.chosen else "rejected" if j == choice.rejected else ""
-                )
+                role = roles.get(j, "")
                 rows.append({"prompt_index": i, "prompt": prompt, "candidate": cand,
                              "scores": self.judgements.scores[i, j].tolist(),
                              "mean_score": choice.means[j], "role": role,
@@ -318,7 +312,7 @@ def self_reward_round(model, tokenizer, prompts: Sequence[str], config: SelfRewa
         candidates = generate_candidates(model, tokenizer, prompts, config)
         judgements = judge_candidates(model, tokenizer, prompts, candidates, config,
                                       show_progress=show_progress)  # fmt: skip
-    formatted = _formatted(tokenizer, prompts, config.chat)
+    formatted = format_prompts(tokenizer, prompts, config.chat)
     choices, pairs, skipped = build_pairs(prompts, formatted, candidates, judgements.scores)
     return SelfRewardData(prompts, candidates, judgements, choices, pairs, skipped,
                           time.perf_counter() - start)  # fmt: skip
@@ -350,15 +344,14 @@ class PromptWriterConfig:
     chat: bool = False
     stop: str | None = None
     suffix: str = ""
-    min_words: int = 2
 
     def __post_init__(self) -> None:
         if "{examples}" not in self.template:
             raise ValueError("PromptWriterConfig.template must contain {examples}")
         if "{prompt}" not in self.example_format:
             raise ValueError("PromptWriterConfig.example_format must contain {prompt}")
-        if self.n_shots < 1 or self.max_new_tokens < 1 or self.min_words < 1:
-            raise ValueError("PromptWriterConfig needs n_shots, max_new_tokens, min_words >= 1")
+        if self.n_shots < 1 or self.max_new_tokens < 1:
+            raise ValueError("PromptWriterConfig needs n_shots >= 1 and max_new_tokens >= 1")
 
     def format(self, examples: Sequence[str]) -> str:
         shots = self.separator.join(self.example_format.format(prompt=e.strip()) for e in examples)
@@ -370,8 +363,7 @@ class PromptWriterConfig:
         text = lines[0] if lines else ""
         if self.stop:
             text = text.split(self.stop)[0]
-        text = re.sub(r"^\s*(?:[-*]|\d+[.)])\s+", "", text).strip().strip('"').strip()
-        return text
+        return re.sub(r"^\s*(?:[-*]|\d+[.)])\s+", "", text).strip().strip('"').strip()
 
 
 def generate_prompts(model, tokenizer, seed_prompts: Sequence[str], n: int,
@@ -380,7 +372,7 @@ def generate_prompts(model, tokenizer, seed_prompts: Sequence[str], n: int,
     """Up to ``n`` new prompts written by the model from few-shot examples of ``seed_prompts``.
 
     Each request shows ``config.n_shots`` seed prompts drawn at random. A reply is rejected
-    (and counted by reason) when it is ``"empty"`` or shorter than ``min_words``, a
+    (and counted by reason) when it is ``"empty"`` or shorter than two words, a
     ``"copy of a seed"`` or a ``"duplicate"`` of an earlier new prompt. Up to ``max_rounds``
     rounds of requests are made; returns ``(prompts, rejected)``, possibly fewer than ``n``.
     """
@@ -402,14 +394,14 @@ def generate_prompts(model, tokenizer, seed_prompts: Sequence[str], n: int,
         asks = [
             config.format(rng.sample(seeds, config.n_shots)) for _ in range(math.ceil(want * 1.25))
         ]
-        asks = [lm.format_prompt(tokenizer, a) if config.chat else a for a in asks]
+        asks = format_prompts(tokenizer, asks, config.chat)
         gen = lm.generate(model, tokenizer, asks, max_new_tokens=config.max_new_tokens,
                           temperature=config.temperature, top_p=config.top_p,
                           batch_size=batch_size, seed=seed + 1000 * round_)  # fmt: skip
         for reply in gen.completions:
             text = config.extract(reply)
             key = text.lower()
-            if len(text.split()) < config.min_words:
+            if len(text.split()) < 2:
                 rejected["empty"] += 1
             elif key in known:
                 rejected["copy of a seed"] += 1
@@ -441,12 +433,8 @@ def judge_agreement(data: SelfRewardData, reward_fn: RewardFn) -> dict:
     spearman = float("nan")
     if ok.sum() >= 3:
         spearman = float(pd.Series(means[ok]).corr(pd.Series(true[ok]), method="spearman"))
-    right, gaps = [], []
-    for i, c in enumerate(data.choices):
-        if c.ok:
-            gap = true[i, c.chosen] - true[i, c.rejected]
-            gaps.append(gap)
-            right.append(1.0 if gap > 0 else 0.5 if gap == 0 else 0.0)
+    gaps = [true[i, c.chosen] - true[i, c.rejected] for i, c in enumerate(data.choices) if c.ok]
+    right = [1.0 if gap > 0 else 0.5 if gap == 0 else 0.0 for gap in gaps]
     return {
         "spearman": spearman,
         "pair_accuracy": float(np.mean(right)) if right else float("nan"),

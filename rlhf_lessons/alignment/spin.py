@@ -18,11 +18,9 @@ point is pi = p_data. lambda is DPO's beta (0.1 in the paper).
 
 :func:`spin_loss` is the formula above on sequence log-probs; it is the DPO loss with
 chosen = data and rejected = sample (a unit test checks them equal), so training runs lesson 06's
-trainer. :func:`spin_pairs` builds one iteration's pairs, :func:`spin_iteration` trains on them with
-:func:`rlhf_lessons.alignment.dpo.train_dpo` (full weights: the policy before the update is the
-reference), and :func:`data_logprob` measures the likelihood of held-out data answers, the
-quantity SPIN should raise. :mod:`rlhf_lessons.alignment.pipeline` chains iterations (``SPINStage``), also
-with LoRA.
+:func:`rlhf_lessons.alignment.dpo.train_dpo` (:func:`spin_iteration`; chained, also with LoRA, by
+:mod:`rlhf_lessons.alignment.pipeline`'s ``SPINStage``). :func:`data_logprob` measures what SPIN
+should raise: the likelihood of held-out data answers.
 
 **Sampling temperature.** The fixed-point argument needs y' ~ pi_t itself, i.e. temperature 1
 (our default). lucidrains samples at 0.7: the rejected answers are then sharper than the model,
@@ -40,6 +38,7 @@ import torch
 
 from rlhf_lessons import lm
 from rlhf_lessons.alignment.dpo import DPOConfig, train_dpo
+from rlhf_lessons.alignment.self_rewarding import format_prompts
 from rlhf_lessons.alignment.sft import check_sft_data
 from rlhf_lessons.course.device import torch_threads
 from rlhf_lessons.training import History
@@ -53,7 +52,6 @@ class SPINConfig:
     format_prompt`; without one the raw text is used)."""
 
     temperature: float = 1.0
-    top_p: float = 1.0
     max_new_tokens: int = 16
     chat: bool = True
     batch_size: int = 64
@@ -63,8 +61,6 @@ class SPINConfig:
     def __post_init__(self) -> None:
         if not self.temperature > 0:
             raise ValueError(f"SPINConfig.temperature must be > 0, got {self.temperature}")
-        if not 0 < self.top_p <= 1:
-            raise ValueError(f"SPINConfig.top_p must be in (0, 1], got {self.top_p}")
         if self.max_new_tokens < 1 or self.batch_size < 1:
             raise ValueError("SPINConfig needs max_new_tokens >= 1 and batch_size >= 1")
 
@@ -90,10 +86,6 @@ def spin_loss(
     return loss, {"loss": loss.item(), "accuracy": (u > 0).float().mean().item()}
 
 
-def formatted_prompts(tokenizer, data: Sequence[Mapping], chat: bool) -> list[str]:
-    return [lm.format_prompt(tokenizer, r["prompt"]) if chat else r["prompt"] for r in data]
-
-
 def spin_pairs(model, tokenizer, data: Sequence[Mapping], config: SPINConfig | None = None,
                seed: int | None = None) -> tuple[list[dict], Counter]:  # fmt: skip
     """One SPIN iteration's preference pairs: chosen = the data's answer, rejected = a sample
@@ -103,11 +95,10 @@ def spin_pairs(model, tokenizer, data: Sequence[Mapping], config: SPINConfig | N
     config = config or SPINConfig()
     data = check_sft_data(data)
     model.eval()
-    prompts = formatted_prompts(tokenizer, data, config.chat)
+    prompts = format_prompts(tokenizer, [r["prompt"] for r in data], config.chat)
     with torch_threads(config.threads):
         gen = lm.generate(model, tokenizer, prompts, max_new_tokens=config.max_new_tokens,
-                          temperature=config.temperature, top_p=config.top_p,
-                          batch_size=config.batch_size,
+                          temperature=config.temperature, batch_size=config.batch_size,
                           seed=config.seed if seed is None else seed)  # fmt: skip
     pairs, skipped = [], Counter()
     for prompt, record, sample in zip(prompts, data, gen.completions, strict=True):
@@ -123,10 +114,9 @@ def spin_pairs(model, tokenizer, data: Sequence[Mapping], config: SPINConfig | N
 def spin_iteration(policy, tokenizer, data: Sequence[Mapping], config: SPINConfig | None = None,
                    dpo: DPOConfig | None = None, seed: int | None = None,
                    show_progress: bool = False) -> tuple[History | None, list[dict], Counter]:  # fmt: skip
-    """pi_t -> pi_{t+1}, in place: sample the rejected answers from ``policy`` (= pi_t), then DPO
-    with the policy as it is before the update as the reference (a peft policy: its base with
-    the adapter disabled, so merge earlier adapters into the base first). Returns the DPO
-    history (None when no pair was left), the pairs and the skip counts."""
+    """pi_t -> pi_{t+1}, in place: :func:`spin_pairs`, then DPO with ``policy`` before the update
+    as the reference (a peft policy: its base with the adapter disabled, so merge earlier
+    adapters first). Returns the DPO history (None without pairs), the pairs, the skip counts."""
     pairs, skipped = spin_pairs(policy, tokenizer, data, config, seed)
     if not pairs:
         return None, pairs, skipped
@@ -142,7 +132,7 @@ def data_logprob(model, tokenizer, data: Sequence[Mapping], chat: bool = True,
     exp(-token)."""
     data = check_sft_data(data)
     model.eval()
-    prompts = formatted_prompts(tokenizer, data, chat)
+    prompts = format_prompts(tokenizer, [r["prompt"] for r in data], chat)
     device = next(model.parameters()).device
     total, tokens, seqs = 0.0, 0, []
     for i in range(0, len(data), batch_size):

@@ -26,9 +26,8 @@ Next to the two coordinates, :func:`evaluate_policy` reports what the plot canno
 completions' length, their diversity (distinct-1/2) and the fraction the review grammar still
 accepts. A policy that buys reward with degenerate text ("great great great !") shows up there.
 
-Confidence intervals are 95% normal intervals (mean +- 1.96 standard errors). With several
-samples per prompt, the samples of one prompt are not independent of each other, so the standard
-error is computed over the per-prompt means (prompts are the independent draws).
+Confidence intervals are 95% t-intervals over the per-prompt means: the samples of one prompt
+are not independent of each other, the prompts are.
 """
 
 from __future__ import annotations
@@ -76,23 +75,13 @@ def evaluate_policy(
     fluency_fn: Callable[[str], bool] | None = is_grammatical,
     threads: int | None = None,
 ) -> dict:
-    """Sample ``n_samples`` completions of every prompt from ``policy`` and measure them.
-
-    Args:
-        policy, ref: causal LMs sharing ``tokenizer`` (pass the same model twice for KL = 0).
-        prompts: P already formatted prompts (e.g. :func:`rlhf_lessons.review_world.grammar.prompts`).
-        n_samples: completions per prompt (S); P * S samples in all, at least 2.
-        max_new_tokens: longest completion; one that does not reach EOS is cut there.
-        temperature: sampling temperature, also used for both models' log-probs.
-        seed: seeds the sampling, so two policies can be compared on the same random draws.
-        batch_size: completions sampled together (more is faster, up to memory).
-        reward_fn: ``(prompts, completions) -> (N,)`` true reward; default VADER on
-            prompt + completion (:func:`rlhf_lessons.review_world.true_reward.reward_of`).
-        fluency_fn: ``text -> bool`` applied to each prompt + completion; default: the review
-            grammar accepts it (:func:`rlhf_lessons.review_world.grammar.is_grammatical`), which
-            catches reward hacking by broken text. ``None`` for other worlds (gives NaN).
-        threads: torch threads while sampling and scoring (``None``: leave as is). Tiny
-            models on a busy 2-core machine run several times faster with 1.
+    """Sample ``n_samples`` completions (S) of each of the P formatted ``prompts`` from
+    ``policy`` (P * S >= 2 in all) and measure them against ``ref`` (the same model twice: KL =
+    0). ``temperature`` is also used for both models' log-probs; ``seed`` lets two policies be
+    compared on the same random draws. ``fluency_fn`` (``text -> bool`` on each prompt +
+    completion; ``None`` for other worlds, gives NaN) catches reward hacking by broken text.
+    ``threads``: torch threads while sampling and scoring (tiny models on a busy 2-core
+    machine run several times faster with 1).
 
     Returns a dict of floats: ``reward`` and ``reward_ci`` (the mean and the half-width of its
     95% CI: the interval is reward +- reward_ci, a t-interval over the per-prompt means,
@@ -126,10 +115,7 @@ def evaluate_policy(
             )  # fmt: skip
             batch = gen.batch
             logp_pi = logprobs_in_chunks(policy, batch, temperature)
-            if ref is policy:
-                logp_ref = logp_pi
-            else:
-                logp_ref = logprobs_in_chunks(ref, batch, temperature)
+            logp_ref = logp_pi if ref is policy else logprobs_in_chunks(ref, batch, temperature)
     finally:
         for m, was_training in modes:
             m.train(was_training)
@@ -143,8 +129,6 @@ def evaluate_policy(
             f"reward_fn returned shape {tuple(rewards.shape)}, expected ({len(expanded)},)"
         )
     shape = (len(prompts), n_samples)
-    # mean and 95% half-width, the standard error over per-prompt means (a prompt's samples
-    # are correlated)
     reward, kl, kl3 = (cluster_mean_ci(x.view(shape).cpu().numpy()) for x in (rewards, k1, k3))
 
     eos = tokenizer.eos_token_id
@@ -154,13 +138,10 @@ def evaluate_policy(
     ]
     ended = [bool(r) and r[-1] == eos for r in ids]
     words = [r[:-1] if e else r for r, e in zip(ids, ended, strict=True)]
-    if fluency_fn is None:
-        fluent = [math.nan] * len(expanded)
-    else:
-        fluent = [
-            float(e and fluency_fn(join_prompt_completion(p, c)))
-            for p, c, e in zip(expanded, gen.completions, ended, strict=True)
-        ]
+    fluent = [
+        math.nan if fluency_fn is None else float(e and fluency_fn(join_prompt_completion(p, c)))
+        for p, c, e in zip(expanded, gen.completions, ended, strict=True)
+    ]
     columns = (expanded, gen.completions, rewards.tolist(), k1.tolist(), fluent)
     samples = [
         {"prompt": p, "completion": c, "reward": r, "kl": k, "grammatical": g}
@@ -189,11 +170,9 @@ def over_seeds_point(method: str, kl, reward, label: str | None = None) -> dict:
     """A point for :func:`plot_reward_vs_kl` from two intervals over training seeds
     (:class:`~rlhf_lessons.course.stats.Interval`, e.g. ``mean_ci`` of each seed's KL and
     reward): the means, with the intervals as error bars."""
-    point = {"method": method, "kl": kl.mean, "kl_ci": (kl.low, kl.high),
+    means = {"kl": kl.mean, "kl_ci": (kl.low, kl.high),
              "reward": reward.mean, "reward_ci": (reward.low, reward.high)}  # fmt: skip
-    if label is not None:
-        point["label"] = label
-    return point
+    return to_point(means, method, label)
 
 
 def scrambled(completions: Sequence[str], seed: int = 0) -> list[str]:
@@ -246,10 +225,7 @@ _EXTRA_MARKERS = ["o", "s", "^", "D", "v", "P", "X", "*", "<", ">", "h"]
 
 def _style(ax: plt.Axes, method: str) -> tuple[str, str, bool]:
     """(colour, marker, first time on these axes) for ``method``; remembered per axes."""
-    styles = getattr(ax, "_rlhf_method_styles", None)
-    if styles is None:
-        styles = {}
-        ax._rlhf_method_styles = styles
+    styles = vars(ax).setdefault("_rlhf_method_styles", {})
     if method in styles:
         return (*styles[method], False)
     fixed = METHOD_STYLES.get(method.lower())
@@ -264,14 +240,16 @@ def _style(ax: plt.Axes, method: str) -> tuple[str, str, bool]:
     return (*fixed, True)
 
 
-def _errors(value: float, ci, key: str, i: int) -> tuple[float, float]:
-    """(below, above) error-bar lengths from a half-width or a (low, high) interval."""
+def _errors(point: dict, key: str, i: int) -> tuple[float, float]:
+    """(below, above) error-bar lengths of ``point[key]`` from ``point[key + "_ci"]``, a
+    half-width or a (low, high) interval."""
+    value, ci = float(point[key]), point.get(f"{key}_ci")
     if ci is None:
         return 0.0, 0.0
     if np.ndim(ci) == 0:
         return float(ci), float(ci)
     if len(ci) != 2:
-        raise ValueError(f"points[{i}]['{key}'] must be a half-width or a (low, high) pair")
+        raise ValueError(f"points[{i}]['{key}_ci'] must be a half-width or a (low, high) pair")
     low, high = (float(c) for c in ci)
     return value - low, high - value
 
@@ -309,10 +287,9 @@ def plot_reward_vs_kl(
             group.sort(key=lambda ip: ip[1]["kl"])
         x = np.array([float(p["kl"]) for _, p in group])
         y = np.array([float(p["reward"]) for _, p in group])
-        xerr = np.array([_errors(float(p["kl"]), p.get("kl_ci"), "kl_ci", i) for i, p in group]).T
-        yerr = np.array(
-            [_errors(float(p["reward"]), p.get("reward_ci"), "reward_ci", i) for i, p in group]
-        ).T
+        xerr, yerr = (
+            np.array([_errors(p, key, i) for i, p in group]).T for key in ("kl", "reward")
+        )
         color, marker, first = _style(ax, method)
         ax.errorbar(
             x, y, xerr=xerr, yerr=yerr, color=color, marker=marker, markersize=6, capsize=3,

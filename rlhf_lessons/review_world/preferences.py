@@ -57,13 +57,9 @@ def sample_ranked_completions(
     min_gap: float = 1e-6,
     batch_size: int = 64,
 ) -> list[dict]:
-    """Sample ``k`` completions of every prompt and rank them by ``reward_fn``.
-
-    Returns ranked records (best first) with their ``rewards``. Two completions whose rewards
-    differ by less than ``min_gap`` (or whose texts are equal) cannot be ordered: only the first
-    of them is kept. Prompts left with fewer than 2 completions are skipped, so the result may
-    be shorter than ``prompts``. ``batch_size`` completions are sampled together.
-    """
+    """Sample ``k`` completions of every prompt and rank them by ``reward_fn`` (see the module
+    docstring): of completions within ``min_gap`` of each other (or equal texts) only the
+    first is kept, so the result may be shorter than ``prompts``."""
     if k < 2:
         raise ValueError(f"k must be >= 2 completions per prompt to rank, got {k}")
     expanded = [p for p in prompts for _ in range(k)]
@@ -85,13 +81,8 @@ def sample_ranked_completions(
             ):
                 kept.append((r, c))
         if len(kept) >= 2:
-            records.append(
-                {
-                    "prompt": prompt,
-                    "ranked_outputs": [c for _, c in kept],
-                    "rewards": [r for r, _ in kept],
-                }  # fmt: skip
-            )
+            ranked, rewards_kept = [c for _, c in kept], [r for r, _ in kept]
+            records.append({"prompt": prompt, "ranked_outputs": ranked, "rewards": rewards_kept})
     return records
 
 
@@ -155,12 +146,9 @@ def train_review_reward_model(
     seed: int = 0,
     show_progress: bool = True,
 ) -> LearnedReward:
-    """Sample preference data from ``sft_model``, label it with the true reward, and fit a
-    reward model on it (a copy of the SFT model with a scalar head, every weight trained).
-
-    ``heldout_prompts`` only measure the held-out accuracy; the normalisation (mean 0, std 1)
-    is measured on fresh SFT samples of (at most 256 of) ``train_prompts``.
-    """
+    """The module docstring's reward model, every weight trained on ranked samples of
+    ``train_prompts``. ``heldout_prompts`` only measure the held-out accuracy; the normalisation
+    uses fresh SFT samples of (at most 256 of) ``train_prompts``."""
     sample = functools.partial(sample_ranked_completions, sft_model, tokenizer, k=k,
                                max_new_tokens=max_new_tokens, batch_size=256)  # fmt: skip
     train = sample(train_prompts, seed=seed)
@@ -171,8 +159,7 @@ def train_review_reward_model(
     config = RewardModelConfig(mode="pairs", epochs=epochs, lr=lr, batch_size=batch_size,
                                seed=seed, dropout=False)  # fmt: skip
     history = train_reward_model(rm, tokenizer, train, config, show_progress=show_progress)
-    for p in rm.parameters():
-        p.requires_grad_(False)
+    rm.requires_grad_(False)
     accuracy = evaluate_reward_model(rm, heldout).accuracy
     ref = generate(
         sft_model, tokenizer, list(train_prompts)[:256], max_new_tokens=max_new_tokens,

@@ -35,7 +35,6 @@ import copy
 import functools
 import math
 import random
-import re
 from collections.abc import Callable, Sequence
 
 import numpy as np
@@ -50,7 +49,7 @@ from rlhf_lessons.alignment.self_rewarding import (
     judge_candidates,
 )
 from rlhf_lessons.judges.llm_judge import RewardPromptConfig
-from rlhf_lessons.review_world.grammar import GRAMMAR
+from rlhf_lessons.review_world.grammar import _NONTERMINAL, GRAMMAR
 from rlhf_lessons.review_world.true_reward import join_prompt_completion, reward_of
 
 #: ``(prompts, completions) -> grades``: an annotator of the seed data (integers 0-5).
@@ -117,7 +116,6 @@ def true_reward_grades(prompts: Sequence[str], completions: Sequence[str]) -> li
     return [reward_to_grade(float(r)) for r in reward_of(prompts, completions)]
 
 
-_NONTERMINAL = re.compile(r"^[A-Z][A-Z0-9_]*$")
 _WORD_LISTS = ("ADJ", "NOUN", "VERB", "VERB_BASE", "VERB3", "VERB_PAST", "REACTION", "ADV_END")
 NEGATORS = ("not", "never")
 _CLAUSE_ENDS = (",", ".", "!", "and", "but", "yet", "while")
@@ -138,8 +136,8 @@ def lexicon() -> tuple[frozenset[str], frozenset[str]]:
 
 
 def lexicon_score(text: str) -> int:
-    """#positive - #negative lexicon words in ``text``; "not" / "never" flips the next polar
-    word of its clause ("not bad at all" counts +1). Intensity, "!" and "but" are ignored."""
+    """#positive - #negative lexicon words in ``text``, "not" / "never" flipping the next polar
+    word of its clause ("not bad at all" counts +1); see the module docstring."""
     pos, neg = lexicon()
     score, flip = 0, False
     for word in text.split():
