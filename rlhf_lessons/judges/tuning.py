@@ -37,7 +37,7 @@ from dataclasses import asdict, dataclass
 
 import torch
 import torch.nn.functional as F
-from torch import nn
+from torch import Tensor, nn
 
 from rlhf_lessons.course.device import torch_threads
 from rlhf_lessons.course.seeding import seed_everything
@@ -160,29 +160,26 @@ def _one_token(tokenizer, text: str, what: str) -> int:
     return ids[0]
 
 
-def _option_targets(options, tokenizer, targets: torch.Tensor):
-    """The option tokens (None: the vocabulary) and the targets as indices among them."""
-    if options is None:
-        return None, targets
-    tokens = [_one_token(tokenizer, o, "JudgeTuneConfig.options entry") for o in options]
-    index = {t: i for i, t in enumerate(tokens)}
-    missing = sorted({int(t) for t in targets} - set(index))
-    if missing:
-        raise ValueError(f"targets {tokenizer.decode(missing)!r} are not among "
-                         f"JudgeTuneConfig.options {options!r}")  # fmt: skip
-    return tokens, torch.tensor([index[int(t)] for t in targets])
-
-
-def _check_data(data: Sequence[Mapping], tokenizer) -> tuple[list[str], torch.Tensor]:
+def _check_data(data: Sequence[Mapping], tokenizer, options) -> tuple[list, list | None, Tensor]:
+    """The contexts, the option tokens (None: the vocabulary) and each target's index there."""
     if isinstance(data, Mapping | str) or not data:
         raise ValueError("data must be a non-empty list of {'context', 'target'} records "
                          "(verdict_data makes them)")  # fmt: skip
-    ids = []
+    targets = []
     for i, r in enumerate(data):
         if not isinstance(r, Mapping) or not {"context", "target"} <= set(r):
             raise ValueError(f"data[{i}] must be a dict with 'context' and 'target', got {r!r:.80}")
-        ids.append(_one_token(tokenizer, r["target"], f"data[{i}]['target']"))
-    return [r["context"] for r in data], torch.tensor(ids)
+        targets.append(_one_token(tokenizer, r["target"], f"data[{i}]['target']"))
+    contexts = [r["context"] for r in data]
+    if options is None:
+        return contexts, None, torch.tensor(targets)
+    tokens = [_one_token(tokenizer, o, "JudgeTuneConfig.options entry") for o in options]
+    index = {t: i for i, t in enumerate(tokens)}
+    missing = sorted(set(targets) - set(index))
+    if missing:
+        raise ValueError(f"targets {tokenizer.decode(missing)!r} are not among "
+                         f"JudgeTuneConfig.options {options!r}")  # fmt: skip
+    return contexts, tokens, torch.tensor([index[t] for t in targets])
 
 
 def _checked_cache(cache: LayerCache | None, policy, tokenizer, cfg: JudgeTuneConfig,
@@ -198,15 +195,6 @@ def _checked_cache(cache: LayerCache | None, policy, tokenizer, cfg: JudgeTuneCo
                          f"is {cfg.top_layers}: build the cache with the config's top_layers")  # fmt: skip
     _check_top_only(policy, cache.split)
     return cache
-
-
-def _bottom_pass(cache: LayerCache, contexts: list[str], watch: Stopwatch) -> dict:
-    """Run the bottom layers once per text the cache does not hold yet, timed by ``watch``
-    (part of the training cost); returns the tokens they read and the seconds it took."""
-    before = cache.bottom_tokens
-    with watch:
-        cache.add(contexts)
-    return {"bottom_tokens": cache.bottom_tokens - before, "bottom_seconds": watch.seconds}
 
 
 def train_judge(
@@ -230,15 +218,16 @@ def train_judge(
     layers in this call: 0 when the cache already had every text) and ``bottom_seconds``.
     """
     cfg = config or JudgeTuneConfig()
-    contexts, targets = _check_data(data, tokenizer)
-    tokens, targets = _option_targets(cfg.options, tokenizer, targets)
+    contexts, tokens, targets = _check_data(data, tokenizer, cfg.options)
     params = trainable_parameters(policy)
     cache = _checked_cache(cache, policy, tokenizer, cfg, show_progress)
     history = History("judge_sft", asdict(cfg), info={"examples": len(contexts)})
     with torch_threads(cfg.threads):
         seed_everything(cfg.seed)
-        watch = Stopwatch()  # the bottom pass counts as training time
-        history.info |= _bottom_pass(cache, contexts, watch)
+        watch, read = Stopwatch(), cache.bottom_tokens
+        with watch:  # the bottom pass (on texts the cache lacks) counts as training time
+            cache.add(contexts)
+        history.info.update(bottom_tokens=cache.bottom_tokens - read, bottom_seconds=watch.seconds)
         optimizer = torch.optim.Adam(params, lr=cfg.lr)
         schedule = warmup_schedule(optimizer, cfg.warmup_steps)
         minibatches, total = minibatch_plan(targets, cfg)
