@@ -41,16 +41,11 @@ from rlhf_lessons import lm
 from rlhf_lessons.course.progress import progress
 from rlhf_lessons.judges.prompts import (  # noqa: F401 (re-exported: the lesson's public names)
     ADDITIVE_5_POINT,
-    ADDITIVE_TEMPLATE,
     PAIRWISE_INSTRUCTIONS_FIRST,
     PAIRWISE_REFERENCE_TEMPLATE,
-    PAIRWISE_TEMPLATE,
     SINGLE_1_TO_10,
-    SINGLE_TEMPLATE,
     VERDICTS,
     PairwiseConfig,
-    ParsedScore,
-    ParsedVerdict,
     RewardPromptConfig,
     Verdict,
     parse_score,
@@ -306,15 +301,12 @@ def _check_mode(mode: str) -> None:
         raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
 
 
-def _check_lengths(prompts: Sequence[str], references: Sequence[str] | None = None,
-                   **columns: Sequence[str]) -> list[str | None]:  # fmt: skip
+def _check_lengths(prompts: Sequence[str], **columns: Sequence[str] | None) -> list[str | None]:
+    """Check every given column has one entry per prompt; return the references (or Nones)."""
     if not prompts:
         raise ValueError("prompts is empty")
     for name, col in columns.items():
-        if len(col) != len(prompts):
+        if col is not None and len(col) != len(prompts):
             raise ValueError(f"got {len(prompts)} prompts but {len(col)} {name}")
-    if references is None:
-        return [None] * len(prompts)
-    if len(references) != len(prompts):
-        raise ValueError(f"got {len(prompts)} prompts but {len(references)} references")
-    return list(references)
+    references = columns.get("references")
+    return [None] * len(prompts) if references is None else list(references)

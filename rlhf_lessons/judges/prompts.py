@@ -20,9 +20,9 @@ never silently turned into a score or a tie.
 from __future__ import annotations
 
 import math
+import os
 import re
 import string
-from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Literal
 
@@ -91,18 +91,14 @@ ADDITIVE_TEMPLATE = (
 )
 
 
-def _template_fields(template: str) -> set[str]:
+def _check_template(template: str, required: set[str], what: str) -> bool:
+    """Validate a template's fields; return whether it uses ``{reference}``."""
     try:
-        return {name for _, name, _, _ in string.Formatter().parse(template) if name is not None}
+        fields = {name for _, name, _, _ in string.Formatter().parse(template) if name is not None}
     except ValueError as err:
         raise ValueError(
             f"template is not a valid format string ({err}); write literal braces as {{{{ }}}}"
         ) from err
-
-
-def _check_template(template: str, required: set[str], what: str) -> bool:
-    """Validate a template's fields; return whether it uses ``{reference}``."""
-    fields = _template_fields(template)
     allowed = required | {"reference"}
     if not required <= fields:
         raise ValueError(
@@ -224,12 +220,11 @@ def parse_score(text: str, config: RewardPromptConfig) -> ParsedScore:
         return ParsedScore(None, "no score")
     values = []
     for raw in found:
-        token = raw.rstrip(".,;:!")  # "Score: 4." ends a sentence
         try:
-            value = float(token)
+            value = float(raw.rstrip(".,;:!"))  # "Score: 4." ends a sentence
         except ValueError:
-            return ParsedScore(None, "not a number", raw)
-        if not math.isfinite(value):  # float() accepts "nan" and "inf"
+            value = math.nan
+        if not math.isfinite(value):  # float() also accepts "nan" and "inf"
             return ParsedScore(None, "not a number", raw)
         values.append(value)
     if len(set(values)) > 1:
@@ -283,17 +278,9 @@ class PairwiseConfig:
     def split_verdicts(self) -> tuple[str, list[str]]:
         """``(answer_prefix, options)``: the verdicts' common beginning and what follows it,
         up to their common ending. ``("[[", ["A", "B", "C"])`` for the default."""
-        prefix = _common_prefix(self.verdicts)
-        suffix = _common_prefix([v[len(prefix) :][::-1] for v in self.verdicts])[::-1]
+        prefix = os.path.commonprefix(self.verdicts)  # any strings, not only paths
+        suffix = os.path.commonprefix([v[len(prefix) :][::-1] for v in self.verdicts])[::-1]
         return prefix, [v[len(prefix) : len(v) - len(suffix)] for v in self.verdicts]
-
-
-def _common_prefix(texts: Sequence[str]) -> str:
-    first = min(texts, key=len)
-    for i, ch in enumerate(first):
-        if any(t[i] != ch for t in texts):
-            return first[:i]
-    return first
 
 
 @dataclass(frozen=True)
