@@ -12,6 +12,7 @@ intervals; the held-out rankings the lesson reports on play no part.
 from __future__ import annotations
 
 import argparse
+import re
 import time
 
 import pandas as pd
@@ -71,14 +72,7 @@ def main(argv=None) -> pd.DataFrame:
         runs, steps, start = [], 0, time.process_time()
         for seed in args.seeds:
             cfg = JudgeTuneConfig(top_layers=1, epochs=epochs, target_modules=targets, seed=seed)
-            policy = add_judge_adapter(
-                policy,
-                cfg,
-                name=f"{name} seed{seed}".replace(" ", "_")
-                .replace("/", "_")
-                .replace(",", "")
-                .replace(".", ""),
-            )
+            policy = add_judge_adapter(policy, cfg, name=re.sub(r"\W+", "_", f"{name} seed{seed}"))
             h = train_judge(policy, tok, data, cfg, cache=cache, show_progress=False)
             steps = len(h.loss)
             judge.model = policy

@@ -102,10 +102,6 @@ class SwapRun:
     first: PairwiseResult
     second: PairwiseResult
 
-    def p_better(self) -> tuple[np.ndarray, np.ndarray]:
-        """(N,) soft preference for the better answer in each order (log-prob mode)."""
-        return self.first.p_first, 1.0 - self.second.p_first
-
 
 def judge_both_orders(
     judge: Judge,
@@ -185,9 +181,10 @@ class Outcomes:
         v = v.transpose(0, 2, 1)  # (S, N, 2)
         better = np.stack([v[..., 0] == "A", v[..., 1] == "B"], -1)
         worse = np.stack([v[..., 0] == "B", v[..., 1] == "A"], -1)
-        p = None
+        p = None  # the soft preference for the better answer in each order (log-prob mode)
         if all(r.first.probs is not None for r in runs):
-            p = np.array([np.stack(r.p_better(), -1) for r in runs], dtype=float)
+            p = [np.stack([r.first.p_first, 1.0 - r.second.p_first], -1) for r in runs]
+            p = np.array(p, dtype=float)
         return cls(better, worse, v == "tie", v == "A", v != None, p)  # noqa: E711 (elementwise)
 
     @property
