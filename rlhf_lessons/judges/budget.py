@@ -77,11 +77,9 @@ def main(argv=None) -> pd.DataFrame:
             steps = len(h.loss)
             judge.model = policy
             runs.append(judge_both_orders(judge, val_pairs, PROMPT))
-        rows.append({"budget": name, "steps": steps,
-                     "cpu seconds": round(time.process_time() - start, 1),
-                     "agreement": bootstrap("agreement", runs),
-                     "position pull": bootstrap("position pull", runs),
-                     "|position pull|": bootstrap("|position pull|", runs)})  # fmt: skip
+        seconds = round(time.process_time() - start, 1)
+        stats = {m: bootstrap(m, runs) for m in ("agreement", "position pull", "|position pull|")}
+        rows.append({"budget": name, "steps": steps, "cpu seconds": seconds} | stats)
         print(pd.DataFrame(rows[-1:]).to_string(), flush=True)
     table = pd.DataFrame(rows).set_index("budget")
     print(f"validation: {len(val_pairs)} pairs, both orders; seeds {args.seeds}")

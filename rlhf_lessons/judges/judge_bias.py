@@ -278,16 +278,15 @@ def attack_metrics(runs: SwapRun | Sequence[SwapRun]) -> dict[str, float]:
     return _metrics(runs, ATTACK_METRICS)
 
 
-def bias_table(rows: dict[str, dict[str, float]], columns: Sequence[str] | None = None,
-               paper: bool = True) -> pd.DataFrame:  # fmt: skip
+def bias_table(
+    rows: dict[str, dict[str, float]], columns: Sequence[str] | None = None
+) -> pd.DataFrame:
     """One row per judge setting, plus the paper's GPT-4 row (NaN where it has no number)."""
     table = pd.DataFrame.from_dict(rows, orient="index")
-    if paper:
-        gpt4 = {k: v for k, v in PAPER_GPT4.items() if k != "consistency, few-shot"}
-        table.loc["GPT-4, MT-Bench paper"] = pd.Series(gpt4)
-        table.loc["GPT-4, MT-Bench paper, few-shot"] = pd.Series(
-            {"consistency": PAPER_GPT4["consistency, few-shot"]}
-        )
+    gpt4 = {k: v for k, v in PAPER_GPT4.items() if k != "consistency, few-shot"}
+    table.loc["GPT-4, MT-Bench paper"] = pd.Series(gpt4)
+    few_shot = {"consistency": PAPER_GPT4["consistency, few-shot"]}
+    table.loc["GPT-4, MT-Bench paper, few-shot"] = pd.Series(few_shot)
     if columns is not None:
         table = table.reindex(columns=list(columns))
     return table

@@ -89,9 +89,8 @@ class JudgeTuneConfig:
 
 def verdict_data(judge: Judge, pairs: Sequence[JudgedPair],
                  config: PairwiseConfig | None = None) -> list[dict]:  # fmt: skip
-    """``{"context", "target"}`` records: every pair in both orders, ``context`` the text the
-    judge reads in log-prob mode (chat-formatted prompt + verdict prefix), ``target`` the
-    option naming the better answer (``"A"`` when it is shown first, ``"B"`` when second)."""
+    """The module doc's data as ``{"context", "target"}`` records: every pair in both orders,
+    ``target`` the option naming the better answer."""
     config = config or PairwiseConfig()
     prefix, options = config.split_verdicts()
     users = [config.format(p.prompt, p.better, p.worse) for p in pairs]
