@@ -317,11 +317,10 @@ class CachedJudge(Judge):
         self.cache = cache
 
     @torch.no_grad()
-    def option_logprobs(self, contexts: Sequence[str], options: Sequence[str],
-                        desc: str | None = None) -> torch.Tensor:  # fmt: skip
+    def option_logprobs(self, contexts: Sequence[str], options: Sequence[str]) -> torch.Tensor:
         ids = [self.tokenizer(o, add_special_tokens=False)["input_ids"] for o in options]
         if any(len(i) != 1 for i in ids):  # a multi-token option needs whole sequences
-            return super().option_logprobs(contexts, options, desc)
+            return super().option_logprobs(contexts, options)
         self.cache.add(contexts)
         order = np.argsort([self.cache.states[c].shape[0] for c in contexts], kind="stable")
         out = torch.empty(len(contexts), len(options))

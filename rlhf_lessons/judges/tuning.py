@@ -37,7 +37,7 @@ from dataclasses import asdict, dataclass
 
 import torch
 import torch.nn.functional as F
-from torch import Tensor, nn
+from torch import Tensor
 
 from rlhf_lessons.course.device import torch_threads
 from rlhf_lessons.course.seeding import seed_everything
@@ -138,20 +138,6 @@ def add_judge_adapter(model, config: JudgeTuneConfig | None = None, name: str = 
     return model.eval()
 
 
-def _check_top_only(policy: nn.Module, split: int) -> None:
-    """Every trainable parameter must sit in a layer >= split: the cached states of the layers
-    below are only valid while those layers stay fixed."""
-    for name, p in policy.named_parameters():
-        if p.requires_grad:
-            m = re.search(r"\.layers\.(\d+)\.", name)
-            if m is None or int(m.group(1)) < split:
-                raise ValueError(
-                    f"parameter {name} trains but is not in the top layers (>= {split}): the "
-                    "cached bottom states would go stale; train only an adapter made by "
-                    "add_judge_adapter with the same top_layers"
-                )
-
-
 def _one_token(tokenizer, text: str, what: str) -> int:
     ids = tokenizer(text, add_special_tokens=False)["input_ids"]
     if len(ids) != 1:
@@ -184,7 +170,8 @@ def _check_data(data: Sequence[Mapping], tokenizer, options) -> tuple[list, list
 def _checked_cache(cache: LayerCache | None, policy, tokenizer, cfg: JudgeTuneConfig,
                    show_progress: bool) -> LayerCache:  # fmt: skip
     """``cache`` (None: a new one) after the checks that keep its bottom states valid: the same
-    model, split below the config's ``top_layers``, and nothing trainable below the split."""
+    model, split below the config's ``top_layers``, and every trainable parameter in a layer at
+    or above the split (the cached states are only valid while the layers below stay fixed)."""
     if cache is None:
         cache = LayerCache(policy, tokenizer, cfg.top_layers, show_progress=show_progress)
     if base_model(cache.model) is not base_model(policy):
@@ -192,7 +179,14 @@ def _checked_cache(cache: LayerCache | None, policy, tokenizer, cfg: JudgeTuneCo
     if len(decoder_layers(policy)) - cache.split != cfg.top_layers:
         raise ValueError(f"cache splits the model above layer {cache.split}, config.top_layers "
                          f"is {cfg.top_layers}: build the cache with the config's top_layers")  # fmt: skip
-    _check_top_only(policy, cache.split)
+    for name, p in policy.named_parameters():
+        m = re.search(r"\.layers\.(\d+)\.", name)
+        if p.requires_grad and (m is None or int(m.group(1)) < cache.split):
+            raise ValueError(
+                f"parameter {name} trains but is not in the top layers (>= {cache.split}): the "
+                "cached bottom states would go stale; train only an adapter made by "
+                "add_judge_adapter with the same top_layers"
+            )
     return cache
 
 
