@@ -195,9 +195,7 @@ class Outcomes:
         """Resampled outcomes: ``seeds`` (B, S') and ``pairs`` (B, N') integer indices give
         arrays (B, S', N', 2), one bootstrap replicate per row."""
         ix = (seeds[:, :, None], pairs[:, None, :])
-        return Outcomes(*(None if a is None else a[ix] for a in
-                          (self.better, self.worse, self.tie, self.first, self.parsed,
-                           self.p_better)))  # fmt: skip
+        return Outcomes(*(None if a is None else a[ix] for a in vars(self).values()))
 
 
 _ALL = (-3, -2, -1)  # seeds, pairs, orders

@@ -136,9 +136,8 @@ LengthJudge = PrefersLonger
 
 def planted_judges(records: Sequence[Record], pull: float = 0.3,
                    seed: int = 0) -> dict[str, RuleJudge]:  # fmt: skip
-    """The five calibration judges of the lesson, over the ranking of ``records``: always "A";
-    informed; informed with a position pull of size ``pull``; prefers longer and prefers lists
-    (each falling back on the informed judge)."""
+    """The module doc's five judges over the ranking of ``records`` (rules fall back on the
+    informed judge)."""
     informed = InformedJudge(records)
     return {
         "always A": AlwaysA(),

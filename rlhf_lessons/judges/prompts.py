@@ -246,9 +246,8 @@ class PairwiseConfig:
     """A pairwise prompt and its three verdict strings (A better, B better, tie).
 
     The template uses ``{prompt}``, ``{response_a}``, ``{response_b}`` (and optionally
-    ``{reference}``). The log-prob mode reads the options where the verdicts differ: with
-    ``[[A]]``/``[[B]]``/``[[C]]`` the reply is assumed to start with ``[[`` and the options are
-    ``A``, ``B``, ``C`` (the shared ending ``]]`` carries no preference and is not scored).
+    ``{reference}``). The log-prob mode reads the options where the verdicts differ
+    (:meth:`split_verdicts`): a shared ending such as ``]]`` carries no preference.
     """
 
     template: str = PAIRWISE_TEMPLATE
