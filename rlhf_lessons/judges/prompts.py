@@ -5,16 +5,10 @@ Papers: Zheng et al. 2023, "Judging LLM-as-a-Judge with MT-Bench and Chatbot Are
 ``[[rating]]``, reference-guided judging); Yuan et al. 2024, "Self-Rewarding Language Models",
 arXiv 2401.10020 (the additive 5-point prompt ending in ``Score: <points>``).
 
-- :class:`PairwiseConfig`: a pairwise template (``{prompt}``, ``{response_a}``,
-  ``{response_b}``, optionally ``{reference}``) and its three verdict strings;
-  :func:`parse_verdict` finds the one verdict in a reply, or says why there is none.
-- :class:`RewardPromptConfig`: a grading template (``{prompt}``, ``{response}``, optionally
-  ``{reference}``) and a score pattern with a ``{reward}`` slot (``"Score: {reward}"``,
-  ``"[[{reward}]]"``); :func:`parse_score` reads the score, or gives the reason it cannot
-  (no score, not a number, out of range, ambiguous). Lesson 10 reuses both.
-
-A reply that does not contain a verdict or score is reported as unparsable with its reason,
-never silently turned into a score or a tie.
+:class:`PairwiseConfig` (a pairwise template and its verdicts) goes with
+:func:`parse_verdict`, :class:`RewardPromptConfig` (a grading template and its score pattern)
+with :func:`parse_score`; lesson 10 reuses both. A reply that does not contain a verdict or
+score is reported as unparsable with its reason, never silently turned into a score or a tie.
 """
 
 from __future__ import annotations
