@@ -258,16 +258,18 @@ class LayerCache:
                     if t not in self.kv:
                         x = norm(self.states[t])
                         self.kv[t] = (x, _base(attn.k_proj)(x), _base(attn.v_proj)(x))
-            x, mask = _pad([self.kv[t][0] for t in texts])
-            k = _pad([self.kv[t][1] for t in texts])[0] + _lora_delta(attn.k_proj, x)
-            v = _pad([self.kv[t][2] for t in texts])[0] + _lora_delta(attn.v_proj, x)
+            k, mask = _pad([self.kv[t][1] for t in texts])
+            v = _pad([self.kv[t][2] for t in texts])[0]
+            if any(hasattr(m, "lora_A") for m in (attn.k_proj, attn.v_proj)):
+                x = _pad([self.kv[t][0] for t in texts])[0]
+                k, v = k + _lora_delta(attn.k_proj, x), v + _lora_delta(attn.v_proj, x)
         else:
             h, mask = _pad([self.states[t] for t in texts])
             x = norm(h)
             k, v = attn.k_proj(x), attn.v_proj(x)
-        (b, t, _), d = x.shape, attn.head_dim
+        (b, t, _), d = k.shape, attn.head_dim
         k, v = k.view(b, t, -1, d).transpose(1, 2), v.view(b, t, -1, d).transpose(1, 2)
-        cos, sin = self.top.model.rotary_emb(x, lm.position_ids(mask))
+        cos, sin = self.top.model.rotary_emb(k, lm.position_ids(mask))  # (k: dtype and device)
         return apply_rotary_pos_emb(k, k, cos, sin)[1], v
 
     def _one_position_logits(self, texts: Sequence[str], mask, last, tokens=None) -> torch.Tensor:
