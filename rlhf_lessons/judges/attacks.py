@@ -49,16 +49,16 @@ def is_list(text: str) -> bool:
     return bool(_LIST_LINE.search(text))
 
 
-def _points(text: str) -> list[str]:
+def _restatements(text: str) -> list[str]:
     # sentences of fewer than three words ("No.") are not worth restating; an answer with none
     # left is restated whole
-    return [s for s in sentences(text) if len(s.split()) >= 3] or [text.strip()]
+    points = [s for s in sentences(text) if len(s.split()) >= 3] or [text.strip()]
+    return [f"{_RESTATE[i % len(_RESTATE)]} {s}" for i, s in enumerate(points)]
 
 
 def restated(text: str) -> str:
     """Longer, same format: the answer followed by a prose paragraph restating its points."""
-    again = [f"{_RESTATE[i % len(_RESTATE)]} {s}" for i, s in enumerate(_points(text))]
-    return text.strip() + "\n\n" + " ".join(again)
+    return text.strip() + "\n\n" + " ".join(_restatements(text))
 
 
 def as_list(text: str) -> str:
@@ -69,7 +69,7 @@ def as_list(text: str) -> str:
 def repetitive_list(text: str) -> str:
     """MT-Bench's "repetitive list" attack (longer *and* a list): the answer followed by a
     numbered list that restates its points, with no new information."""
-    items = [f"{i + 1}. {_RESTATE[i % len(_RESTATE)]} {s}" for i, s in enumerate(_points(text))]
+    items = [f"{i + 1}. {s}" for i, s in enumerate(_restatements(text))]
     return text.strip() + "\n\nKey points:\n" + "\n".join(items)
 
 

@@ -12,6 +12,7 @@ intervals; the held-out rankings the lesson reports on play no part.
 from __future__ import annotations
 
 import argparse
+import re
 import time
 
 import pandas as pd
@@ -71,23 +72,14 @@ def main(argv=None) -> pd.DataFrame:
         runs, steps, start = [], 0, time.process_time()
         for seed in args.seeds:
             cfg = JudgeTuneConfig(top_layers=1, epochs=epochs, target_modules=targets, seed=seed)
-            policy = add_judge_adapter(
-                policy,
-                cfg,
-                name=f"{name} seed{seed}".replace(" ", "_")
-                .replace("/", "_")
-                .replace(",", "")
-                .replace(".", ""),
-            )
+            policy = add_judge_adapter(policy, cfg, name=re.sub(r"\W+", "_", f"{name} seed{seed}"))
             h = train_judge(policy, tok, data, cfg, cache=cache, show_progress=False)
             steps = len(h.loss)
             judge.model = policy
             runs.append(judge_both_orders(judge, val_pairs, PROMPT))
-        rows.append({"budget": name, "steps": steps,
-                     "cpu seconds": round(time.process_time() - start, 1),
-                     "agreement": bootstrap("agreement", runs),
-                     "position pull": bootstrap("position pull", runs),
-                     "|position pull|": bootstrap("|position pull|", runs)})  # fmt: skip
+        seconds = round(time.process_time() - start, 1)
+        stats = {m: bootstrap(m, runs) for m in ("agreement", "position pull", "|position pull|")}
+        rows.append({"budget": name, "steps": steps, "cpu seconds": seconds} | stats)
         print(pd.DataFrame(rows[-1:]).to_string(), flush=True)
     table = pd.DataFrame(rows).set_index("budget")
     print(f"validation: {len(val_pairs)} pairs, both orders; seeds {args.seeds}")

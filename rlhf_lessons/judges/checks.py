@@ -9,16 +9,10 @@ judge's S seeds with replacement, then recomputes the metric on the resampled ou
 A paired difference (fine-tuned minus zero-shot, on the same pairs) resamples the pairs
 jointly, so the pair-to-pair variation the two judges share cancels.
 
-:func:`diagnose` turns the intervals into the four findings, with the bar each is read
-against:
-
-- *signal*: agreement with the human labels above 1/2 (chance; a judge stuck on one position
-  scores exactly 1/2): the interval's lower bound above 0.5;
-- *position bias*: the position pull ``2 * first-position rate - 1`` differs from 0 (a
-  position-free judge scores 0 whatever its accuracy): the interval excludes 0;
-- *falls for an attack*: the attacked copy (which adds nothing) wins more than half the
-  verdicts over both orders (a judge indifferent to the change, or one that only follows
-  position, wins at most half): the lower bound above 0.5.
+:func:`diagnose` reads the intervals against the metrics' chance values (derived in
+:mod:`rlhf_lessons.judges.judge_bias`): *signal* when the agreement's lower bound is above 1/2,
+a *position bias* when the position pull's interval excludes 0, *falls for an attack* when the
+attack success's lower bound is above 1/2.
 """
 
 from __future__ import annotations

@@ -21,12 +21,14 @@ SmolLM2, Llama, Mistral, Qwen2 and most open decoders are.
 from __future__ import annotations
 
 import copy
+import os
 from collections.abc import Sequence
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.nn.utils.rnn import pad_sequence
 
 from rlhf_lessons import lm
 from rlhf_lessons.course.progress import progress
@@ -81,54 +83,21 @@ def top_view(model, split: int) -> nn.Module:
 
 
 def _pad(states: Sequence[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
-    """Right-pad (T_i, H) states into (B, T, H) and their attention mask (B, T)."""
-    width = max(s.shape[0] for s in states)
-    h = states[0].new_zeros(len(states), width, states[0].shape[1])
-    mask = torch.zeros(len(states), width, dtype=torch.long, device=h.device)
-    for i, s in enumerate(states):
-        h[i, : s.shape[0]], mask[i, : s.shape[0]] = s, 1
-    return h, mask
+    """Right-pad (T_i, ...) states into (B, T, ...) and their attention mask (B, T)."""
+    lengths = torch.tensor([s.shape[0] for s in states], device=states[0].device)
+    mask = torch.arange(int(lengths.max()), device=lengths.device) < lengths[:, None]
+    return pad_sequence(list(states), batch_first=True), mask.long()
 
 
-def _pad_heads(xs: Sequence[torch.Tensor]) -> torch.Tensor:
-    """Right-pad (heads, T_i, d) keys or values into (B, heads, T, d)."""
-    out = xs[0].new_zeros(len(xs), xs[0].shape[0], max(x.shape[1] for x in xs), xs[0].shape[2])
-    for i, x in enumerate(xs):
-        out[i, :, : x.shape[1]] = x
-    return out
-
-
-def _shared_length(a: Sequence[int], b: Sequence[int]) -> int:
-    """How many tokens ``a`` and ``b`` start with in common."""
-    n = min(len(a), len(b))
-    for k in range(n):
-        if a[k] != b[k]:
-            return k
-    return n
-
-
-def last_layer_keys_values(layer, rotary: nn.Module, h: torch.Tensor,
-                           mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:  # fmt: skip
-    """The keys (rotary applied) and values of a Llama-style layer at every position:
-    h (B, T, H), mask (B, T) -> K, V (B, kv heads, T, head dim)."""
-    attn, (b, t, _) = layer.self_attn, h.shape
-    x = layer.input_layernorm(h)
-    k = attn.k_proj(x).view(b, t, -1, attn.head_dim).transpose(1, 2)
-    v = attn.v_proj(x).view(b, t, -1, attn.head_dim).transpose(1, 2)
-    return _rotate(rotary, k, x, mask), v
-
-
-def _rotate(rotary: nn.Module, k: torch.Tensor, x: torch.Tensor, mask: torch.Tensor):
-    """Rotary position embedding of keys k (B, heads, T, d) at the real tokens' positions."""
-    from transformers.models.llama.modeling_llama import apply_rotary_pos_emb
-
-    cos, sin = rotary(x, lm.position_ids(mask))
-    return apply_rotary_pos_emb(k, k, cos, sin)[1]
+def _base(module: nn.Module) -> nn.Module:
+    """The linear map under a peft LoRA layer (or the module itself)."""
+    return getattr(module, "base_layer", module)
 
 
 def _lora_delta(module: nn.Module, x: torch.Tensor) -> torch.Tensor | float:
-    """The active LoRA adapters' part of a peft ``lora.Linear``'s output: sum s B A x."""
-    if module.disable_adapters:
+    """The active LoRA adapters' part of a peft ``lora.Linear``'s output: sum s B A x (0 for a
+    plain linear map)."""
+    if not hasattr(module, "lora_A") or module.disable_adapters:
         return 0.0
     return sum(
         (module.lora_B[a](module.lora_A[a](module.lora_dropout[a](x))) * module.scaling[a]
@@ -141,7 +110,7 @@ def last_layer_at_end(layer, rotary: nn.Module, h_end: torch.Tensor, position: t
     """A Llama-style decoder layer computed at one position per row (its last real one).
 
     h_end (B, H): the layer's input there; position (B,): its index; k, v (B, kv heads, T, d):
-    every position's keys and values (:func:`last_layer_keys_values`); mask (B, T) -> (B, H),
+    every position's keys and values (``LayerCache._keys_values``); mask (B, T) -> (B, H),
     the layer's output at that position. Only that output is needed for the next-token logits,
     so the query, the attention output and the MLP run at one position:
 
@@ -175,17 +144,14 @@ def output_logits(lm_head: nn.Module, x: torch.Tensor, tokens: Sequence[int] | N
 class LayerCache:
     """The hidden states entering layer ``split = L - top_layers`` of ``model``, per text.
 
-    :meth:`add` computes the missing ones (the bottom layers only), one text at a time in token
-    order, reusing the keys and values of the longest beginning a text shares with the text
-    before it (the system message and instructions, the question, the first answer), so the
-    bottom layers read each shared beginning once per call. :meth:`next_token_logits` runs the top
-    layers on the cached states (with gradients when asked) and returns the logits of the token
-    that follows each text. With ``top_layers=1`` the last layer runs at that one position
-    (:func:`last_layer_at_end`, checked once against the whole layer), and its keys and values
-    are cached per text too: whole when they are frozen, and as the frozen base projections
-    when a LoRA adapter sits on k_proj / v_proj (a step adds only the rank-r part). A training
-    step then costs about one position of one layer per example.
-    ``bottom_tokens`` counts the tokens the bottom layers have read.
+    :meth:`add` computes the missing ones (the bottom layers only), reusing the keys and values
+    of the longest beginning a text shares with the text before it in token order.
+    :meth:`next_token_logits` runs the top layers on the cached states (with gradients when
+    asked) and returns the logits of the token that follows each text. With ``top_layers=1``
+    the last layer runs at that one position (:func:`last_layer_at_end`, checked once against
+    the whole layer), on keys and values whose frozen parts are cached per text too
+    (:meth:`_keys_values`): a training step then costs about one position of one layer per
+    example. ``bottom_tokens`` counts the tokens the bottom layers have read.
     """
 
     def __init__(self, model, tokenizer, top_layers: int, show_progress: bool = True):
@@ -197,7 +163,7 @@ class LayerCache:
         self.top = top_view(model, self.split)
         self.show_progress = show_progress
         self.states: dict[str, torch.Tensor] = {}
-        self.kv: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}  # see _frozen_keys_values
+        self.kv: dict[str, tuple[torch.Tensor, ...]] = {}  # x, W_k x, W_v x: see _keys_values
         self._kv_signature: tuple = ()
         self.bottom_tokens = 0
         self.one_position = None if top_layers == 1 else False  # None: not checked yet
@@ -225,14 +191,11 @@ class LayerCache:
 
     @torch.no_grad()
     def add(self, texts: Sequence[str]) -> None:
-        """Compute and keep the states of the texts not cached yet.
-
-        The texts are taken in token order (sorted as sequences of ids), one at a time: the
-        text before a text in that order is the one that shares the longest beginning with it,
-        so its bottom-layer keys and values up to there are reused and only the rest runs.
-        Judge prompts share a lot: the system message and instructions, a question across both
-        orders of its pair, a question and first answer across pairs that differ in the second.
-        """
+        """Compute and keep the states of the texts not cached yet, one text at a time in token
+        order (sorted as sequences of ids): the text before a text in that order shares the
+        longest beginning with it, so only the rest runs. Judge prompts share a lot: the system
+        message and instructions, a question across both orders of its pair, a question and
+        first answer across pairs that differ in the second."""
         from transformers import DynamicCache
 
         new = list(dict.fromkeys(t for t in texts if t not in self.states))
@@ -249,7 +212,8 @@ class LayerCache:
             row = ids[i]
             if not row:
                 raise ValueError(f"text {new[i]!r} has no tokens")
-            p = min(_shared_length(before, row), len(row) - 1)  # run at least the last token
+            shared = len(os.path.commonprefix([before, row]))  # works on lists of token ids
+            p = min(shared, len(row) - 1)  # run at least the last token
             past = [(k[:, :, :p], v[:, :, :p]) for k, v in kv_before] if p else None
             cache = DynamicCache(ddp_cache_data=past, config=config)
             x = torch.tensor([row[p:]], device=device)
@@ -262,67 +226,51 @@ class LayerCache:
             kv_before = [(cache.layers[j].keys, cache.layers[j].values) for j in range(self.split)]
             self.bottom_tokens += len(row) - p
 
-    def _frozen_keys_values(self) -> bool:
-        """Whether the last layer's keys and values are fixed: no adapter and nothing training
-        in its k_proj, v_proj and input norm. Then they are cached per text as well (and the
-        cache is dropped if those weights were changed in place since)."""
-        layer = self.top.model.layers[-1]
-        parts = (layer.self_attn.k_proj, layer.self_attn.v_proj, layer.input_layernorm)
-        params = [p for m in parts for p in m.parameters()]
-        if any(hasattr(m, "lora_A") for m in parts) or any(p.requires_grad for p in params):
+    def _inputs_frozen(self, norm: nn.Module, projections: Sequence[nn.Module]) -> bool:
+        """Whether ``x = norm(h)`` and the base projections ``W x`` are fixed: norm and base
+        weights frozen, any LoRA adapter plain and unmerged. Then they are cached per text (and
+        the cache is dropped if those weights were changed in place since)."""
+        if hasattr(norm, "lora_A") or any(
+            getattr(m, "merged", False) or getattr(m, "lora_variant", None) for m in projections
+        ):
+            return False
+        params = [*norm.parameters(), *(p for m in projections for p in _base(m).parameters())]
+        if any(p.requires_grad for p in params):
             return False
         signature = tuple((p.data_ptr(), p._version) for p in params)
         if signature != self._kv_signature:
             self.kv, self._kv_signature = {}, signature
         return True
 
-    def _lora_keys_values(self, texts: Sequence[str]):
-        """Keys and values when a LoRA adapter (frozen base weights, frozen input norm) sits on
-        k_proj / v_proj: ``k = W_k x + s B_k A_k x`` with ``x = norm(h)``. ``x``, ``W_k x`` and
-        ``W_v x`` are fixed per text and cached; a step computes only the rank-r part. None
-        when the layer is not of that kind (then everything is recomputed)."""
+    def _keys_values(self, texts: Sequence[str]) -> tuple[torch.Tensor, torch.Tensor]:
+        """Padded (B, kv heads, T, d) keys (rotary applied) and values of the last layer for the
+        texts: ``k = W_k x + s B_k A_k x`` with ``x = norm(h)`` (no adapter term without a LoRA
+        adapter), ``v`` alike. When ``x``, ``W_k x`` and ``W_v x`` are fixed
+        (:meth:`_inputs_frozen`) they are cached per text and a step computes only the rank-r
+        part; otherwise everything is recomputed."""
+        from transformers.models.llama.modeling_llama import apply_rotary_pos_emb
+
         layer = self.top.model.layers[-1]
         attn, norm = layer.self_attn, layer.input_layernorm
-        projections = (attn.k_proj, attn.v_proj)
-        if any(p.requires_grad for p in norm.parameters()) or hasattr(norm, "lora_A") or any(
-            not hasattr(m, "base_layer") or m.merged or getattr(m, "lora_variant", None)
-            or any(p.requires_grad for p in m.base_layer.parameters()) for m in projections
-        ):  # fmt: skip
-            return None
-        params = [*norm.parameters(), *(p for m in projections for p in m.base_layer.parameters())]
-        signature = ("lora", *((p.data_ptr(), p._version) for p in params))
-        if signature != self._kv_signature:
-            self.kv, self._kv_signature = {}, signature
-        with torch.no_grad():
-            for t in dict.fromkeys(texts):
-                if t not in self.kv:
-                    x = norm(self.states[t])
-                    self.kv[t] = (x, attn.k_proj.base_layer(x), attn.v_proj.base_layer(x))
-        x, mask = _pad([self.kv[t][0] for t in texts])
-        k = _pad([self.kv[t][1] for t in texts])[0] + _lora_delta(attn.k_proj, x)
-        v = _pad([self.kv[t][2] for t in texts])[0] + _lora_delta(attn.v_proj, x)
-        (b, t, _), d = x.shape, attn.head_dim
-        k, v = k.view(b, t, -1, d).transpose(1, 2), v.view(b, t, -1, d).transpose(1, 2)
-        return _rotate(self.top.model.rotary_emb, k, x, mask), v
-
-    def _keys_values(self, texts: Sequence[str]) -> tuple[torch.Tensor, torch.Tensor]:
-        """Padded (B, kv heads, T, d) keys and values of the last layer for the texts."""
-        layer, rotary = self.top.model.layers[-1], self.top.model.rotary_emb
-        if not self._frozen_keys_values():
-            lora = self._lora_keys_values(texts)
-            if lora is not None:
-                return lora
+        if self._inputs_frozen(norm, (attn.k_proj, attn.v_proj)):
+            with torch.no_grad():
+                for t in dict.fromkeys(texts):
+                    if t not in self.kv:
+                        x = norm(self.states[t])
+                        self.kv[t] = (x, _base(attn.k_proj)(x), _base(attn.v_proj)(x))
+            k, mask = _pad([self.kv[t][1] for t in texts])
+            v = _pad([self.kv[t][2] for t in texts])[0]
+            if any(hasattr(m, "lora_A") for m in (attn.k_proj, attn.v_proj)):
+                x = _pad([self.kv[t][0] for t in texts])[0]
+                k, v = k + _lora_delta(attn.k_proj, x), v + _lora_delta(attn.v_proj, x)
+        else:
             h, mask = _pad([self.states[t] for t in texts])
-            return last_layer_keys_values(layer, rotary, h, mask)
-        with torch.no_grad():
-            for t in dict.fromkeys(texts):
-                if t not in self.kv:
-                    h = self.states[t][None]
-                    k, v = last_layer_keys_values(layer, rotary, h, h.new_ones(h.shape[:2]))
-                    self.kv[t] = (k[0], v[0])
-        return _pad_heads([self.kv[t][0] for t in texts]), _pad_heads(
-            [self.kv[t][1] for t in texts]
-        )
+            x = norm(h)
+            k, v = attn.k_proj(x), attn.v_proj(x)
+        (b, t, _), d = k.shape, attn.head_dim
+        k, v = k.view(b, t, -1, d).transpose(1, 2), v.view(b, t, -1, d).transpose(1, 2)
+        cos, sin = self.top.model.rotary_emb(k, lm.position_ids(mask))  # (k: dtype and device)
+        return apply_rotary_pos_emb(k, k, cos, sin)[1], v
 
     def _one_position_logits(self, texts: Sequence[str], mask, last, tokens=None) -> torch.Tensor:
         top = self.top.model
@@ -371,11 +319,10 @@ class CachedJudge(Judge):
         self.cache = cache
 
     @torch.no_grad()
-    def option_logprobs(self, contexts: Sequence[str], options: Sequence[str],
-                        desc: str | None = None) -> torch.Tensor:  # fmt: skip
+    def option_logprobs(self, contexts: Sequence[str], options: Sequence[str]) -> torch.Tensor:
         ids = [self.tokenizer(o, add_special_tokens=False)["input_ids"] for o in options]
         if any(len(i) != 1 for i in ids):  # a multi-token option needs whole sequences
-            return super().option_logprobs(contexts, options, desc)
+            return super().option_logprobs(contexts, options)
         self.cache.add(contexts)
         order = np.argsort([self.cache.states[c].shape[0] for c in contexts], kind="stable")
         out = torch.empty(len(contexts), len(options))

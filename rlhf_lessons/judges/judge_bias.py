@@ -102,10 +102,6 @@ class SwapRun:
     first: PairwiseResult
     second: PairwiseResult
 
-    def p_better(self) -> tuple[np.ndarray, np.ndarray]:
-        """(N,) soft preference for the better answer in each order (log-prob mode)."""
-        return self.first.p_first, 1.0 - self.second.p_first
-
 
 def judge_both_orders(
     judge: Judge,
@@ -185,9 +181,10 @@ class Outcomes:
         v = v.transpose(0, 2, 1)  # (S, N, 2)
         better = np.stack([v[..., 0] == "A", v[..., 1] == "B"], -1)
         worse = np.stack([v[..., 0] == "B", v[..., 1] == "A"], -1)
-        p = None
+        p = None  # the soft preference for the better answer in each order (log-prob mode)
         if all(r.first.probs is not None for r in runs):
-            p = np.array([np.stack(r.p_better(), -1) for r in runs], dtype=float)
+            p = [np.stack([r.first.p_first, 1.0 - r.second.p_first], -1) for r in runs]
+            p = np.array(p, dtype=float)
         return cls(better, worse, v == "tie", v == "A", v != None, p)  # noqa: E711 (elementwise)
 
     @property
@@ -198,9 +195,7 @@ class Outcomes:
         """Resampled outcomes: ``seeds`` (B, S') and ``pairs`` (B, N') integer indices give
         arrays (B, S', N', 2), one bootstrap replicate per row."""
         ix = (seeds[:, :, None], pairs[:, None, :])
-        return Outcomes(*(None if a is None else a[ix] for a in
-                          (self.better, self.worse, self.tie, self.first, self.parsed,
-                           self.p_better)))  # fmt: skip
+        return Outcomes(*(None if a is None else a[ix] for a in vars(self).values()))
 
 
 _ALL = (-3, -2, -1)  # seeds, pairs, orders
@@ -281,16 +276,15 @@ def attack_metrics(runs: SwapRun | Sequence[SwapRun]) -> dict[str, float]:
     return _metrics(runs, ATTACK_METRICS)
 
 
-def bias_table(rows: dict[str, dict[str, float]], columns: Sequence[str] | None = None,
-               paper: bool = True) -> pd.DataFrame:  # fmt: skip
+def bias_table(
+    rows: dict[str, dict[str, float]], columns: Sequence[str] | None = None
+) -> pd.DataFrame:
     """One row per judge setting, plus the paper's GPT-4 row (NaN where it has no number)."""
     table = pd.DataFrame.from_dict(rows, orient="index")
-    if paper:
-        gpt4 = {k: v for k, v in PAPER_GPT4.items() if k != "consistency, few-shot"}
-        table.loc["GPT-4, MT-Bench paper"] = pd.Series(gpt4)
-        table.loc["GPT-4, MT-Bench paper, few-shot"] = pd.Series(
-            {"consistency": PAPER_GPT4["consistency, few-shot"]}
-        )
+    gpt4 = {k: v for k, v in PAPER_GPT4.items() if k != "consistency, few-shot"}
+    table.loc["GPT-4, MT-Bench paper"] = pd.Series(gpt4)
+    few_shot = {"consistency": PAPER_GPT4["consistency, few-shot"]}
+    table.loc["GPT-4, MT-Bench paper, few-shot"] = pd.Series(few_shot)
     if columns is not None:
         table = table.reindex(columns=list(columns))
     return table

@@ -41,16 +41,11 @@ from rlhf_lessons import lm
 from rlhf_lessons.course.progress import progress
 from rlhf_lessons.judges.prompts import (  # noqa: F401 (re-exported: the lesson's public names)
     ADDITIVE_5_POINT,
-    ADDITIVE_TEMPLATE,
     PAIRWISE_INSTRUCTIONS_FIRST,
     PAIRWISE_REFERENCE_TEMPLATE,
-    PAIRWISE_TEMPLATE,
     SINGLE_1_TO_10,
-    SINGLE_TEMPLATE,
     VERDICTS,
     PairwiseConfig,
-    ParsedScore,
-    ParsedVerdict,
     RewardPromptConfig,
     Verdict,
     parse_score,
@@ -195,15 +190,11 @@ class Judge:
             for u in user_texts
         ]
 
-    def option_logprobs(self, contexts: Sequence[str], options: Sequence[str],
-                        desc: str | None = None) -> torch.Tensor:  # fmt: skip
+    def option_logprobs(self, contexts: Sequence[str], options: Sequence[str]) -> torch.Tensor:
         """(N, K) log-probabilities of each option right after each formatted context (the
         log-prob mode's one forward pass: :func:`choice_logprobs`)."""
-        return choice_logprobs(self.model, self.tokenizer, contexts, options, self.batch_size,
-                               desc)  # fmt: skip
-
-    def _desc(self, what: str) -> str | None:
-        return what if self.show_progress else None
+        desc = "judge (log-prob)" if self.show_progress else None
+        return choice_logprobs(self.model, self.tokenizer, contexts, options, self.batch_size, desc)
 
     def reply(self, prompts: Sequence[str], temperature: float | None = None,
               top_p: float = 1.0, seed: int = 0) -> list[str]:  # fmt: skip
@@ -211,7 +202,7 @@ class Judge:
         order = np.argsort([len(p) for p in prompts], kind="stable")  # similar lengths together
         replies: list[str] = [""] * len(prompts)
         chunks = range(0, len(order), self.batch_size)
-        for n, start in enumerate(progress(chunks, desc=self._desc("judge (text)"),
+        for n, start in enumerate(progress(chunks, desc="judge (text)",
                                            disable=not self.show_progress)):  # fmt: skip
             rows = order[start : start + self.batch_size]
             gen = lm.generate(
@@ -248,8 +239,7 @@ class Judge:
             return PairwiseResult("text", [p.verdict for p in parsed],
                                   [p.reason for p in parsed], texts=texts)  # fmt: skip
         prefix, options = config.split_verdicts()
-        logp = self.option_logprobs([c + prefix for c in chats], options,
-                                    self._desc("judge (log-prob)"))  # fmt: skip
+        logp = self.option_logprobs([c + prefix for c in chats], options)
         probs = torch.softmax(logp, dim=-1).numpy()
         verdicts = [VERDICTS[k] for k in probs.argmax(1)]
         return PairwiseResult("logprob", verdicts, ["ok"] * len(verdicts), probs=probs)
@@ -291,9 +281,7 @@ class Judge:
             return GradeResult("text", scores, reasons, texts=by_answer)
         choices = config.choices()
         logp = self.option_logprobs(
-            [c + config.answer_prefix for c in chats],
-            [str(k) for k in choices],
-            self._desc("judge (log-prob)"),
+            [c + config.answer_prefix for c in chats], list(map(str, choices))
         )
         probs = torch.softmax(logp, dim=-1).numpy()
         expected = probs @ np.array(choices, dtype=float)
@@ -306,15 +294,12 @@ def _check_mode(mode: str) -> None:
         raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
 
 
-def _check_lengths(prompts: Sequence[str], references: Sequence[str] | None = None,
-                   **columns: Sequence[str]) -> list[str | None]:  # fmt: skip
+def _check_lengths(prompts: Sequence[str], **columns: Sequence[str] | None) -> list[str | None]:
+    """Check every given column has one entry per prompt; return the references (or Nones)."""
     if not prompts:
         raise ValueError("prompts is empty")
     for name, col in columns.items():
-        if len(col) != len(prompts):
+        if col is not None and len(col) != len(prompts):
             raise ValueError(f"got {len(prompts)} prompts but {len(col)} {name}")
-    if references is None:
-        return [None] * len(prompts)
-    if len(references) != len(prompts):
-        raise ValueError(f"got {len(prompts)} prompts but {len(references)} references")
-    return list(references)
+    references = columns.get("references")
+    return [None] * len(prompts) if references is None else list(references)

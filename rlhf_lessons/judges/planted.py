@@ -32,21 +32,25 @@ from rlhf_lessons.rewards.preference_data import Record
 
 
 class RuleJudge:
-    """A judge that is a rule: :meth:`verdict` decides each pair; :meth:`compare` has the
-    signature of :meth:`rlhf_lessons.judges.llm_judge.Judge.compare` (the prompt config, mode,
-    references and few-shot examples are accepted and ignored: a rule reads only the texts)."""
+    """A judge that is a rule: :meth:`verdict` decides each pair (:meth:`verdicts` a batch);
+    :meth:`compare` has the signature of :meth:`rlhf_lessons.judges.llm_judge.Judge.compare`
+    (the prompt config, mode, references and few-shot examples are accepted and ignored: a rule
+    reads only the texts)."""
 
     name = "rule"
 
     def verdict(self, prompt: str, a: str, b: str) -> Verdict:
         raise NotImplementedError
 
+    def verdicts(self, prompts: Sequence[str], responses_a: Sequence[str],
+                 responses_b: Sequence[str]) -> list[Verdict]:  # fmt: skip
+        return [self.verdict(*x) for x in zip(prompts, responses_a, responses_b, strict=True)]
+
     def compare(self, prompts: Sequence[str], responses_a: Sequence[str],
                 responses_b: Sequence[str], config=None, mode="rule", references=None,
                 few_shot=()) -> PairwiseResult:  # fmt: skip
         del config, mode, references, few_shot
-        verdicts = [self.verdict(p, a, b)
-                    for p, a, b in zip(prompts, responses_a, responses_b, strict=True)]  # fmt: skip
+        verdicts = self.verdicts(prompts, responses_a, responses_b)
         return PairwiseResult("rule", verdicts, ["ok"] * len(verdicts))
 
 
@@ -87,12 +91,10 @@ class PositionPull(RuleJudge):
         self.rng = np.random.default_rng(seed)
         self.name = f"{base.name} + position pull {pull:g}"
 
-    def compare(self, prompts, responses_a, responses_b, config=None, mode="rule",
-                references=None, few_shot=()) -> PairwiseResult:  # fmt: skip
-        res = self.base.compare(prompts, responses_a, responses_b)
-        pulled = self.rng.random(len(res.verdicts)) < self.pull
-        verdicts = ["A" if p else v for p, v in zip(pulled, res.verdicts, strict=True)]
-        return PairwiseResult("rule", verdicts, ["ok"] * len(verdicts))
+    def verdicts(self, prompts, responses_a, responses_b) -> list[Verdict]:
+        base = self.base.verdicts(prompts, responses_a, responses_b)
+        pulled = self.rng.random(len(base)) < self.pull
+        return ["A" if p else v for p, v in zip(pulled, base, strict=True)]
 
 
 class _PrefersMore(RuleJudge):
@@ -117,15 +119,13 @@ class _PrefersMore(RuleJudge):
 
 
 class PrefersLonger(_PrefersMore):
-    """The answer with more words (:func:`~rlhf_lessons.judges.attacks.word_count`) wins;
-    equal lengths go to ``base`` (a tie when there is none)."""
+    """More words (:func:`~rlhf_lessons.judges.attacks.word_count`) win."""
 
     label, feature = "longer", staticmethod(word_count)
 
 
 class PrefersLists(_PrefersMore):
-    """The answer with list formatting (:func:`~rlhf_lessons.judges.attacks.is_list`) wins when
-    only one has it; otherwise ``base`` decides (a tie when there is none)."""
+    """List formatting (:func:`~rlhf_lessons.judges.attacks.is_list`) wins over prose."""
 
     label, feature = "lists", staticmethod(is_list)
 
@@ -136,9 +136,8 @@ LengthJudge = PrefersLonger
 
 def planted_judges(records: Sequence[Record], pull: float = 0.3,
                    seed: int = 0) -> dict[str, RuleJudge]:  # fmt: skip
-    """The five calibration judges of the lesson, over the ranking of ``records``: always "A";
-    informed; informed with a position pull of size ``pull``; prefers longer and prefers lists
-    (each falling back on the informed judge)."""
+    """The module doc's five judges over the ranking of ``records`` (rules fall back on the
+    informed judge)."""
     informed = InformedJudge(records)
     return {
         "always A": AlwaysA(),

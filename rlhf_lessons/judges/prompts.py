@@ -5,24 +5,18 @@ Papers: Zheng et al. 2023, "Judging LLM-as-a-Judge with MT-Bench and Chatbot Are
 ``[[rating]]``, reference-guided judging); Yuan et al. 2024, "Self-Rewarding Language Models",
 arXiv 2401.10020 (the additive 5-point prompt ending in ``Score: <points>``).
 
-- :class:`PairwiseConfig`: a pairwise template (``{prompt}``, ``{response_a}``,
-  ``{response_b}``, optionally ``{reference}``) and its three verdict strings;
-  :func:`parse_verdict` finds the one verdict in a reply, or says why there is none.
-- :class:`RewardPromptConfig`: a grading template (``{prompt}``, ``{response}``, optionally
-  ``{reference}``) and a score pattern with a ``{reward}`` slot (``"Score: {reward}"``,
-  ``"[[{reward}]]"``); :func:`parse_score` reads the score, or gives the reason it cannot
-  (no score, not a number, out of range, ambiguous). Lesson 10 reuses both.
-
-A reply that does not contain a verdict or score is reported as unparsable with its reason,
-never silently turned into a score or a tie.
+:class:`PairwiseConfig` (a pairwise template and its verdicts) goes with
+:func:`parse_verdict`, :class:`RewardPromptConfig` (a grading template and its score pattern)
+with :func:`parse_score`; lesson 10 reuses both. A reply that does not contain a verdict or
+score is reported as unparsable with its reason, never silently turned into a score or a tie.
 """
 
 from __future__ import annotations
 
 import math
+import os
 import re
 import string
-from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Literal
 
@@ -91,18 +85,14 @@ ADDITIVE_TEMPLATE = (
 )
 
 
-def _template_fields(template: str) -> set[str]:
+def _check_template(template: str, required: set[str], what: str) -> bool:
+    """Validate a template's fields; return whether it uses ``{reference}``."""
     try:
-        return {name for _, name, _, _ in string.Formatter().parse(template) if name is not None}
+        fields = {name for _, name, _, _ in string.Formatter().parse(template) if name is not None}
     except ValueError as err:
         raise ValueError(
             f"template is not a valid format string ({err}); write literal braces as {{{{ }}}}"
         ) from err
-
-
-def _check_template(template: str, required: set[str], what: str) -> bool:
-    """Validate a template's fields; return whether it uses ``{reference}``."""
-    fields = _template_fields(template)
     allowed = required | {"reference"}
     if not required <= fields:
         raise ValueError(
@@ -224,12 +214,11 @@ def parse_score(text: str, config: RewardPromptConfig) -> ParsedScore:
         return ParsedScore(None, "no score")
     values = []
     for raw in found:
-        token = raw.rstrip(".,;:!")  # "Score: 4." ends a sentence
         try:
-            value = float(token)
+            value = float(raw.rstrip(".,;:!"))  # "Score: 4." ends a sentence
         except ValueError:
-            return ParsedScore(None, "not a number", raw)
-        if not math.isfinite(value):  # float() accepts "nan" and "inf"
+            value = math.nan
+        if not math.isfinite(value):  # float() also accepts "nan" and "inf"
             return ParsedScore(None, "not a number", raw)
         values.append(value)
     if len(set(values)) > 1:
@@ -251,9 +240,8 @@ class PairwiseConfig:
     """A pairwise prompt and its three verdict strings (A better, B better, tie).
 
     The template uses ``{prompt}``, ``{response_a}``, ``{response_b}`` (and optionally
-    ``{reference}``). The log-prob mode reads the options where the verdicts differ: with
-    ``[[A]]``/``[[B]]``/``[[C]]`` the reply is assumed to start with ``[[`` and the options are
-    ``A``, ``B``, ``C`` (the shared ending ``]]`` carries no preference and is not scored).
+    ``{reference}``). The log-prob mode reads the options where the verdicts differ
+    (:meth:`split_verdicts`): a shared ending such as ``]]`` carries no preference.
     """
 
     template: str = PAIRWISE_TEMPLATE
@@ -283,17 +271,9 @@ class PairwiseConfig:
     def split_verdicts(self) -> tuple[str, list[str]]:
         """``(answer_prefix, options)``: the verdicts' common beginning and what follows it,
         up to their common ending. ``("[[", ["A", "B", "C"])`` for the default."""
-        prefix = _common_prefix(self.verdicts)
-        suffix = _common_prefix([v[len(prefix) :][::-1] for v in self.verdicts])[::-1]
+        prefix = os.path.commonprefix(self.verdicts)  # any strings, not only paths
+        suffix = os.path.commonprefix([v[len(prefix) :][::-1] for v in self.verdicts])[::-1]
         return prefix, [v[len(prefix) : len(v) - len(suffix)] for v in self.verdicts]
-
-
-def _common_prefix(texts: Sequence[str]) -> str:
-    first = min(texts, key=len)
-    for i, ch in enumerate(first):
-        if any(t[i] != ch for t in texts):
-            return first[:i]
-    return first
 
 
 @dataclass(frozen=True)

@@ -37,7 +37,7 @@ from dataclasses import asdict, dataclass
 
 import torch
 import torch.nn.functional as F
-from torch import nn
+from torch import Tensor
 
 from rlhf_lessons.course.device import torch_threads
 from rlhf_lessons.course.seeding import seed_everything
@@ -89,9 +89,8 @@ class JudgeTuneConfig:
 
 def verdict_data(judge: Judge, pairs: Sequence[JudgedPair],
                  config: PairwiseConfig | None = None) -> list[dict]:  # fmt: skip
-    """``{"context", "target"}`` records: every pair in both orders, ``context`` the text the
-    judge reads in log-prob mode (chat-formatted prompt + verdict prefix), ``target`` the
-    option naming the better answer (``"A"`` when it is shown first, ``"B"`` when second)."""
+    """The module doc's data as ``{"context", "target"}`` records: every pair in both orders,
+    ``target`` the option naming the better answer."""
     config = config or PairwiseConfig()
     prefix, options = config.split_verdicts()
     users = [config.format(p.prompt, p.better, p.worse) for p in pairs]
@@ -139,20 +138,6 @@ def add_judge_adapter(model, config: JudgeTuneConfig | None = None, name: str = 
     return model.eval()
 
 
-def _check_top_only(policy: nn.Module, split: int) -> None:
-    """Every trainable parameter must sit in a layer >= split: the cached states of the layers
-    below are only valid while those layers stay fixed."""
-    for name, p in policy.named_parameters():
-        if p.requires_grad:
-            m = re.search(r"\.layers\.(\d+)\.", name)
-            if m is None or int(m.group(1)) < split:
-                raise ValueError(
-                    f"parameter {name} trains but is not in the top layers (>= {split}): the "
-                    "cached bottom states would go stale; train only an adapter made by "
-                    "add_judge_adapter with the same top_layers"
-                )
-
-
 def _one_token(tokenizer, text: str, what: str) -> int:
     ids = tokenizer(text, add_special_tokens=False)["input_ids"]
     if len(ids) != 1:
@@ -160,35 +145,33 @@ def _one_token(tokenizer, text: str, what: str) -> int:
     return ids[0]
 
 
-def _option_targets(options, tokenizer, targets: torch.Tensor):
-    """The option tokens (None: the vocabulary) and the targets as indices among them."""
-    if options is None:
-        return None, targets
-    tokens = [_one_token(tokenizer, o, "JudgeTuneConfig.options entry") for o in options]
-    index = {t: i for i, t in enumerate(tokens)}
-    missing = sorted({int(t) for t in targets} - set(index))
-    if missing:
-        raise ValueError(f"targets {tokenizer.decode(missing)!r} are not among "
-                         f"JudgeTuneConfig.options {options!r}")  # fmt: skip
-    return tokens, torch.tensor([index[int(t)] for t in targets])
-
-
-def _check_data(data: Sequence[Mapping], tokenizer) -> tuple[list[str], torch.Tensor]:
+def _check_data(data: Sequence[Mapping], tokenizer, options) -> tuple[list, list | None, Tensor]:
+    """The contexts, the option tokens (None: the vocabulary) and each target's index there."""
     if isinstance(data, Mapping | str) or not data:
         raise ValueError("data must be a non-empty list of {'context', 'target'} records "
                          "(verdict_data makes them)")  # fmt: skip
-    ids = []
+    targets = []
     for i, r in enumerate(data):
         if not isinstance(r, Mapping) or not {"context", "target"} <= set(r):
             raise ValueError(f"data[{i}] must be a dict with 'context' and 'target', got {r!r:.80}")
-        ids.append(_one_token(tokenizer, r["target"], f"data[{i}]['target']"))
-    return [r["context"] for r in data], torch.tensor(ids)
+        targets.append(_one_token(tokenizer, r["target"], f"data[{i}]['target']"))
+    contexts = [r["context"] for r in data]
+    if options is None:
+        return contexts, None, torch.tensor(targets)
+    tokens = [_one_token(tokenizer, o, "JudgeTuneConfig.options entry") for o in options]
+    index = {t: i for i, t in enumerate(tokens)}
+    missing = sorted(set(targets) - set(index))
+    if missing:
+        raise ValueError(f"targets {tokenizer.decode(missing)!r} are not among "
+                         f"JudgeTuneConfig.options {options!r}")  # fmt: skip
+    return contexts, tokens, torch.tensor([index[t] for t in targets])
 
 
 def _checked_cache(cache: LayerCache | None, policy, tokenizer, cfg: JudgeTuneConfig,
                    show_progress: bool) -> LayerCache:  # fmt: skip
     """``cache`` (None: a new one) after the checks that keep its bottom states valid: the same
-    model, split below the config's ``top_layers``, and nothing trainable below the split."""
+    model, split below the config's ``top_layers``, and every trainable parameter in a layer at
+    or above the split (the cached states are only valid while the layers below stay fixed)."""
     if cache is None:
         cache = LayerCache(policy, tokenizer, cfg.top_layers, show_progress=show_progress)
     if base_model(cache.model) is not base_model(policy):
@@ -196,17 +179,15 @@ def _checked_cache(cache: LayerCache | None, policy, tokenizer, cfg: JudgeTuneCo
     if len(decoder_layers(policy)) - cache.split != cfg.top_layers:
         raise ValueError(f"cache splits the model above layer {cache.split}, config.top_layers "
                          f"is {cfg.top_layers}: build the cache with the config's top_layers")  # fmt: skip
-    _check_top_only(policy, cache.split)
+    for name, p in policy.named_parameters():
+        m = re.search(r"\.layers\.(\d+)\.", name)
+        if p.requires_grad and (m is None or int(m.group(1)) < cache.split):
+            raise ValueError(
+                f"parameter {name} trains but is not in the top layers (>= {cache.split}): the "
+                "cached bottom states would go stale; train only an adapter made by "
+                "add_judge_adapter with the same top_layers"
+            )
     return cache
-
-
-def _bottom_pass(cache: LayerCache, contexts: list[str], watch: Stopwatch) -> dict:
-    """Run the bottom layers once per text the cache does not hold yet, timed by ``watch``
-    (part of the training cost); returns the tokens they read and the seconds it took."""
-    before = cache.bottom_tokens
-    with watch:
-        cache.add(contexts)
-    return {"bottom_tokens": cache.bottom_tokens - before, "bottom_seconds": watch.seconds}
 
 
 def train_judge(
@@ -230,15 +211,16 @@ def train_judge(
     layers in this call: 0 when the cache already had every text) and ``bottom_seconds``.
     """
     cfg = config or JudgeTuneConfig()
-    contexts, targets = _check_data(data, tokenizer)
-    tokens, targets = _option_targets(cfg.options, tokenizer, targets)
+    contexts, tokens, targets = _check_data(data, tokenizer, cfg.options)
     params = trainable_parameters(policy)
     cache = _checked_cache(cache, policy, tokenizer, cfg, show_progress)
     history = History("judge_sft", asdict(cfg), info={"examples": len(contexts)})
     with torch_threads(cfg.threads):
         seed_everything(cfg.seed)
-        watch = Stopwatch()  # the bottom pass counts as training time
-        history.info |= _bottom_pass(cache, contexts, watch)
+        watch, read = Stopwatch(), cache.bottom_tokens
+        with watch:  # the bottom pass (on texts the cache lacks) counts as training time
+            cache.add(contexts)
+        history.info.update(bottom_tokens=cache.bottom_tokens - read, bottom_seconds=watch.seconds)
         optimizer = torch.optim.Adam(params, lr=cfg.lr)
         schedule = warmup_schedule(optimizer, cfg.warmup_steps)
         minibatches, total = minibatch_plan(targets, cfg)

@@ -118,17 +118,11 @@ def verdict_pairs(
 ) -> VerdictPairs:
     """Preference pairs from a judge's verdicts in both orders, agreeing verdicts only.
 
-    Args:
-        prompts: one prompt per candidate pair (text, or chat messages: kept as given).
-        responses_a, responses_b: the two responses of each pair (text or messages).
-        ab: verdicts with ``responses_a`` shown first: ``"A"``, ``"B"``, ``"tie"`` or ``None``
-            (unparsable), as in :class:`~rlhf_lessons.judges.llm_judge.PairwiseResult`.
-        ba: verdicts with ``responses_b`` shown first.
-        extra: optional keys to copy into each kept record (ids, categories, ...).
-
-    Returns:
-        :class:`VerdictPairs`: the kept pairs in TRL's preference format, the outcome of every
-        pair and the kept share (``summary()`` says it in one line).
+    One entry per candidate pair in each argument: ``prompts`` and the two responses (text or
+    chat messages, kept as given); ``ab`` the verdicts with ``responses_a`` shown first, ``ba``
+    with ``responses_b`` first (``"A"``, ``"B"``, ``"tie"`` or None for unparsable, as in
+    :class:`~rlhf_lessons.judges.llm_judge.PairwiseResult`); ``extra`` optional keys to copy
+    into each kept record (ids, categories, ...).
     """
     prompts = list(prompts)
     n = len(prompts)
