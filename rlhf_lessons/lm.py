@@ -37,24 +37,33 @@ class Batch:
     attention_mask: torch.Tensor
     completion_mask: torch.Tensor
 
+    @classmethod
+    def from_rows(cls, rows: Sequence[tuple[Sequence[int], Sequence[int]]], pad: int) -> Batch:
+        """``(prompt ids, completion ids)`` rows, right-padded (``input_ids`` with ``pad``)."""
+        ids, attention = _pad_rows([torch.tensor([*p, *c]) for p, c in rows], left=False, value=pad)
+        completion = torch.zeros_like(ids)
+        for i, (p, c) in enumerate(rows):
+            completion[i, len(p) : len(p) + len(c)] = 1
+        return cls(ids, attention, completion)
+
+    def _map(self, fn) -> Batch:
+        return Batch(fn(self.input_ids), fn(self.attention_mask), fn(self.completion_mask))
+
     def to(self, device) -> Batch:
-        return Batch(*(t.to(device) for t in (self.input_ids, self.attention_mask,
-                                               self.completion_mask)))  # fmt: skip
+        return self._map(lambda t: t.to(device))
 
     def __len__(self) -> int:
         return self.input_ids.shape[0]
 
     def rows(self, index) -> Batch:
         """The rows ``index`` (an int tensor, list or slice) of every tensor: a minibatch."""
-        return Batch(self.input_ids[index], self.attention_mask[index],
-                     self.completion_mask[index])  # fmt: skip
+        return self._map(lambda t: t[index])
 
     def trimmed(self) -> Batch:
         """The batch without the columns that are padding in every row (right-padded rows: a
         minibatch of short rows cut from a batch padded to its longest)."""
         width = int(self.attention_mask.sum(-1).max())
-        return Batch(self.input_ids[:, :width], self.attention_mask[:, :width],
-                     self.completion_mask[:, :width])  # fmt: skip
+        return self._map(lambda t: t[:, :width])
 
 
 def format_prompt(tokenizer, prompt: str | Sequence[dict], system: str | None = None) -> str:
@@ -118,16 +127,7 @@ def tokenize_pairs(
         if not c_ids:
             raise ValueError(f"completion {c!r} has no tokens")
         rows.append((p_ids, c_ids))
-    width = max(len(p) + len(c) for p, c in rows)
-    input_ids = torch.full((len(rows), width), pad, dtype=torch.long)
-    attention = torch.zeros(len(rows), width, dtype=torch.long)
-    completion = torch.zeros(len(rows), width, dtype=torch.long)
-    for i, (p, c) in enumerate(rows):
-        n = len(p) + len(c)
-        input_ids[i, :n] = torch.tensor(p + c)
-        attention[i, :n] = 1
-        completion[i, len(p) : n] = 1
-    return Batch(input_ids, attention, completion)
+    return Batch.from_rows(rows, pad)
 
 
 def _encode(tokenizer, texts: Sequence[str]) -> list[list[int]]:
@@ -308,10 +308,13 @@ def _cache_argument(backbone) -> str:
     return "cache" if "cache" in names else "past_key_values"
 
 
-def _pad_rows(rows: Sequence[torch.Tensor], left: bool) -> tuple[torch.Tensor, torch.Tensor]:
-    """Token rows (1-D tensors) padded with 0 to their longest: ``(ids, mask)``, (R, W) each."""
+def _pad_rows(
+    rows: Sequence[torch.Tensor], left: bool, value: int = 0
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Token rows (1-D tensors) padded with ``value`` to their longest, on the left or the right:
+    ``(ids, mask)``, (R, W) each."""
     width = max(len(r) for r in rows)
-    ids = rows[0].new_zeros(len(rows), width)
+    ids = rows[0].new_full((len(rows), width), value)
     mask = torch.zeros_like(ids)
     for i, r in enumerate(rows):
         cols = slice(width - len(r), width) if left else slice(0, len(r))
@@ -411,30 +414,23 @@ def generate(
     )  # fmt: skip
     texts, ids_rows, attn_rows, comp_rows = [], [], [], []
     for start in range(0, len(prompts), batch_size):
-        chunk = list(prompts[start : start + batch_size])
-        enc = [tokenizer(p, add_special_tokens=False)["input_ids"] for p in chunk]
-        width = max(len(e) for e in enc)
-        ids = torch.tensor([[pad] * (width - len(e)) + e for e in enc], device=device)
-        attn = torch.tensor([[0] * (width - len(e)) + [1] * len(e) for e in enc], device=device)
+        enc = _encode(tokenizer, prompts[start : start + batch_size])
+        rows = [torch.tensor(e, dtype=torch.long, device=device) for e in enc]
+        ids, attn = _pad_rows(rows, left=True, value=pad)
         out = model.generate(input_ids=ids, attention_mask=attn, generation_config=config)
-        new = out[:, width:]
+        new = out[:, ids.shape[1] :]
         # completion mask: tokens up to and including the first EOS
         is_eos = new == eos if eos is not None else torch.zeros_like(new, dtype=torch.bool)
         after_eos = (is_eos.long().cumsum(-1) - is_eos.long()) > 0
         comp = (~after_eos).long()
-        for i in range(len(chunk)):
-            texts.append(tokenizer.decode(new[i][comp[i].bool()], skip_special_tokens=True))
-        ids_rows.append(out.cpu())
-        attn_rows.append(torch.cat([attn, comp], dim=1).cpu())
-        comp_rows.append(torch.cat([torch.zeros_like(attn), comp], dim=1).cpu())
-    width = max(x.shape[1] for x in ids_rows)
+        for row, keep in zip(new, comp.bool(), strict=True):
+            texts.append(tokenizer.decode(row[keep], skip_special_tokens=True))
+        ids_rows += out.cpu()
+        attn_rows += torch.cat([attn, comp], dim=1).cpu()
+        comp_rows += torch.cat([torch.zeros_like(attn), comp], dim=1).cpu()
 
-    def rpad(x, value):  # chunks can differ in width: pad them on the right to a common one
-        return F.pad(x, (0, width - x.shape[1]), value=value)
+    def stack(rows, value):  # chunks can differ in width: right-pad every row to the longest
+        return nn.utils.rnn.pad_sequence(rows, batch_first=True, padding_value=value)
 
-    batch = Batch(
-        torch.cat([rpad(x, pad) for x in ids_rows]),
-        torch.cat([rpad(x, 0) for x in attn_rows]),
-        torch.cat([rpad(x, 0) for x in comp_rows]),
-    )
+    batch = Batch(stack(ids_rows, pad), stack(attn_rows, 0), stack(comp_rows, 0))
     return Generation(list(prompts), texts, batch)
