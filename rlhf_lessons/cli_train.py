@@ -163,7 +163,6 @@ class FlagsParser(argparse.ArgumentParser):
     def __init__(self, *args, algo: str = "", **kwargs) -> None:
         super().__init__(*args, **kwargs)
         self.algo = algo
-        self.dataclasses: list[type] = []
         self._ready = False
 
     def error(self, message: str):  # argparse's usage + error, as one line
@@ -178,7 +177,6 @@ class FlagsParser(argparse.ArgumentParser):
 
         kind = ALGOS[self.algo][0]
         config_cls = config_class(self.algo)
-        self.dataclasses = [config_cls, RunArgs]
         seen: set[str] = set()
         for cls, title, allowed in (
             (config_cls, f"training ({config_cls.__name__})", None),

@@ -70,10 +70,7 @@ def format_prompt(tokenizer, prompt: str | Sequence[dict], system: str | None = 
     """Turn a user message (or a list of chat messages) into the text the model is prompted
     with: the tokenizer's chat template with the assistant turn opened, when it has one;
     otherwise the raw text (base models, the course's tiny GPTs)."""
-    if isinstance(prompt, str):
-        messages = [{"role": "user", "content": prompt}]
-    else:
-        messages = list(prompt)
+    messages = [{"role": "user", "content": prompt}] if isinstance(prompt, str) else list(prompt)
     if system is not None:
         messages = [{"role": "system", "content": system}, *messages]
     if getattr(tokenizer, "chat_template", None):
@@ -144,6 +141,14 @@ def position_ids(attention_mask: torch.Tensor) -> torch.Tensor:
     return (attention_mask.long().cumsum(-1) - 1).clamp(min=0)
 
 
+def _forward(model, batch: Batch, **kwargs):
+    """``model`` (or a backbone) on ``batch``, at the positions of its real tokens."""
+    mask = batch.attention_mask
+    return model(
+        input_ids=batch.input_ids, attention_mask=mask, position_ids=position_ids(mask), **kwargs
+    )
+
+
 def next_token_logits(model, batch: Batch, temperature: float = 1.0) -> torch.Tensor:
     """Logits aligned with the tokens they predict: ``out[:, t]`` scores ``input_ids[:, t]``
     given the tokens before it. Shape (B, T, V); ``out[:, 0]`` is zero (no context)."""
@@ -161,12 +166,7 @@ def next_token_logits_at(
         raise ValueError(f"temperature must be > 0, got {temperature}")
     if index.shape != (len(batch),) or (index < 1).any():
         raise ValueError("index must hold one position >= 1 per row (position 0 has no context)")
-    out = model(
-        input_ids=batch.input_ids,
-        attention_mask=batch.attention_mask,
-        position_ids=position_ids(batch.attention_mask),
-        logits_to_keep=(index - 1).view(-1, 1).to(batch.input_ids.device),
-    )
+    out = _forward(model, batch, logits_to_keep=(index - 1).view(-1, 1).to(batch.input_ids.device))
     return out.logits[:, -1].float() / temperature
 
 
@@ -176,12 +176,7 @@ def _aligned_forward(model, batch: Batch, temperature: float, hidden: bool = Fal
     of the (B, T, V) logits is made at temperature 1: callers pad their (B, T - 1) results."""
     if temperature <= 0:
         raise ValueError(f"temperature must be > 0, got {temperature}")
-    out = model(
-        input_ids=batch.input_ids,
-        attention_mask=batch.attention_mask,
-        position_ids=position_ids(batch.attention_mask),
-        output_hidden_states=hidden,
-    )
+    out = _forward(model, batch, output_hidden_states=hidden)
     logits = out.logits[:, :-1].float()
     return (logits if temperature == 1.0 else logits / temperature), out
 
@@ -249,12 +244,7 @@ def completion_logprobs(
         states, targets = shared
         where = batch.completion_mask.bool()
     else:
-        hidden = backbone(
-            input_ids=batch.input_ids,
-            attention_mask=batch.attention_mask,
-            position_ids=position_ids(batch.attention_mask),
-            use_cache=False,
-        ).last_hidden_state
+        hidden = _forward(backbone, batch, use_cache=False).last_hidden_state
         where = batch.completion_mask.bool().clone()
         where[:, 0] = False  # the state at t - 1 predicts token t; token 0 has no context
         states, targets = hidden[:, :-1][where[:, 1:]], batch.input_ids[where]
