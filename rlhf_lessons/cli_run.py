@@ -3,7 +3,7 @@ cli_train`): load the model and the data, call the course's trainer, write the r
 
 One function per step, so that each is testable and a reader can follow a run:
 :func:`load_policy` (a name or folder; a LoRA adapter of an earlier run is merged in),
-:func:`prepare_data` (the file -> what the trainer takes, with the token-length check),
+:func:`convert` (the file -> what the trainer takes), :func:`check_lengths` (token limits),
 :func:`train_run` (the trainer, checkpoints, metrics, the final save) and :func:`evaluate_run`.
 """
 
@@ -282,16 +282,14 @@ def rl_eval_fn(tokenizer, prompts_, ref, reward_fn, config):
 # --- Training --------------------------------------------------------------------------------
 
 
-CONVERT = {"sft": data_io.sft_records, "dpo": None, "rl": data_io.prompts,
-           "ppo": data_io.prompts, "reward": data_io.ranked_records}  # fmt: skip
-
-
 def convert(kind: str, records, run: RunArgs) -> list:
     """Records -> what the trainer takes, before any model is loaded (so bad data fails fast):
     SFT records, preference pairs, prompts or rankings (:mod:`rlhf_lessons.data_io`)."""
     if kind == "dpo":
         return data_io.preference_pairs(records, run.ranked_pairs)
-    return CONVERT[kind](records)
+    if kind == "sft":
+        return data_io.sft_records(records)
+    return data_io.ranked_records(records) if kind == "reward" else data_io.prompts(records)
 
 
 # The kinds of training whose trainer splits each minibatch across the launched processes
@@ -445,9 +443,8 @@ def _rl(config, run, model, tokenizer, items, evals, info):
 
 
 def train_reward(config: RewardArgs, run: RunArgs, log: RunLog, items, evals, device):
-    """A reward model on ranked or paired records: an encoder (default MiniLM) with a mean-
-    pooled head, or a causal LM's last-token head; saved with :func:`rlhf_lessons.rewards.
-    reward_io.save_reward_model`."""
+    """A reward model (:func:`untrained_reward_model`, default MiniLM) trained on ranked or
+    paired records; saved with :func:`rlhf_lessons.rewards.reward_io.save_reward_model`."""
     from rlhf_lessons.distributed import launched_processes
     from rlhf_lessons.rewards.reward_io import save_reward_model
     from rlhf_lessons.rewards.reward_model import (

@@ -33,11 +33,9 @@ Frozen work that every process would repeat (DPO's reference log-probs, an evalu
 split with :meth:`Parallel.shard_range` and put back together with :meth:`Parallel.gather_rows`.
 :meth:`Parallel.save_pretrained` gathers the full weights (also under FSDP / ZeRO-3) and writes
 them from the main process. Launch with ``torchrun --nproc_per_node N`` (CPU or GPU, gloo or
-NCCL) or ``accelerate launch --config_file configs/accelerate/<file>.yaml`` (GPUs). The demo at
-the end (``torchrun --nproc_per_node 2 -m rlhf_lessons.distributed``) are a DPO-style loop and
-the course's own SFT trainer (:func:`rlhf_lessons.alignment.sft.train_sft`, which takes a
-``parallel``, or builds one itself when launched with several processes); the tests check that
-their loss curves equal the one-process runs'.
+NCCL) or ``accelerate launch --config_file configs/accelerate/<file>.yaml`` (GPUs). The demos at
+the end (``torchrun --nproc_per_node 2 -m rlhf_lessons.distributed``), a DPO-style loop and the
+course's SFT, DPO and reward-model trainers, are what the tests compare with one-process runs.
 
 Pitfalls this module avoids: a learning-rate scheduler passed to ``accelerator.prepare`` steps
 W times per optimizer step (``split_batches=False``), so schedulers are left unprepared; a
