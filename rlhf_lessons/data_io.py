@@ -222,11 +222,6 @@ def data_kind(records: Sequence[Mapping], name: str = "data") -> str:
 # --- Implicit prompts ------------------------------------------------------------------------
 
 
-def _common_prefix_length(a: Sequence, b: Sequence) -> int:
-    n = min(len(a), len(b))
-    return next((i for i in range(n) if a[i] != b[i]), n)
-
-
 def extract_prompt(record: Mapping, where: str = "record") -> Record:
     """Split an implicit-prompt pair ``{"chosen", "rejected"}`` into ``{"prompt", "chosen",
     "rejected"}``: the prompt is the longest shared prefix (characters of a string, or whole
@@ -241,9 +236,9 @@ def extract_prompt(record: Mapping, where: str = "record") -> Record:
         raise DataFormatError(
             f"{where}: 'chosen' and 'rejected' must both be strings or both lists of messages"
         )
-    n = _common_prefix_length(chosen, rejected)
-    if isinstance(chosen, str) and 0 < n < min(len(chosen), len(rejected)) \
-            and chosen[n - 1] == " ":  # fmt: skip
+    shorter = min(len(chosen), len(rejected))
+    n = next((i for i in range(shorter) if chosen[i] != rejected[i]), shorter)  # shared prefix
+    if isinstance(chosen, str) and 0 < n < shorter and chosen[n - 1] == " ":
         n -= 1  # TRL: "remove space before the prompt"
     if n == 0:
         raise DataFormatError(
@@ -251,7 +246,7 @@ def extract_prompt(record: Mapping, where: str = "record") -> Record:
             "the prompt; add a 'prompt' field (TRL's explicit-prompt format), or give chosen and "
             "rejected the same conversation before the answers"
         )
-    if n >= min(len(chosen), len(rejected)):
+    if n == shorter:
         raise DataFormatError(
             f"{where}: has no 'prompt', and one of 'chosen' and 'rejected' is a prefix of the "
             "other, so no split leaves both a response; add an explicit 'prompt' field"
