@@ -349,11 +349,10 @@ def train_run(algo: str, config, run: RunArgs) -> RunLog:
         log.start(config, run, {**info, "engine": run.engine})
         if run.engine == "trl":  # TRL's trainer on the same data and config; evaluated at the end
             history, model = _with_trl(kind, config, model, tokenizer, items, extra)
-            callback = StepCallback(log, tokenizer, total, 0, 0, eval_fn)
         else:
             history = trainer(model, tokenizer, items, config, eval_fn=callback if callback.every
                               else None, eval_every=callback.every, show_progress=True, **extra)  # fmt: skip
-        if eval_fn is not None and not callback.every:
+        if eval_fn is not None and (run.engine == "trl" or not callback.every):
             history.evaluate(eval_fn, getattr(model, "lm", model))
     log.save_model(model, tokenizer, final=True)
     log.finish(history)

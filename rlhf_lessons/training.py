@@ -35,6 +35,7 @@ import torch
 from torch import nn
 
 from rlhf_lessons.course.progress import progress
+from rlhf_lessons.distributed import Parallel
 
 #: One name for one thing, across every config of the course (a glossary, checked by a test).
 NAMES = {
@@ -168,19 +169,16 @@ def optimizer_step(
     params: Sequence[nn.Parameter],
     max_grad_norm: float,
     schedule: torch.optim.lr_scheduler.LRScheduler | None = None,
-    parallel: Any = None,
+    parallel: Parallel | None = None,
 ) -> float:
     """One step on ``loss``: zero the gradients, back-propagate (through ``parallel``, a
     :class:`~rlhf_lessons.distributed.Parallel`, when given), clip them to the global norm
     ``max_grad_norm``, step the optimizer, then its ``schedule``. Returns the gradient norm
     before clipping."""
     optimizer.zero_grad()
-    if parallel is None:
-        loss.backward()
-        norm = float(nn.utils.clip_grad_norm_(params, max_grad_norm))
-    else:
-        parallel.backward(loss)
-        norm = parallel.clip_grad_norm_(params, max_grad_norm)
+    parallel = parallel or Parallel()  # the plain run: loss.backward(), torch's clip_grad_norm_
+    parallel.backward(loss)
+    norm = parallel.clip_grad_norm_(params, max_grad_norm)
     optimizer.step()
     if schedule is not None:
         schedule.step()
