@@ -92,7 +92,7 @@ def _prepare_models(args: argparse.Namespace) -> int:
     else:  # its source changed since the copy shipped: `prepare-models --ship` updates it
         print(f"review SFT model:      no shipped copy of {model_folder().name}: training")
         print(f"review SFT model:      {sft_model_path()}", flush=True)
-    if getattr(args, "ship", False):
+    if args.ship:
         print(f"shipped:               {ship_model(sft_model_path(), 'review-gpt-')}")
     return 0
 

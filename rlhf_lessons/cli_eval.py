@@ -16,16 +16,15 @@ quite: read it as a lower bound on the uncertainty).
 from __future__ import annotations
 
 from dataclasses import replace
-from pathlib import Path
 
 from rlhf_lessons import data_io
 from rlhf_lessons.cli_run import (
     CLIError,
     RewardArgs,
-    _is_causal,
     config_from_info,
     load_policy,
     preference_data,
+    untrained_reward_model,
 )
 from rlhf_lessons.cli_train import RunArgs
 from rlhf_lessons.run_log import read_run_info
@@ -51,11 +50,8 @@ def evaluate_policy_pairs(args, records, device) -> dict:
     """Implicit-reward accuracy of a policy on held-out pairs (see the module's doc)."""
     from rlhf_lessons.alignment.dpo import DPOConfig, implicit_reward_accuracy, is_peft_model
 
-    folder = Path(args.model)
-    info = read_run_info(folder)
-    run = RunArgs(
-        **{k: v for k, v in (info.get("run") or {}).items() if k in RunArgs.__annotations__}
-    )
+    info = read_run_info(args.model)
+    run = config_from_info(RunArgs, info, "run")
     policy, tokenizer = load_policy(args.model, device, merge=False)
     config = replace(config_from_info(DPOConfig, info, beta=args.beta), threads=args.threads)
     pairs = preference_data(records, tokenizer, run)
@@ -124,23 +120,11 @@ def evaluate_reward_folder(args, records, device) -> dict:
 def _reward_baseline(folder, ranked, device) -> dict:
     """The reward model as it was before training: the run's backbone with the head its seed
     drew (rebuilt exactly as ``train reward`` built it)."""
-    from rlhf_lessons.course.seeding import seed_everything
-    from rlhf_lessons.rewards.reward_model import (
-        CausalLMRewardModel,
-        RewardModel,
-        evaluate_reward_model,
-    )
+    from rlhf_lessons.rewards.reward_model import evaluate_reward_model
 
     info = read_run_info(folder)
     if not info:
         return {"accuracy": float("nan"), "why": "unknown starting model (no run.json)"}
-    config = config_from_info(RewardArgs, info)
-    seed_everything(config.seed)
-    name = info["model"]
-    if _is_causal(name):
-        model = CausalLMRewardModel.from_pretrained(name, device=device)
-    else:
-        model = RewardModel(name, pooling=config.pooling, max_length=config.max_length,
-                            device=device)  # fmt: skip
+    model = untrained_reward_model(info["model"], config_from_info(RewardArgs, info), device)
     ev = evaluate_reward_model(model, ranked)
     return {"accuracy": ev.accuracy, "why": "the same backbone with its initial random head"}

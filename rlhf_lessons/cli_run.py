@@ -3,7 +3,7 @@ cli_train`): load the model and the data, call the course's trainer, write the r
 
 One function per step, so that each is testable and a reader can follow a run:
 :func:`load_policy` (a name or folder; a LoRA adapter of an earlier run is merged in),
-:func:`prepare_data` (the file -> what the trainer takes, with the token-length check),
+:func:`convert` (the file -> what the trainer takes), :func:`check_lengths` (token limits),
 :func:`train_run` (the trainer, checkpoints, metrics, the final save) and :func:`evaluate_run`.
 """
 
@@ -25,6 +25,7 @@ from rlhf_lessons import data_io
 from rlhf_lessons.cli_train import ALGOS, CLIError, RunArgs
 from rlhf_lessons.course.device import get_device, torch_threads
 from rlhf_lessons.run_log import RunLog, StepCallback, read_run_info
+from rlhf_lessons.training import total_steps
 
 SHIPPED = {"smollm2", "smollm2-135m-instruct", "minilm", "all-minilm-l6-v2"}
 
@@ -281,23 +282,14 @@ def rl_eval_fn(tokenizer, prompts_, ref, reward_fn, config):
 # --- Training --------------------------------------------------------------------------------
 
 
-def _steps(kind: str, config, n: int) -> int:
-    if kind in ("rl", "ppo"):
-        return config.iterations
-    total = math.ceil(n / config.batch_size) * config.epochs
-    return min(total, config.max_steps or total)
-
-
-CONVERT = {"sft": data_io.sft_records, "dpo": None, "rl": data_io.prompts,
-           "ppo": data_io.prompts, "reward": data_io.ranked_records}  # fmt: skip
-
-
 def convert(kind: str, records, run: RunArgs) -> list:
     """Records -> what the trainer takes, before any model is loaded (so bad data fails fast):
     SFT records, preference pairs, prompts or rankings (:mod:`rlhf_lessons.data_io`)."""
     if kind == "dpo":
         return data_io.preference_pairs(records, run.ranked_pairs)
-    return CONVERT[kind](records)
+    if kind == "sft":
+        return data_io.sft_records(records)
+    return data_io.ranked_records(records) if kind == "reward" else data_io.prompts(records)
 
 
 # The kinds of training whose trainer splits each minibatch across the launched processes
@@ -349,16 +341,18 @@ def train_run(algo: str, config, run: RunArgs) -> RunLog:
             config, run, model, tokenizer, items, evals, info
         )
         info["items"] = len(items)
-        total = _steps(kind, config, len(items))
+        if kind in ("rl", "ppo"):
+            total = config.iterations
+        else:
+            total = total_steps(len(items), config.batch_size, config.epochs, config.max_steps)
         callback = StepCallback(log, tokenizer, total, run.save_every, run.eval_every, eval_fn)
         log.start(config, run, {**info, "engine": run.engine})
         if run.engine == "trl":  # TRL's trainer on the same data and config; evaluated at the end
             history, model = _with_trl(kind, config, model, tokenizer, items, extra)
-            callback = StepCallback(log, tokenizer, total, 0, 0, eval_fn)
         else:
             history = trainer(model, tokenizer, items, config, eval_fn=callback if callback.every
                               else None, eval_every=callback.every, show_progress=True, **extra)  # fmt: skip
-        if eval_fn is not None and not callback.every:
+        if eval_fn is not None and (run.engine == "trl" or not callback.every):
             history.evaluate(eval_fn, getattr(model, "lm", model))
     log.save_model(model, tokenizer, final=True)
     log.finish(history)
@@ -380,14 +374,16 @@ def _with_trl(kind: str, config, model, tokenizer, items, extra):
 
 
 def _check_reward_model(algo: str, run: RunArgs) -> None:
-    from rlhf_lessons.rewards.reward_io import RewardModelLoadError, is_reward_model_folder
+    from rlhf_lessons.rewards.reward_io import (
+        RewardModelLoadError,
+        is_reward_model_folder,
+        load_reward_model,
+    )
 
     if not run.reward_model:
         raise CLIError(f"train {algo} needs --reward-model: a folder saved by `rlhf-lessons "
                        "train reward` (or a ...ForSequenceClassification model)")  # fmt: skip
     if not is_reward_model_folder(run.reward_model):
-        from rlhf_lessons.rewards.reward_io import load_reward_model
-
         try:
             load_reward_model(run.reward_model, "cpu")  # raises, saying what would load
         except RewardModelLoadError as err:
@@ -426,6 +422,8 @@ def _dpo(config, run, model, tokenizer, items, evals, info):
 def _rl(config, run, model, tokenizer, items, evals, info):
     """RLOO / GRPO / PPO: formatted prompts, the reward model as reward function, and the
     reference (the LoRA policy with its adapter off, or a frozen copy)."""
+    from rlhf_lessons.alignment.lm_ppo import LMPPOConfig, PolicyWithValueHead, train_lm_ppo
+    from rlhf_lessons.alignment.rloo_grpo import train_group_pg
     from rlhf_lessons.rewards.reward_io import load_reward_model, reward_function
 
     scorer = load_reward_model(run.reward_model, next(model.parameters()).device)
@@ -437,62 +435,41 @@ def _rl(config, run, model, tokenizer, items, evals, info):
     reward_fn = reward_function(scorer, text)
     ref = AdapterOffReference(model) if info["lora"] else copy.deepcopy(model).eval()
     eval_fn = rl_eval_fn(tokenizer, heldout, ref, reward_fn, config) if evals else None
-    if isinstance(config, _ppo_config()):
-        from rlhf_lessons.alignment.lm_ppo import PolicyWithValueHead, train_lm_ppo
-
+    trainer = train_group_pg
+    if isinstance(config, LMPPOConfig):
         model, trainer = PolicyWithValueHead(model), train_lm_ppo
-    else:
-        from rlhf_lessons.alignment.rloo_grpo import train_group_pg as trainer
     return trainer, model, prompts, config, eval_fn, {"ref": ref, "reward_fn": reward_fn}
 
 
-def _ppo_config():
-    from rlhf_lessons.alignment.lm_ppo import LMPPOConfig
-
-    return LMPPOConfig
-
-
 def train_reward(config: RewardArgs, run: RunArgs, log: RunLog, items, evals, device):
-    """A reward model on ranked or paired records: an encoder (default MiniLM) with a mean-
-    pooled head, or a causal LM's last-token head; saved with :func:`rlhf_lessons.rewards.
-    reward_io.save_reward_model`."""
-    from rlhf_lessons.course.seeding import seed_everything
+    """A reward model (:func:`untrained_reward_model`, default MiniLM) trained on ranked or
+    paired records; saved with :func:`rlhf_lessons.rewards.reward_io.save_reward_model`."""
+    from rlhf_lessons.distributed import launched_processes
     from rlhf_lessons.rewards.reward_io import save_reward_model
     from rlhf_lessons.rewards.reward_model import (
-        CausalLMRewardModel,
-        RewardModel,
         RewardModelConfig,
         evaluate_reward_model,
         train_reward_model,
     )
 
     name = run.model or "minilm"
-    seed_everything(config.seed)  # the head's initialisation: --baseline rebuilds it
     try:
-        if _is_causal(name):
-            model = CausalLMRewardModel.from_pretrained(name, device=device)
-        else:
-            model = RewardModel(name, pooling=config.pooling, max_length=config.max_length,
-                                device=device)  # fmt: skip
+        model = untrained_reward_model(name, config, device)
     except OSError as err:
         raise _missing_model(name, err) from None
-    lora = lora_settings(run, getattr(model, "encoder", None) or model.body)
+    body = "encoder" if hasattr(model, "encoder") else "body"  # the backbone LoRA adapts
+    lora = lora_settings(run, getattr(model, body))
     if lora:
         from peft import LoraConfig, get_peft_model
 
         cfg = LoraConfig(r=lora["r"], lora_alpha=lora["alpha"],
                          target_modules=lora["target_modules"], lora_dropout=0.0)  # fmt: skip
-        if isinstance(model, RewardModel):
-            model.encoder = get_peft_model(model.encoder, cfg)
-        else:
-            model.body = get_peft_model(model.body, cfg)
-    from rlhf_lessons.distributed import launched_processes
-
+        setattr(model, body, get_peft_model(getattr(model, body), cfg))
     log.start(config, run, {"model": name, "lora": lora, "items": len(items),
                             "processes": launched_processes()})  # fmt: skip
-    keys = {"mode", "epochs", "lr", "batch_size", "seed", "weight_decay", "max_grad_norm",
-            "dropout", "max_steps", "threads"}  # fmt: skip
-    settings = RewardModelConfig(**{k: getattr(config, k) for k in keys})
+    settings = RewardModelConfig(
+        **{f.name: getattr(config, f.name) for f in dataclasses.fields(RewardModelConfig)}
+    )
     history = train_reward_model(model, None, items, settings, show_progress=True)
     if evals:
         result = evaluate_reward_model(model, evals)
@@ -501,6 +478,18 @@ def train_reward(config: RewardArgs, run: RunArgs, log: RunLog, items, evals, de
         save_reward_model(model, log.folder)
     log.finish(history)
     return log
+
+
+def untrained_reward_model(name: str, config: RewardArgs, device):
+    """The reward model a ``train reward`` run starts from: a causal LM's last-token head or an
+    encoder's pooled one, the head drawn from ``config.seed`` (``eval --baseline`` rebuilds it)."""
+    from rlhf_lessons.course.seeding import seed_everything
+    from rlhf_lessons.rewards.reward_model import CausalLMRewardModel, RewardModel
+
+    seed_everything(config.seed)
+    if _is_causal(name):
+        return CausalLMRewardModel.from_pretrained(name, device=device)
+    return RewardModel(name, pooling=config.pooling, max_length=config.max_length, device=device)
 
 
 def _is_causal(name: str) -> bool:
@@ -539,8 +528,9 @@ def evaluate_run(args) -> dict:
     return result
 
 
-def config_from_info(cls, info: dict, **overrides: Any):
-    """A config dataclass from a run's stored settings (unknown keys ignored)."""
+def config_from_info(cls, info: dict, section: str = "config", **overrides: Any):
+    """A config dataclass from a run's stored settings ``info[section]`` (unknown keys ignored;
+    ``overrides`` that are not None win)."""
     names = {f.name for f in dataclasses.fields(cls)}
-    stored = {k: v for k, v in (info.get("config") or {}).items() if k in names}
+    stored = {k: v for k, v in (info.get(section) or {}).items() if k in names}
     return cls(**{**stored, **{k: v for k, v in overrides.items() if v is not None}})

@@ -163,7 +163,6 @@ class FlagsParser(argparse.ArgumentParser):
     def __init__(self, *args, algo: str = "", **kwargs) -> None:
         super().__init__(*args, **kwargs)
         self.algo = algo
-        self.dataclasses: list[type] = []
         self._ready = False
 
     def error(self, message: str):  # argparse's usage + error, as one line
@@ -174,9 +173,10 @@ class FlagsParser(argparse.ArgumentParser):
             return
         from transformers import HfArgumentParser
 
+        from rlhf_lessons.cli_run import DEFAULT_LR
+
         kind = ALGOS[self.algo][0]
         config_cls = config_class(self.algo)
-        self.dataclasses = [config_cls, RunArgs]
         seen: set[str] = set()
         for cls, title, allowed in (
             (config_cls, f"training ({config_cls.__name__})", None),
@@ -192,9 +192,6 @@ class FlagsParser(argparse.ArgumentParser):
                 f.type = hints[f.name]
                 f.metadata = MappingProxyType({"help": comments.get(f.name, "")})
                 HfArgumentParser._parse_dataclass_field(group, f)
-        for action in self._actions:  # Optional fields: "--flag none" gives None
-            if action.dest in seen and action.type not in (None, str) and action.nargs is None:
-                action.type = _none_or(action.type)
         self.set_defaults(**REAL_MODEL_DEFAULTS[kind], **ALGOS[self.algo][3])
         path = _prescan_config(list(args or []))
         if path:
@@ -212,12 +209,14 @@ class FlagsParser(argparse.ArgumentParser):
         for action in self._actions:
             if action.dest not in seen:
                 continue
+            if action.type not in (None, str) and action.nargs is None:  # Optional: "--flag none"
+                action.type = _none_or(action.type)
             # usage shows the first spelling: --max-steps rather than --max_steps
             action.option_strings.sort(key=lambda o: "_" in o)
             if isinstance(action, argparse._StoreFalseAction):  # the --no-<flag> of a switch
                 action.help = f"turn --{action.dest.replace('_', '-')} off"
             elif action.dest == "lr" and action.default is None:
-                lora, full = _lr_defaults(kind)
+                lora, full = DEFAULT_LR[kind]
                 action.help = f"{action.help} (default: {lora:g} with LoRA, {full:g} without)"
             elif "default" not in action.help:
                 shown = action.default if action.default not in (None, "") else "none"
@@ -233,12 +232,6 @@ class FlagsParser(argparse.ArgumentParser):
         return super().format_help()
 
 
-def _lr_defaults(kind: str) -> tuple[float, float]:
-    from rlhf_lessons.cli_run import DEFAULT_LR
-
-    return DEFAULT_LR[kind]
-
-
 def config_class(algo: str) -> type:
     """The config dataclass of ``algo`` (imported here: torch and transformers come with it)."""
     import importlib
@@ -249,14 +242,14 @@ def config_class(algo: str) -> type:
 
 def build_dataclasses(algo: str, ns: argparse.Namespace) -> tuple[Any, RunArgs]:
     """The config and the :class:`RunArgs` of a parsed ``train <algo>`` command line."""
-    config_cls = config_class(algo)
-    values = vars(ns)
+    config_cls, values = config_class(algo), vars(ns)
+
+    def given(cls) -> dict:
+        return {f.name: values[f.name] for f in dataclasses.fields(cls) if f.name in values}
+
+    kwargs, run = given(config_cls), RunArgs(**given(RunArgs))
     fixed = {k: v for k, v in ALGOS[algo][3].items() if k in FIXED_HIDDEN}
-    kwargs = {f.name: values[f.name] for f in dataclasses.fields(config_cls) if f.name in values}
-    lr_unset = kwargs.get("lr", 0) is None
-    run = RunArgs(**{f.name: values[f.name] for f in dataclasses.fields(RunArgs)
-                     if f.name in values})  # fmt: skip
-    if lr_unset:
+    if kwargs.get("lr", 0) is None:
         from rlhf_lessons.cli_run import default_lr
 
         kwargs["lr"] = default_lr(ALGOS[algo][0], run.lora_r > 0)

@@ -222,11 +222,6 @@ def data_kind(records: Sequence[Mapping], name: str = "data") -> str:
 # --- Implicit prompts ------------------------------------------------------------------------
 
 
-def _common_prefix_length(a: Sequence, b: Sequence) -> int:
-    n = min(len(a), len(b))
-    return next((i for i in range(n) if a[i] != b[i]), n)
-
-
 def extract_prompt(record: Mapping, where: str = "record") -> Record:
     """Split an implicit-prompt pair ``{"chosen", "rejected"}`` into ``{"prompt", "chosen",
     "rejected"}``: the prompt is the longest shared prefix (characters of a string, or whole
@@ -241,9 +236,9 @@ def extract_prompt(record: Mapping, where: str = "record") -> Record:
         raise DataFormatError(
             f"{where}: 'chosen' and 'rejected' must both be strings or both lists of messages"
         )
-    n = _common_prefix_length(chosen, rejected)
-    if isinstance(chosen, str) and 0 < n < min(len(chosen), len(rejected)) \
-            and chosen[n - 1] == " ":  # fmt: skip
+    shorter = min(len(chosen), len(rejected))
+    n = next((i for i in range(shorter) if chosen[i] != rejected[i]), shorter)  # shared prefix
+    if isinstance(chosen, str) and 0 < n < shorter and chosen[n - 1] == " ":
         n -= 1  # TRL: "remove space before the prompt"
     if n == 0:
         raise DataFormatError(
@@ -251,7 +246,7 @@ def extract_prompt(record: Mapping, where: str = "record") -> Record:
             "the prompt; add a 'prompt' field (TRL's explicit-prompt format), or give chosen and "
             "rejected the same conversation before the answers"
         )
-    if n >= min(len(chosen), len(rejected)):
+    if n == shorter:
         raise DataFormatError(
             f"{where}: has no 'prompt', and one of 'chosen' and 'rejected' is a prefix of the "
             "other, so no split leaves both a response; add an explicit 'prompt' field"
@@ -300,12 +295,9 @@ def ranked_records(records: Sequence[Mapping]) -> list[Record]:
     out = []
     for pair in preference_pairs(records):
         if is_conversational(pair):
-            pair = {**pair, "prompt": _single_turn(pair["prompt"], "prompt"),
-                    "chosen": _single_turn(pair["chosen"], "chosen"),
-                    "rejected": _single_turn(pair["rejected"], "rejected")}  # fmt: skip
-        extra = {k: v for k, v in pair.items() if k not in ("prompt", "chosen", "rejected")}
-        out.append({"prompt": pair["prompt"], "ranked_outputs": [pair["chosen"],
-                                                                 pair["rejected"]], **extra})  # fmt: skip
+            pair.update({k: _single_turn(pair[k], k) for k in ("prompt", "chosen", "rejected")})
+        ranking = [pair.pop("chosen"), pair.pop("rejected")]
+        out.append({"prompt": pair.pop("prompt"), "ranked_outputs": ranking, **pair})
     return out
 
 
@@ -366,7 +358,7 @@ def prompts(records: Sequence[Mapping]) -> list[Any]:
     kind = data_kind(records)
     if kind == "text":
         raise DataFormatError("data holds 'text' records: RL needs a 'prompt' field to sample from")
-    seen, out = set(), []
+    distinct = {}  # in order of first appearance
     for i, record in enumerate(records):
         if kind == "messages":
             prompt = sft_records([record])[0]["prompt"]
@@ -374,11 +366,8 @@ def prompts(records: Sequence[Mapping]) -> list[Any]:
             prompt = record["prompt"]
         else:
             prompt = extract_prompt(record, f"data[{i}]")["prompt"]
-        key = json.dumps(prompt, sort_keys=True)
-        if key not in seen:
-            seen.add(key)
-            out.append(prompt)
-    return out
+        distinct.setdefault(json.dumps(prompt, sort_keys=True), prompt)
+    return list(distinct.values())
 
 
 # --- Token lengths, before training ----------------------------------------------------------
@@ -419,10 +408,11 @@ def length_report(
 ) -> LengthReport:
     """Token lengths of formatted prompts and completions (EOS counted, as
     :func:`rlhf_lessons.lm.tokenize_pairs` appends it) and how many a limit would cut."""
+    from rlhf_lessons.lm import _encode
+
     eos = int(add_eos and tokenizer.eos_token_id is not None)
-    p = [len(ids) for ids in tokenizer(list(prompt_texts), add_special_tokens=False)["input_ids"]]
-    c = [len(ids) + eos
-         for ids in tokenizer(list(completion_texts), add_special_tokens=False)["input_ids"]]  # fmt: skip
+    p = [len(ids) for ids in _encode(tokenizer, prompt_texts)]
+    c = [len(ids) + eos for ids in _encode(tokenizer, completion_texts)]
     p_cut = [bool(max_prompt_length) and n > max_prompt_length for n in p]
     c_cut = [bool(max_completion_length) and n > max_completion_length for n in c]
     return LengthReport(

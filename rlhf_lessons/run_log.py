@@ -80,9 +80,10 @@ class RunLog:
         self.info: dict = {}
         self.started = time.time()
 
-    def _write(self) -> None:
+    def _write(self, folder: Path | None = None, **extra: Any) -> None:
         if self.main:
-            (self.folder / RUN_FILE).write_text(json.dumps(jsonable(self.info), indent=1))
+            text = json.dumps(jsonable({**self.info, **extra}), indent=1)
+            ((folder or self.folder) / RUN_FILE).write_text(text)
 
     def start(self, config, run, info: dict) -> None:
         """Record the settings before training (``status: running``)."""
@@ -107,9 +108,7 @@ class RunLog:
         if tokenizer is not None:
             tokenizer.save_pretrained(folder)
         if not final:
-            (folder / RUN_FILE).write_text(
-                json.dumps(jsonable({**self.info, "step": step}), indent=1)
-            )
+            self._write(folder, step=step)
         return folder
 
     def evaluation(self, step: int, metrics: dict) -> None:
@@ -124,7 +123,7 @@ class RunLog:
         previous = pd.read_csv(path) if path.is_file() else None
         (row if previous is None else pd.concat([previous, row])).to_csv(path, index=False)
 
-    def finish(self, history, extra: dict | None = None) -> None:
+    def finish(self, history) -> None:
         """Metrics to CSV (and TensorBoard), the result into ``run.json``, a summary printed."""
         if not self.main:
             return
@@ -139,7 +138,7 @@ class RunLog:
         last = evaluations[-1] if evaluations else {}
         seconds = frame["seconds"].iloc[-1] if "seconds" in frame and len(frame) else None
         self.info.update(status="done", steps=len(frame), seconds=seconds, final_evaluation=last,
-                         finished=time.strftime("%Y-%m-%d %H:%M:%S"), **(extra or {}))  # fmt: skip
+                         finished=time.strftime("%Y-%m-%d %H:%M:%S"))  # fmt: skip
         self._write()
         shown = ", ".join(f"{k} {v:.4g}" for k, v in last.items()
                           if k != "step" and isinstance(v, int | float))  # fmt: skip

@@ -17,15 +17,9 @@ Every trainer reads the same way, whatever it trains::
 - The return value is a :class:`History`: one row per optimizer step (or per rollout
   iteration, for on-policy RL), ``seconds`` the training wall-clock *excluding evaluation*.
 
-The scaffolding every trainer needs is here, once: :func:`trainable_parameters` (the policy
-must have something to train), :func:`warmup_schedule` (linear warm-up, then constant),
-:func:`check_minibatch_config` (the config checks every minibatch trainer shares),
-:func:`minibatch_order` and :func:`total_steps` (which rows each step trains on, and how many
-steps; :func:`minibatch_plan`: both from a config), :func:`optimizer_step` (zero, backward,
-clip, step), :class:`Stopwatch` (training time without evaluation), :meth:`History.log` (one row
-per step) and :meth:`History.loop` (the progress bar and the evaluations around a trainer's
-loop). Threads: :func:`rlhf_lessons.course.device.torch_threads` with the config's ``threads``
-(``None`` leaves them as they are).
+The scaffolding every trainer needs is here, once (checks, schedules, minibatch plans, the
+optimizer step, :class:`Stopwatch`, :meth:`History.loop`); threads are set with
+:func:`rlhf_lessons.course.device.torch_threads` and the config's ``threads``.
 """
 
 from __future__ import annotations
@@ -41,6 +35,7 @@ import torch
 from torch import nn
 
 from rlhf_lessons.course.progress import progress
+from rlhf_lessons.distributed import Parallel
 
 #: One name for one thing, across every config of the course (a glossary, checked by a test).
 NAMES = {
@@ -145,9 +140,8 @@ def minibatch_order(
 
 
 def check_minibatch_config(config: Any) -> None:
-    """The checks every minibatch trainer's config shares (call it from ``__post_init__``):
-    ``lr > 0``, ``epochs >= 1``, ``batch_size >= 1``, ``max_steps >= 1`` or None. The error
-    names the config class and the field."""
+    """The checks every minibatch trainer's config shares (call it from ``__post_init__``); the
+    error names the config class and the field."""
     name = type(config).__name__
     if not config.lr > 0:
         raise ValueError(f"{name}.lr must be > 0, got {config.lr}")
@@ -175,19 +169,16 @@ def optimizer_step(
     params: Sequence[nn.Parameter],
     max_grad_norm: float,
     schedule: torch.optim.lr_scheduler.LRScheduler | None = None,
-    parallel: Any = None,
+    parallel: Parallel | None = None,
 ) -> float:
     """One step on ``loss``: zero the gradients, back-propagate (through ``parallel``, a
     :class:`~rlhf_lessons.distributed.Parallel`, when given), clip them to the global norm
     ``max_grad_norm``, step the optimizer, then its ``schedule``. Returns the gradient norm
     before clipping."""
     optimizer.zero_grad()
-    if parallel is None:
-        loss.backward()
-        norm = float(nn.utils.clip_grad_norm_(params, max_grad_norm))
-    else:
-        parallel.backward(loss)
-        norm = parallel.clip_grad_norm_(params, max_grad_norm)
+    parallel = parallel or Parallel()  # the plain run: loss.backward(), torch's clip_grad_norm_
+    parallel.backward(loss)
+    norm = parallel.clip_grad_norm_(params, max_grad_norm)
     optimizer.step()
     if schedule is not None:
         schedule.step()
@@ -195,10 +186,8 @@ def optimizer_step(
 
 
 class Stopwatch:
-    """Training time that leaves evaluation out: ``with watch: <one training step>``.
-
-    ``watch.seconds`` is the sum of the timed blocks so far.
-    """
+    """Training time that leaves evaluation out: ``with watch: <one training step>``;
+    ``watch.seconds`` is the sum of the timed blocks so far."""
 
     def __init__(self) -> None:
         self.seconds = 0.0
@@ -326,11 +315,9 @@ class History:
         """The evaluations as a pandas DataFrame indexed by step."""
         import pandas as pd
 
-        return (
-            pd.DataFrame(self.evaluations).set_index("step")
-            if self.evaluations
-            else (pd.DataFrame())
-        )
+        if not self.evaluations:
+            return pd.DataFrame()
+        return pd.DataFrame(self.evaluations).set_index("step")
 
     def due(self, every: int, total: int) -> bool:
         """Whether an evaluation is due after the step just logged: every ``every`` steps, but
