@@ -24,6 +24,7 @@ optimizer step, :class:`Stopwatch`, :meth:`History.loop`); threads are set with
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import math
 import time
@@ -84,6 +85,19 @@ def check_frozen_reference(policy: nn.Module, ref: nn.Module) -> None:
             "the policy and ref share weights that would be trained, so the reference would move "
             "with the policy: pass a copy as the policy (copy.deepcopy(ref))"
         )
+
+
+@contextlib.contextmanager
+def eval_mode(*models: nn.Module) -> Iterator[None]:
+    """Run the block with ``models`` in eval mode (no dropout), then give each its mode back."""
+    modes = [(m, m.training) for m in models]
+    for m, _ in modes:
+        m.eval()
+    try:
+        yield
+    finally:
+        for m, was_training in modes:
+            m.train(was_training)
 
 
 def warmup_schedule(

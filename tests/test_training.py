@@ -15,6 +15,7 @@ from rlhf_lessons.training import (
     History,
     Stopwatch,
     check_frozen_reference,
+    eval_mode,
     minibatch_order,
     minibatch_plan,
     optimizer_step,
@@ -204,6 +205,16 @@ def test_minibatch_configs_name_the_bad_field(config, field, bad):
     with pytest.raises(ValueError, match=rf"{config.__name__}\.{field} must be >= 1|"
                        rf"{config.__name__}\.{field} must be > 0"):  # fmt: skip
         config(**{field: bad})
+
+
+def test_eval_mode_gives_each_model_its_mode_back_even_on_error():
+    a, b = nn.Sequential(nn.Dropout(0.5)), nn.Sequential(nn.Dropout(0.5)).eval()
+    with eval_mode(a, b):
+        assert not a.training and not a[0].training and not b.training
+    assert a.training and a[0].training and not b.training
+    with pytest.raises(RuntimeError, match="boom"), eval_mode(a):
+        raise RuntimeError("boom")
+    assert a.training
 
 
 def test_check_frozen_reference_refuses_only_weights_that_would_train():

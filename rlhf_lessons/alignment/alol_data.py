@@ -46,6 +46,7 @@ from rlhf_lessons.alignment.rollouts import RewardFn, score_completions
 from rlhf_lessons.course.seeding import seed_everything
 from rlhf_lessons.lm import Batch, generate, token_logprobs_and_states, tokenize_pairs
 from rlhf_lessons.review_world.true_reward import reward_of
+from rlhf_lessons.training import eval_mode
 
 REWARD_RANGE = (-1.0, 1.0)  # the true reward's (VADER's), rescaled to [0, 1] everywhere here
 MAX_PROMPT_LENGTH = MAX_COMPLETION_LENGTH = 32  # tokens, when the data are tokenised
@@ -199,17 +200,13 @@ class PromptValueHead(nn.Module):
 def reference_pass(ref, batch: Batch, chunk: int = 256) -> tuple[torch.Tensor, torch.Tensor]:
     """pi_ref's per-token log-probs (B, T) and last hidden states (B, T, H) of ``batch``, in
     chunks (one forward pass each: :func:`rlhf_lessons.lm.token_logprobs_and_states`)."""
-    was_training = ref.training
-    ref.eval()
     device = next(ref.parameters()).device
     logps, states = [], []
-    try:
+    with eval_mode(ref):
         for i in range(0, len(batch), chunk):
             lp, st, _ = token_logprobs_and_states(ref, batch.rows(slice(i, i + chunk)).to(device))
             logps.append(lp.cpu())
             states.append(st.float().cpu())
-    finally:
-        ref.train(was_training)
     return torch.cat(logps), torch.cat(states)
 
 

@@ -28,6 +28,7 @@ from rlhf_lessons.lm import (
     tokenize_pairs,
 )
 from rlhf_lessons.rewards.preference_data import PreferenceDataError, validate_pair
+from rlhf_lessons.training import eval_mode
 
 
 def _completion_text(messages: Sequence[Mapping], field: str, where: str) -> str:
@@ -157,21 +158,17 @@ def precompute_reference_logps(
         chunk_size = rows_per_pass(ref_model, batch)
     if chunk_size < 1:
         raise ValueError(f"chunk_size must be >= 1, got {chunk_size}")
-    start, was_training = time.perf_counter(), ref_model.training
-    ref_model.eval()
+    start = time.perf_counter()
     device = next(ref_model.parameters()).device
     sums, means = [], []
     by_length = _pass_order(batch)
     context = adapter_disabled(ref_model) if disable_adapter else contextlib.nullcontext()
-    try:
-        with context, torch_threads(threads):
-            for i in range(0, len(batch), chunk_size):
-                rows = batch.rows(by_length[i : i + chunk_size]).trimmed().to(device)
-                logp = completion_logprobs(ref_model, rows, share_prompts=True)
-                sums.append(sequence_logprobs(logp, rows.completion_mask).cpu())
-                means.append(sequence_logprobs(logp, rows.completion_mask, average=True).cpu())
-    finally:
-        ref_model.train(was_training)
+    with eval_mode(ref_model), context, torch_threads(threads):
+        for i in range(0, len(batch), chunk_size):
+            rows = batch.rows(by_length[i : i + chunk_size]).trimmed().to(device)
+            logp = completion_logprobs(ref_model, rows, share_prompts=True)
+            sums.append(sequence_logprobs(logp, rows.completion_mask).cpu())
+            means.append(sequence_logprobs(logp, rows.completion_mask, average=True).cpu())
     back = torch.argsort(by_length)  # sorted position of each row: back to the batch's order
     return ReferenceLogps(
         torch.cat(sums)[back], torch.cat(means)[back], time.perf_counter() - start

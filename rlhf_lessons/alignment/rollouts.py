@@ -27,7 +27,7 @@ from dataclasses import dataclass
 import torch
 
 from rlhf_lessons.lm import Batch, generate, token_logprobs
-from rlhf_lessons.training import RewardFn
+from rlhf_lessons.training import RewardFn, eval_mode
 
 
 @dataclass
@@ -179,10 +179,7 @@ def collect_rollout(
         raise ValueError(
             f"missing_eos_penalty is subtracted: pass it >= 0, got {missing_eos_penalty}"
         )
-    modes = [(m, m.training) for m in (policy, ref)]
-    for m, _ in modes:
-        m.eval()
-    try:
+    with eval_mode(policy, ref):
         gen = generate(
             policy, tokenizer, prompts, max_new_tokens=max_new_tokens, temperature=temperature,
             batch_size=batch_size, seed=seed,
@@ -191,9 +188,6 @@ def collect_rollout(
         mask = batch.completion_mask.float()
         logp = logprobs_in_chunks(policy, batch, temperature) * mask if policy_logprobs else None
         ref_logp = logprobs_in_chunks(ref, batch, temperature) * mask
-    finally:
-        for m, was_training in modes:
-            m.train(was_training)
     raw = score_completions(reward_fn, gen.prompts, gen.completions)
     last = (mask * torch.arange(mask.shape[1])).argmax(-1)
     ended = batch.input_ids[torch.arange(len(batch)), last] == tokenizer.eos_token_id

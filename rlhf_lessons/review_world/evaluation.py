@@ -47,7 +47,7 @@ from rlhf_lessons.lm import generate
 from rlhf_lessons.review_world.grammar import is_grammatical
 from rlhf_lessons.review_world.true_reward import join_prompt_completion, reward_of
 from rlhf_lessons.rl.kl import kl_estimates
-from rlhf_lessons.training import RewardFn
+from rlhf_lessons.training import RewardFn, eval_mode
 
 KL_LABEL = "KL(pi || pi_ref), nats per sequence"
 REWARD_LABEL = "mean true reward (VADER)"
@@ -104,21 +104,14 @@ def evaluate_policy(
     if temperature <= 0:
         raise ValueError(f"temperature must be > 0 (sampling), got {temperature}")
     expanded = [p for p in prompts for _ in range(n_samples)]
-    modes = [(m, m.training) for m in (policy, ref)]
-    for m, _ in modes:
-        m.eval()
-    try:
-        with torch_threads(threads):
-            gen = generate(
-                policy, tokenizer, expanded, max_new_tokens=max_new_tokens,
-                temperature=temperature, batch_size=batch_size, seed=seed,
-            )  # fmt: skip
-            batch = gen.batch
-            logp_pi = logprobs_in_chunks(policy, batch, temperature)
-            logp_ref = logp_pi if ref is policy else logprobs_in_chunks(ref, batch, temperature)
-    finally:
-        for m, was_training in modes:
-            m.train(was_training)
+    with eval_mode(policy, ref), torch_threads(threads):
+        gen = generate(
+            policy, tokenizer, expanded, max_new_tokens=max_new_tokens,
+            temperature=temperature, batch_size=batch_size, seed=seed,
+        )  # fmt: skip
+        batch = gen.batch
+        logp_pi = logprobs_in_chunks(policy, batch, temperature)
+        logp_ref = logp_pi if ref is policy else logprobs_in_chunks(ref, batch, temperature)
     mask = batch.completion_mask.to(logp_pi.dtype)
     log_r = (logp_ref - logp_pi) * mask  # log pi_ref - log pi per completion token
     k1 = -log_r.sum(-1)
