@@ -57,14 +57,13 @@ import torch.nn.functional as F
 from torch import nn
 
 from rlhf_lessons.course.device import torch_threads
-from rlhf_lessons.course.progress import progress
 from rlhf_lessons.course.seeding import seed_everything
+from rlhf_lessons.rewards import reward_model
 from rlhf_lessons.rewards.blender_compat import (
     import_llm_blender,
     relocate_checkpoint,
     write_ranker_checkpoint,
 )
-from rlhf_lessons.rewards.preference_data import validate_ranked
 from rlhf_lessons.training import (
     EvalFn,
     History,
@@ -330,17 +329,15 @@ def as_blender(bundle: PairRankerBundle, device: str = "cpu"):
 
 def check_records(records: Sequence[Mapping[str, Any]], name: str = "data") -> list:
     """Ranked records, validated, with at most :data:`ALL_PAIRS` pairs each."""
-    if isinstance(records, Mapping | str) or not len(records):
-        raise ValueError(f"{name} is empty: there is nothing to train or evaluate on")
+    records = reward_model.check_records(records, name)
     for i, record in enumerate(records):
-        validate_ranked(record, where=f"{name}[{i}]")
         k = len(record["ranked_outputs"])
         if math.comb(k, 2) > ALL_PAIRS:
             raise ValueError(
                 f"{name}[{i}] ranks {k} responses; llm-blender's sampler is set to take at most "
                 f"{ALL_PAIRS} pairs per prompt (K <= 10): split the ranking"
             )
-    return list(records)
+    return records
 
 
 def ranker_dataset(records: Sequence[Mapping[str, Any]]):
@@ -404,12 +401,11 @@ def warmup_decay_schedule(optimizer, warmup_steps: int, total_steps: int):
 def count_sequences(ranker: nn.Module):
     """Count the sequences the ranker's encoder reads (one per ordered pair compared): a forward
     hook on ``ranker.pretrained_model``. Yields a dict whose ``"sequences"`` grows."""
-    counter = {"sequences": 0, "calls": 0}
+    counter = {"sequences": 0}
 
     def hook(module, args, kwargs):
         ids = kwargs.get("input_ids", args[0] if args else None)
         counter["sequences"] += int(ids.shape[0])
-        counter["calls"] += 1
 
     handle = ranker.pretrained_model.register_forward_pre_hook(hook, with_kwargs=True)
     try:
@@ -494,28 +490,19 @@ def train_pair_ranker(
         schedule = warmup_decay_schedule(optimizer, cfg.warmup_steps, len(batches))
         clip = math.inf if cfg.max_grad_norm is None else cfg.max_grad_norm  # inf: no clipping
         watch, cpu_start = Stopwatch(), time.process_time()
-        if eval_every:
-            history.evaluate(eval_fn, ranker)
-        ranker.train()
-        bar = progress(
-            total=len(batches), desc="PairRanker", unit="step", disable=not show_progress
-        )
-        for batch in batches:
+        desc, total = "PairRanker", len(batches)
+        for batch in history.loop(
+            batches, total, ranker, eval_fn, eval_every, desc=desc, show_progress=show_progress
+        ):
+            ranker.train()  # between steps, evaluation runs in eval mode (no dropout)
             with watch:
                 out = ranker(**batch)  # all pairs, left/right shuffled, encoded, loss
                 optimizer_step(out["loss"], optimizer, params, clip, schedule)
+            ranker.eval()
             pairs = int(out["logits"].shape[0])
             history.info["pairs_seen"] += pairs
+            history.info["cpu_seconds"] = time.process_time() - cpu_start
             history.log(seconds=watch.seconds, loss=out["loss"].item(), pairs=pairs)
-            bar.update(1)
-            bar.set_postfix(loss=f"{out['loss'].item():.3f}")
-            if history.due(eval_every, len(batches)):
-                history.evaluate(eval_fn, ranker.eval())  # evaluation without dropout
-                ranker.train()
-        bar.close()
         history.info["sequences"] = counter["sequences"]
-        history.info["cpu_seconds"] = time.process_time() - cpu_start
         history.info["train_seconds"] = watch.seconds
-        ranker.eval()
-        history.evaluate(eval_fn, ranker)
     return history

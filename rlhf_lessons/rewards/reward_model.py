@@ -51,7 +51,6 @@ from torch import nn
 from torch.nn.utils.rnn import pad_sequence
 
 from rlhf_lessons.course.device import torch_threads
-from rlhf_lessons.course.progress import progress
 from rlhf_lessons.course.seeding import seed_everything
 from rlhf_lessons.course.stats import rank_correlations
 from rlhf_lessons.distributed import Parallel
@@ -92,8 +91,9 @@ def _check_texts(prompts: Sequence[str], responses: Sequence[str]) -> None:
 class _Scorer(nn.Module):
     """Shared batching for models with a ``rewards(prompts, responses)`` method."""
 
-    def rewards(self, prompts: Sequence[str], responses: Sequence[str]) -> torch.Tensor:
-        raise NotImplementedError
+    @property
+    def device(self) -> torch.device:
+        return next(self.parameters()).device
 
     @torch.no_grad()
     def score(
@@ -131,12 +131,11 @@ class RewardModel(_Scorer):
         encoder: a name or path for :func:`rlhf_lessons.models.load_encoder` (default
             all-MiniLM-L6-v2), or an already loaded ``(model, tokenizer)`` pair (the model is
             used as it is: pass a fresh copy per reward model).
-        pooling: ``"mean"`` (mean of the token states over the attention mask; the default, as
-            the checkpoint was trained) or ``"cls"`` (the first token's state).
+        pooling: ``"mean"`` (over the attention mask, as the checkpoint was trained) or
+            ``"cls"`` (the first token's state).
         max_length: token budget of prompt + response; longer pairs are truncated
             (``longest_first``: tokens come off the longer of the two).
-        chunk_size: :meth:`rewards` runs at most this many pairs per forward call, grouped by
-            length (less padding).
+        chunk_size: :meth:`rewards` runs at most this many pairs per forward call.
         frozen: a :class:`~rlhf_lessons.rewards.frozen_bottom.FrozenBottom` cut from the same
             encoder: its bottom layers are frozen into this model and looked up, so only the
             top layers (and the head) train. Share one between models to share its memo.
@@ -175,10 +174,6 @@ class RewardModel(_Scorer):
         self._encoded: dict[tuple[str, str], tuple[list[int], list[int]]] = {}
         self.to(next(model.parameters()).device)
         self.eval()  # like the loaders: training code switches to train mode itself
-
-    @property
-    def device(self) -> torch.device:
-        return self.head.weight.device
 
     def _encode(self, prompt: str, response: str) -> tuple[list[int], list[int]]:
         """Token ids and token types of one text pair, tokenised once and remembered."""
@@ -221,12 +216,8 @@ class RewardModel(_Scorer):
         return self.head(pooled).squeeze(-1)
 
     def rewards(self, prompts: Sequence[str], responses: Sequence[str]) -> torch.Tensor:
-        """Rewards with gradient, (N,), in input order.
-
-        The pairs are sorted by length and run in chunks of at most ``chunk_size``, each padded
-        only to its own longest member: the same rewards as one padded batch (padding is
-        masked out), for less compute.
-        """
+        """Rewards with gradient, (N,), in input order: in chunks of similar length, each padded
+        only to its own longest member (the same rewards as one padded batch, for less compute)."""
         _check_texts(prompts, responses)
         n = len(prompts)
         if n <= self.chunk_size:
@@ -286,10 +277,6 @@ class CausalLMRewardModel(_Scorer):
         model, tokenizer = load_causal_lm(name_or_path, device=device)
         return cls(model, tokenizer, **kwargs)
 
-    @property
-    def device(self) -> torch.device:
-        return self.head.weight.device
-
     def forward(self, batch) -> torch.Tensor:
         """A :class:`rlhf_lessons.lm.Batch` (or anything with ``input_ids`` and
         ``attention_mask``, (N, T)) -> (N,) rewards."""
@@ -343,10 +330,9 @@ class HFSequenceScorer(_Scorer):
     def rewards(self, prompts: Sequence[str], responses: Sequence[str]) -> torch.Tensor:
         _check_texts(prompts, responses)
         ids = [torch.tensor(self.token_ids(p, r)) for p, r in zip(prompts, responses, strict=True)]
-        device = next(self.model.parameters()).device
         pad = self.tokenizer.pad_token_id or 0
-        input_ids = pad_sequence(ids, batch_first=True, padding_value=pad).to(device)
-        mask = pad_sequence([torch.ones_like(i) for i in ids], batch_first=True).to(device)
+        input_ids = pad_sequence(ids, batch_first=True, padding_value=pad).to(self.device)
+        mask = pad_sequence([torch.ones_like(i) for i in ids], batch_first=True).to(self.device)
         return self.model(input_ids=input_ids, attention_mask=mask).logits.squeeze(-1)
 
 
@@ -502,12 +488,11 @@ def train_reward_model(
         clip = math.inf if cfg.max_grad_norm is None else cfg.max_grad_norm  # inf: no clipping
         averaged = _HandAveraged(par, params)
         watch, cpu_start = Stopwatch(), time.process_time()
-        if eval_every:
-            history.evaluate(eval_fn, model)
-        model.train(cfg.dropout)
-        bar = progress(total=len(batches), desc=f"reward model ({cfg.mode})", unit="step",
-                       disable=not show_progress)  # fmt: skip
-        for batch in batches:
+        desc, total = f"reward model ({cfg.mode})", len(batches)
+        for batch in history.loop(
+            batches, total, model, eval_fn, eval_every, desc=desc, show_progress=show_progress
+        ):
+            model.train(cfg.dropout)  # between steps, evaluation runs in eval mode (no dropout)
             with watch:
                 shard = par.shard(torch.arange(len(batch)))  # this process's rows (all in one)
                 loss, metrics, passes = step_loss(model, [batch[i] for i in shard.index])
@@ -517,19 +502,12 @@ def train_reward_model(
                 n = par.sum({"pairs": pairs, "passes": passes * (shard.rows > 0)})
                 metrics = {**par.mean({"loss": metrics["loss"]}, shard.rows),
                            **par.mean({k: metrics[k] for k in ("accuracy", "margin")}, pairs)}  # fmt: skip
+            model.eval()
             history.info["forward_passes"] += int(n["passes"])
             history.info["pairs_seen"] += int(n["pairs"])
+            history.info["cpu_seconds"] = time.process_time() - cpu_start
             history.log(seconds=watch.seconds, **metrics, sequences=int(n["passes"]))
-            bar.update(1)
-            bar.set_postfix(loss=f"{metrics['loss']:.3f}")
-            if history.due(eval_every, len(batches)):
-                history.evaluate(eval_fn, model.eval())  # evaluation without dropout
-                model.train(cfg.dropout)
-        bar.close()
-        history.info["cpu_seconds"] = time.process_time() - cpu_start
         history.info["train_seconds"] = watch.seconds
-        model.eval()
-        history.evaluate(eval_fn, model)
     return history
 
 
@@ -558,19 +536,9 @@ class RewardEval:
 def evaluate_reward_model(
     model, records: Sequence[Mapping[str, Any]], batch_size: int = 32
 ) -> RewardEval:
-    """Score every response of every record and compare with the human rankings.
-
-    Args:
-        model: anything with ``score(prompts, responses, batch_size) -> (N,)`` (a
-            :class:`RewardModel`, :class:`CausalLMRewardModel` or :class:`HFSequenceScorer`).
-        records: ranked records (with a ``"category"`` key for the per-category numbers;
-            records without one count as ``"all"``).
-
-    Returns:
-        A :class:`RewardEval`: pairwise accuracy (a pair is right when the better response
-        scores strictly higher), accuracy per category, mean Kendall tau / Spearman rho per
-        prompt (K = 2 prompts give +-1), the counts, the scores and each pair's verdict.
-    """
+    """Score every response of every record with ``model.score`` and compare with the human
+    rankings. A pair is right when the better response scores strictly higher; records without
+    a ``"category"`` count as ``"all"``; a K = 2 prompt's rank correlations are +-1."""
     records = check_records(records, "records")
     prompts = [r["prompt"] for r in records for _ in r["ranked_outputs"]]
     responses = [o for r in records for o in r["ranked_outputs"]]
