@@ -27,13 +27,8 @@ measurements, are in :mod:`rlhf_lessons.rewards.pairrm_eval`.
 Here the ranker is built on all-MiniLM-L6-v2 (22.7M parameters) through llm-blender's own
 builders, trained with llm-blender's own forward and loss in a short loop of ours
 (:func:`train_pair_ranker`), saved as a folder that ``Blender().loadranker(folder)`` loads.
-One change to llm-blender's start: ``resize_token_embeddings`` gives the four new prefix tokens
-one and the same embedding (the vocabulary's mean), so at the start the head's two inputs h_i and
-h_j differ mostly by position and the loss can sit at ln 2; :func:`build_pair_ranker` starts them
-from distinct words instead (:func:`init_prefix_embeddings`; ``prefix_init="mean"`` keeps
-llm-blender's start). With ``frozen=`` (a
-:class:`~rlhf_lessons.rewards.frozen_bottom.FrozenBottom`) only the top layers and the head
-train, and the frozen bottom's output is computed once per sequence.
+One change to llm-blender's start: the four new prefix tokens start from distinct words, not
+all from the vocabulary's mean, where the loss can sit at ln 2 (:func:`init_prefix_embeddings`).
 :mod:`rlhf_lessons.rewards.blender_compat` makes llm-blender 0.0.2 run with transformers 5.
 """
 
@@ -109,11 +104,10 @@ def pairrm_loss(
     exactly as in llm-blender (which keeps ties in the mean); ``metrics["ties"]`` counts them.
 
     Args:
-        left_scores: (P,) or (P, T) scores s_i of the left candidate of each pair, with gradient.
-        right_scores: same shape, scores s_j of the right candidate (from the same forward pass).
-        left_quality: same shape, the left candidate's quality Q_i per task (a metric, a reward,
-            or a rank turned into "higher is better").
-        right_quality: same shape, the right candidate's quality Q_j.
+        left_scores, right_scores: (P,) or (P, T) scores s_i and s_j of each pair's left and
+            right candidate (one forward pass), with gradient.
+        left_quality, right_quality: the same shape, their qualities Q_i and Q_j per task
+            (a metric, a reward, or a rank turned into "higher is better").
 
     Returns:
         ``(loss, metrics)``: a scalar loss; metrics ``loss``, ``accuracy`` (over non-tied
@@ -159,12 +153,7 @@ def max_logits_scores(cmp: torch.Tensor | np.ndarray) -> torch.Tensor:
 
     which uses both orders of every pair, so a constant preference for the left slot cancels.
     The scores of a prompt sum to 0, and permuting the candidates permutes the scores.
-
-    Args:
-        cmp: (B, N, N) or (N, N) logits.
-
-    Returns:
-        (B, N) or (N,) float32 scores, higher = better.
+    (B, N, N) or (N, N) logits -> (B, N) or (N,) float32 scores, higher = better.
     """
     m = torch.as_tensor(cmp, dtype=torch.float32)
     if m.dim() not in (2, 3) or m.shape[-1] != m.shape[-2]:
@@ -189,10 +178,10 @@ def init_prefix_embeddings(
 
     ``resize_token_embeddings`` (transformers >= 4.46, ``mean_resizing=True``) starts every new
     row at the *mean* of the vocabulary's embeddings, plus noise of 1e-9 times their covariance:
-    the four prefix tokens get the same vector, about a tenth of a real token's norm. The head
-    reads the states at ``<|candidate1|>`` and ``<|candidate2|>``, which then differ only by
-    position. Starting them from distinct words (the mean of a word's word pieces) gives each
-    slot its own vector, as a pretrained token has. Returns {token: word} as applied.
+    the four prefix tokens get the same vector, about a tenth of a real token's norm, and the
+    head's two inputs h_i and h_j differ mostly by position. Starting them from distinct words
+    (the mean of a word's word pieces) gives each slot its own vector, as a pretrained token has.
+    Returns {token: word} as applied.
     """
     emb = encoder.get_input_embeddings().weight
     with torch.no_grad():
@@ -243,15 +232,14 @@ def build_pair_ranker(
         backbone: ``"minilm"`` (the course's offline all-MiniLM-L6-v2) or a BERT folder.
         source_maxlength, candidate_maxlength: truncation lengths in tokens (PairRM uses 1224
             and 412).
-        drop_out: the head's dropout (llm-blender's default 0.05).
         seed: seeds the head's initialisation (and the new tokens' embeddings, unless
             ``frozen`` replaces them).
         frozen: a :class:`~rlhf_lessons.rewards.frozen_bottom.FrozenBottom` cut from another
             ranker's encoder (``bundle.ranker.pretrained_model``): its embeddings and bottom
-            layers are frozen into this ranker and looked up (see that module).
-        prefix_init: ``"words"`` starts the new prefix tokens from distinct words
-            (:func:`init_prefix_embeddings`); ``"mean"`` keeps what ``resize_token_embeddings``
-            gives them (all four the vocabulary's mean embedding), as llm-blender does.
+            layers are frozen into this ranker and looked up, so only the top layers and the
+            head train.
+        prefix_init: ``"words"`` (:func:`init_prefix_embeddings`) or ``"mean"`` (what
+            ``resize_token_embeddings`` gives, as in llm-blender).
     """
     from rlhf_lessons.models import resolve
 

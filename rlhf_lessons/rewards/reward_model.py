@@ -6,33 +6,20 @@ Stiennon et al. 2020 (arXiv 2009.01325). Losses in :mod:`rlhf_lessons.rewards.re
 
 A reward model maps a (prompt, response) pair to one number r(x, y). Three kinds here:
 
-- :class:`RewardModel`: a **cross-encoder**. The prompt and the response are tokenised together
-  as a BERT text pair (``[CLS] prompt [SEP] response [SEP]``), so every layer attends across
-  both; the token states are **mean-pooled** and a linear head gives the reward. Default
+- :class:`RewardModel`: a **cross-encoder** (prompt and response read as one text pair, so
+  every layer attends across both), its token states pooled into a linear head; default
   backbone all-MiniLM-L6-v2 (22.7M parameters, offline via :func:`rlhf_lessons.models.
-  load_encoder`). Mean pooling, not [CLS], because that is how this checkpoint was trained
-  (sentence-transformers pools the mean of the token states); ``pooling="cls"`` is available.
-  With ``frozen=`` (a :class:`~rlhf_lessons.rewards.frozen_bottom.FrozenBottom`) only the top
-  layers train, and the frozen bottom's output is computed once per text.
+  load_encoder`);
 - :class:`CausalLMRewardModel`: the same head on a causal LM's hidden state at the last real
-  token of prompt + completion (the usual LLM reward model), tokenised with the conventions of
-  :mod:`rlhf_lessons.lm`. Lesson 05 uses it on the review model.
-- :class:`HFSequenceScorer`: a Hugging Face ``...ForSequenceClassification`` model with one
-  label, the model TRL's ``RewardTrainer`` trains, so that our trainer and TRL's can train the
-  same model (:mod:`rlhf_lessons.trl_runs.reward`).
+  token (the usual LLM reward model; lesson 05 uses it on the review model);
+- :class:`HFSequenceScorer`: a ``...ForSequenceClassification`` model with one label, the model
+  TRL's ``RewardTrainer`` trains (:mod:`rlhf_lessons.trl_runs.reward`).
 
-:func:`train_reward_model` trains any of them on ranked records in one of two ways, with AdamW
-and the same data, seed and schedule:
-
-- ``mode="kwise"`` (InstructGPT): a batch element is a prompt with all its K responses: K
-  forward passes, and :func:`~rlhf_lessons.rewards.reward_losses.kwise_loss` over its C(K, 2)
-  pairs;
-- ``mode="pairs"``: every ranking is expanded into its C(K, 2) pairs, which are shuffled as
-  independent examples and trained with the Bradley-Terry loss: 2 forward passes per pair, and
-  a prompt's pairs land in different batches.
-
-:func:`evaluate_reward_model` measures held-out pairwise accuracy (per category too) and rank
-correlation.
+:func:`train_reward_model` trains any of them on ranked records, with AdamW and the same data,
+seed and schedule, K-wise (InstructGPT: a batch element is a prompt with all its K responses, K
+forward passes for its C(K, 2) pairs) or on shuffled pairs (the Bradley-Terry loss, 2 forward
+passes per pair, a prompt's pairs in different batches). :func:`evaluate_reward_model` measures
+held-out pairwise accuracy (per category too) and rank correlation.
 """
 
 from __future__ import annotations
@@ -125,14 +112,15 @@ class _Scorer(nn.Module):
 class RewardModel(_Scorer):
     """Pretrained encoder + scalar linear head on the pooled (prompt, response) cross-encoding.
 
-    Built in eval mode (no dropout); :func:`train_reward_model` switches modes itself.
+    The pair is tokenised as ``[CLS] prompt [SEP] response [SEP]``; its token states are
+    mean-pooled, not [CLS], because that is how sentence-transformers trained MiniLM. Built in
+    eval mode (no dropout); :func:`train_reward_model` switches modes itself.
 
     Args:
         encoder: a name or path for :func:`rlhf_lessons.models.load_encoder` (default
             all-MiniLM-L6-v2), or an already loaded ``(model, tokenizer)`` pair (the model is
             used as it is: pass a fresh copy per reward model).
-        pooling: ``"mean"`` (over the attention mask, as the checkpoint was trained) or
-            ``"cls"`` (the first token's state).
+        pooling: ``"mean"`` (over the attention mask) or ``"cls"`` (the first token's state).
         max_length: token budget of prompt + response; longer pairs are truncated
             (``longest_first``: tokens come off the longer of the two).
         chunk_size: :meth:`rewards` runs at most this many pairs per forward call.
