@@ -198,37 +198,31 @@ def to_conversational(pair: Mapping[str, Any], system: str | None = None) -> Rec
         ``{"prompt": [..., {"role": "user", ...}], "chosen": [{"role": "assistant", ...}],
         "rejected": [{"role": "assistant", ...}], **extra keys}``.
     """
-    fmt = validate_pair(pair)
     out = dict(pair)
-    if fmt == "conversational":
-        if system is None:
-            return out
-        first = pair["prompt"][0]
-        if first["role"] == "system":
-            if first["content"] == system:
-                return out
+    if validate_pair(pair) == "standard":
+        stored = out.pop("system", None)
+        if system is not None and stored is not None and system != stored:
             raise PreferenceDataError(
-                f"to_conversational: the record already has the system message "
-                f"{_short(first['content'])}, which differs from system={_short(system)}. "
-                "Pass system=None to keep the record's, or edit the record"
+                f"to_conversational: the record's 'system' key {_short(stored)} differs from "
+                f"system={_short(system)}. Pass system=None to use the record's, or drop the key"
             )
-        _check_text(system, "system", "to_conversational")
-        out["prompt"] = [{"role": "system", "content": system}, *pair["prompt"]]
+        system = system if system is not None else stored
+        out["prompt"] = [{"role": "user", "content": pair["prompt"]}]
+        out["chosen"] = [{"role": "assistant", "content": pair["chosen"]}]
+        out["rejected"] = [{"role": "assistant", "content": pair["rejected"]}]
+    if system is None:
         return out
-    stored = out.pop("system", None)
-    if system is not None and stored is not None and system != stored:
+    first = out["prompt"][0]
+    if first["role"] == "system":  # only a conversational record can have one
+        if first["content"] == system:
+            return out
         raise PreferenceDataError(
-            f"to_conversational: the record's 'system' key {_short(stored)} differs from "
-            f"system={_short(system)}. Pass system=None to use the record's, or drop the key"
+            f"to_conversational: the record already has the system message "
+            f"{_short(first['content'])}, which differs from system={_short(system)}. "
+            "Pass system=None to keep the record's, or edit the record"
         )
-    system = system if system is not None else stored
-    prompt = [{"role": "user", "content": pair["prompt"]}]
-    if system is not None:
-        _check_text(system, "system", "to_conversational")
-        prompt.insert(0, {"role": "system", "content": system})
-    out["prompt"] = prompt
-    out["chosen"] = [{"role": "assistant", "content": pair["chosen"]}]
-    out["rejected"] = [{"role": "assistant", "content": pair["rejected"]}]
+    _check_text(system, "system", "to_conversational")
+    out["prompt"] = [{"role": "system", "content": system}, *out["prompt"]]
     return out
 
 

@@ -19,10 +19,12 @@ from __future__ import annotations
 import contextlib
 import importlib
 import os
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
+from rlhf_lessons.course.progress import progress
 from rlhf_lessons.training import History, RewardFn
 
 #: algo -> the module that runs it through TRL (each defines ``run(...) -> TRLRun``)
@@ -105,3 +107,26 @@ def in_order(trainer_cls):
 
     InOrder.__name__ = trainer_cls.__name__
     return InOrder
+
+
+def step_clock(columns: dict[str, str], total: int = 0, desc: str | None = None):
+    """A TRL callback that keeps one History row per step TRL logs: the wall-clock since training
+    began (``seconds``) and the logged values under our names (``columns``: TRL's name -> ours).
+    With a ``desc``, our progress bar over ``total`` steps shows too."""
+    from transformers import TrainerCallback
+
+    class StepClock(TrainerCallback):
+        def on_train_begin(self, args, state, control, **kwargs):
+            self.bar = progress(total=total, desc=desc, unit="step", disable=desc is None)
+            self.start, self.rows = time.perf_counter(), []
+
+        def on_log(self, args, state, control, logs=None, **kwargs):
+            if logs and "loss" in logs and "train_runtime" not in logs:
+                row = {ours: float(logs[k]) for k, ours in columns.items() if k in logs}
+                self.rows.append({"seconds": time.perf_counter() - self.start, **row})
+                self.bar.update(1)
+
+        def on_train_end(self, args, state, control, **kwargs):
+            self.bar.close()
+
+    return StepClock()
