@@ -75,6 +75,17 @@ def _check_texts(prompts: Sequence[str], responses: Sequence[str]) -> None:
         raise ValueError(f"got {len(prompts)} prompts but {len(responses)} responses")
 
 
+def _by_length(prompts, responses, lengths: list[int], size: int, run) -> torch.Tensor:
+    """``run(prompts, responses)`` on chunks of at most ``size`` pairs of similar ``lengths``
+    (less padding), the (N,) results put back in input order."""
+    order = sorted(range(len(lengths)), key=lengths.__getitem__)
+    chunks = [order[s : s + size] for s in range(0, len(order), size)]
+    outs = [run([prompts[i] for i in c], [responses[i] for i in c]) for c in chunks]
+    inverse = torch.empty(len(order), dtype=torch.long)
+    inverse[torch.tensor(order)] = torch.arange(len(order))
+    return torch.cat(outs)[inverse.to(outs[0].device)]
+
+
 class _Scorer(nn.Module):
     """Shared batching for models with a ``rewards(prompts, responses)`` method."""
 
@@ -86,27 +97,20 @@ class _Scorer(nn.Module):
     def score(
         self, prompts: Sequence[str], responses: Sequence[str], batch_size: int = 32
     ) -> torch.Tensor:
-        """Rewards of (prompt, response) pairs, (N,) on the CPU, in eval mode (no dropout).
-
-        Texts are batched by length (less padding), and the results put back in input order.
-        """
+        """Rewards of (prompt, response) pairs, (N,) on the CPU, in eval mode (no dropout),
+        in batches of similar length."""
         _check_texts(prompts, responses)
         if batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
         if not prompts:
             return torch.zeros(0)
-        order = sorted(range(len(prompts)), key=lambda i: len(prompts[i]) + len(responses[i]))
-        out = torch.empty(len(prompts))
         was_training = self.training
         self.eval()
         try:
-            for start in range(0, len(order), batch_size):
-                idx = order[start : start + batch_size]
-                r = self.rewards([prompts[i] for i in idx], [responses[i] for i in idx])
-                out[idx] = r.float().cpu()
+            lengths = [len(p) + len(r) for p, r in zip(prompts, responses, strict=True)]
+            return _by_length(prompts, responses, lengths, batch_size, self.rewards).float().cpu()
         finally:
             self.train(was_training)
-        return out
 
 
 class RewardModel(_Scorer):
@@ -207,16 +211,12 @@ class RewardModel(_Scorer):
         """Rewards with gradient, (N,), in input order: in chunks of similar length, each padded
         only to its own longest member (the same rewards as one padded batch, for less compute)."""
         _check_texts(prompts, responses)
-        n = len(prompts)
-        if n <= self.chunk_size:
+        if len(prompts) <= self.chunk_size:
             return self(**self.tokenize(prompts, responses))
-        order = sorted(range(n), key=lambda i: len(self._encode(prompts[i], responses[i])[0]))
-        chunks = [order[s : s + self.chunk_size] for s in range(0, n, self.chunk_size)]
-        outs = [self(**self.tokenize([prompts[i] for i in c], [responses[i] for i in c]))
-                for c in chunks]  # fmt: skip
-        inverse = torch.empty(n, dtype=torch.long)
-        inverse[torch.tensor(order)] = torch.arange(n)
-        return torch.cat(outs)[inverse.to(self.device)]
+        lengths = [len(self._encode(p, r)[0]) for p, r in zip(prompts, responses, strict=True)]
+        return _by_length(
+            prompts, responses, lengths, self.chunk_size, lambda p, r: self(**self.tokenize(p, r))
+        )
 
 
 class CausalLMRewardModel(_Scorer):
