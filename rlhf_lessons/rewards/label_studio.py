@@ -4,8 +4,7 @@ annotators agree.
 Rankings are collected in Label Studio (labelstud.io) with a ``List`` + ``Ranker`` labelling
 config (``data/label_studio/ranker_template.xml``): the labeller sees a prompt and drags its
 responses into order, best on top. :func:`label_studio_tasks` builds the tasks to import
-(responses shuffled, so that a labeller who submits without dragging does not turn model order
-into a preference), and :func:`import_label_studio` turns a JSON export back into the course's
+(responses shuffled), and :func:`import_label_studio` turns a JSON export back into the course's
 ranked records ``{"prompt", "ranked_outputs": [best, ..., worst], "task_id", "annotator"}``
 (:mod:`rlhf_lessons.rewards.preference_data` converts them to pairs).
 
@@ -267,7 +266,6 @@ def agreement(rankings_a: Any, rankings_b: Any) -> float:
     the same order. The rate is agreed pairs / all pairs, pooled over the rankings (a
     ranking of K items contributes C(K, 2) pairs). 1.0 = same orders, 0.0 = reversed, 0.5 =
     what two random orders give on average; for one ranking it equals (1 + Kendall's tau) / 2.
-    Human labellers agree on roughly 73% of comparisons (InstructGPT, Stiennon et al. 2020).
 
     ``rankings_a``, ``rankings_b``: one ranking each (a list of items, best first, or a ranked
     record) or equally long lists of them; ranking t of a and of b must hold the same items.

@@ -17,12 +17,9 @@ three prefix tokens, h_x, h_i and h_j, go through one shared head,
 [h_x; h_j]: two pair-specific scores s_i and s_j (T = number of quality "tasks"; 1 here). The
 comparison logit is mean_t(s_i - s_j); > 0 means "y_i is better".
 
-Training (llm-blender's default ``loss_type="instructgpt"``, which :func:`pairrm_loss` writes
-out): for a pair with qualities Q_i, Q_j, L = -log sigma(sign(Q_i - Q_j) (s_i - s_j)). Inference
-over N candidates either fills the whole N x N matrix of ordered comparisons (``Blender.rank``,
-N(N-1) forward passes) or runs one bubble-sort pass with both orders of each neighbour pair
-(``Blender.get_best_of_n``, 2(N-1) passes for the top candidate); both, and the held-out
-measurements, are in :mod:`rlhf_lessons.rewards.pairrm_eval`.
+Training uses llm-blender's default loss, written out in :func:`pairrm_loss`. Ranking N
+candidates (the full N x N matrix of ordered comparisons, or a bubble-sort pass) and the held-out
+measurements are in :mod:`rlhf_lessons.rewards.pairrm_eval`.
 
 Here the ranker is built on all-MiniLM-L6-v2 (22.7M parameters) through llm-blender's own
 builders, trained with llm-blender's own forward and loss in a short loop of ours
@@ -215,7 +212,6 @@ def build_pair_ranker(
     backbone: str | os.PathLike = "minilm",
     source_maxlength: int = 64,
     candidate_maxlength: int = 128,
-    drop_out: float = 0.05,
     seed: int = 0,
     frozen=None,
     prefix_init: str = "words",
@@ -256,7 +252,7 @@ def build_pair_ranker(
         ranker_type="pairranker", model_type="bert", model_name=path,
         source_maxlength=source_maxlength, candidate_maxlength=candidate_maxlength,
         num_pos=ALL_PAIRS, num_neg=ALL_PAIRS, sub_sampling_mode="all_pair",
-        loss_type="instructgpt", inference_mode="full", drop_out=drop_out, fp16=False,
+        loss_type="instructgpt", inference_mode="full", drop_out=0.05, fp16=False,
     )  # fmt: skip
     tokenizer = build_tokenizer(path)
     collator = build_collator("pairranker", tokenizer, source_maxlength, candidate_maxlength)

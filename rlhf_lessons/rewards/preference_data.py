@@ -137,9 +137,8 @@ def _normalized(value: str | list[dict]) -> Any:
 
 
 def validate_pair(record: Any, where: str = "") -> str:
-    """Check one pairwise record ``{"prompt", "chosen", "rejected", ...}``: all three strings
-    (standard format) or all three lists of ``{"role": "system"|"user"|"assistant", "content":
-    str}`` messages (conversational format). Returns ``"standard"`` or ``"conversational"``."""
+    """Check one pairwise record, standard or conversational (module docstring); returns its
+    format, ``"standard"`` or ``"conversational"``."""
     _check_record(record, where, PAIR_FIELDS, {"ranked": "use validate_ranked or ranked_to_pairs"})
     prompt = record["prompt"]
     if isinstance(prompt, str):

@@ -7,9 +7,7 @@ settings through TRL's trainer, and checks that the two agree (loss curves, rewa
     run = train_with_trl("grpo", policy, tokenizer, prompts, GroupPGConfig.grpo(...), reward_fn=r)
     run = train_with_trl("reward", model, tokenizer, records, RewardConfig(...))
 
-``algo`` picks the module that maps our config to TRL's (:mod:`rlhf_lessons.trl_runs.dpo` for
-DPO, IPO, hinge and SimPO; :mod:`~rlhf_lessons.trl_runs.rloo_grpo` for RLOO and GRPO;
-:mod:`~rlhf_lessons.trl_runs.reward` for the reward model). Every one returns a
+``algo`` picks the module that maps our config to TRL's (:data:`BACKENDS`). Every one returns a
 :class:`TRLRun`, whose ``history`` uses the column names of our trainer's
 :class:`~rlhf_lessons.training.History` where TRL logs the same quantity.
 """
