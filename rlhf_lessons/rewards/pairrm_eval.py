@@ -17,7 +17,7 @@ import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
-from itertools import combinations
+from itertools import combinations, permutations
 from typing import Any
 
 import numpy as np
@@ -121,8 +121,7 @@ def compare_all(
     padded to its longest); the logits are put back in order."""
     if len(prompts) != len(candidates) or not prompts:
         raise ValueError(f"got {len(prompts)} prompts and {len(candidates)} candidate lists")
-    jobs = [(p, i, j) for p, c in enumerate(candidates) for i in range(len(c))
-            for j in range(len(c)) if i != j]  # fmt: skip
+    jobs = [(p, i, j) for p, c in enumerate(candidates) for i, j in permutations(range(len(c)), 2)]
     if not jobs:
         raise ValueError("every prompt has fewer than 2 candidates: nothing to compare")
     jobs.sort(
