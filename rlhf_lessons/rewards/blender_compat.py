@@ -37,11 +37,8 @@ WEIGHTS_FILE = "model.safetensors"
 
 
 def patch_transformers_cache() -> bool:
-    """Give ``transformers.utils.hub`` back its ``TRANSFORMERS_CACHE`` constant if it is missing.
-
-    Needed by llm-blender 0.0.2 with transformers >= 5.0 (see the module docstring). Returns True
-    when it patched, False when transformers already has the name (transformers 4.x).
-    """
+    """Give ``transformers.utils.hub`` back its ``TRANSFORMERS_CACHE`` constant (patch 1 of the
+    module docstring). Returns True when it patched, False when it was there (transformers 4)."""
     import transformers.utils.hub as hub
 
     if hasattr(hub, "TRANSFORMERS_CACHE"):
@@ -119,8 +116,8 @@ def write_ranker_checkpoint(ranker, config, folder: str | os.PathLike) -> Path:
     """Save a PairRanker as a folder that ``Blender().loadranker(folder)`` loads.
 
     Writes ``config.json`` (:func:`checkpoint_config`) and ``model.safetensors`` (the ranker's
-    whole state dict: backbone with its resized embeddings, and the head) into a temporary folder
-    beside ``folder`` and renames it at the end, so an interrupted save leaves no half folder.
+    whole state dict: backbone with its resized embeddings, and the head), atomically
+    (:func:`~rlhf_lessons.course.cache.atomic_folder`: an interrupted save leaves no half folder).
     """
     from safetensors.torch import save_model
 

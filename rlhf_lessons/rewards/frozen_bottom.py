@@ -98,7 +98,8 @@ class FrozenBottom:
         at padded positions)."""
         mask = torch.ones_like(input_ids) if attention_mask is None else attention_mask
         lengths = mask.sum(-1)
-        if not torch.equal(mask, _prefix_mask(lengths, mask)):
+        cols = torch.arange(mask.shape[-1], device=mask.device)
+        if not torch.equal(mask, (cols[None] < lengths[:, None]).to(mask.dtype)):
             raise ValueError(
                 "FrozenBottom needs right-padded rows (real tokens first, padding at the end); "
                 "tokenize with padding_side='right'"
@@ -138,11 +139,6 @@ class FrozenBottom:
         model.__dict__.pop("forward", None)
         model.__dict__.pop("_frozen_bottom", None)
         return model
-
-
-def _prefix_mask(lengths: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
-    cols = torch.arange(like.shape[-1], device=like.device)
-    return (cols[None] < lengths[:, None]).to(like.dtype)
 
 
 def _top_forward(

@@ -4,8 +4,7 @@ annotators agree.
 Rankings are collected in Label Studio (labelstud.io) with a ``List`` + ``Ranker`` labelling
 config (``data/label_studio/ranker_template.xml``): the labeller sees a prompt and drags its
 responses into order, best on top. :func:`label_studio_tasks` builds the tasks to import
-(responses shuffled, so that a labeller who submits without dragging does not turn model order
-into a preference), and :func:`import_label_studio` turns a JSON export back into the course's
+(responses shuffled), and :func:`import_label_studio` turns a JSON export back into the course's
 ranked records ``{"prompt", "ranked_outputs": [best, ..., worst], "task_id", "annotator"}``
 (:mod:`rlhf_lessons.rewards.preference_data` converts them to pairs).
 
@@ -126,11 +125,8 @@ def import_label_studio(
             (``$prompt`` and ``$items`` in ``ranker_template.xml``).
         ranker_name: the Ranker tag's name; needed only if a config has several Rankers.
 
-    Returns:
-        A :class:`LabelStudioRankings` list with one record per non-cancelled annotation,
-        ``{"prompt", "ranked_outputs": [item bodies, best first], "task_id", "annotator"}``
-        (annotator = Label Studio user id), in export order. Cancelled annotations and tasks
-        without annotations are skipped and counted.
+    Returns one record per non-cancelled annotation, in export order (annotator = Label Studio
+    user id); cancelled annotations and tasks without annotations are skipped and counted.
     """
     if isinstance(path_or_tasks, str | Path):
         path = Path(path_or_tasks)
@@ -216,16 +212,11 @@ def label_studio_tasks(
     order, and a Ranker saves the displayed order when a labeller submits without dragging
     anything, so an unshuffled list would turn inattention into a systematic preference.
 
-    Args:
-        records: ``{"prompt": str, responses_field: [str, ...], **extra}``; extra keys go into
-            the task data (Label Studio shows only what the config references).
-            ``responses_field="ranked_outputs"`` re-labels ranked records.
-        seed: the shuffle's seed (same seed and records -> same tasks).
-        responses_field, prompt_field, items_field: keys read and written.
-
-    Returns:
-        ``[{"data": {prompt_field: ..., items_field: [{"id": "r1", "title": "Response 1",
-        "body": ...}, ...], **extra}}, ...]``; ids and titles follow the shuffled display order.
+    ``records``: ``{"prompt": str, responses_field: [str, ...], **extra}``; extra keys go into
+    the task data (Label Studio shows only what the config references);
+    ``responses_field="ranked_outputs"`` re-labels ranked records. Returns ``[{"data":
+    {prompt_field: ..., items_field: [{"id": "r1", "title": "Response 1", "body": ...}, ...],
+    **extra}}, ...]``; ids and titles follow the shuffled display order.
     """
     rng = random.Random(seed)
     tasks = []
@@ -275,15 +266,9 @@ def agreement(rankings_a: Any, rankings_b: Any) -> float:
     the same order. The rate is agreed pairs / all pairs, pooled over the rankings (a
     ranking of K items contributes C(K, 2) pairs). 1.0 = same orders, 0.0 = reversed, 0.5 =
     what two random orders give on average; for one ranking it equals (1 + Kendall's tau) / 2.
-    Human labellers agree on roughly 73% of comparisons (InstructGPT, Stiennon et al. 2020).
 
-    Args:
-        rankings_a, rankings_b: one ranking each (a list of items, best first, or a ranked
-            record) or equally long lists of them; ranking t of a and of b must hold the same
-            items.
-
-    Returns:
-        The agreement rate in [0, 1].
+    ``rankings_a``, ``rankings_b``: one ranking each (a list of items, best first, or a ranked
+    record) or equally long lists of them; ranking t of a and of b must hold the same items.
     """
     a, b = _as_rankings(rankings_a, "rankings_a"), _as_rankings(rankings_b, "rankings_b")
     if len(a) != len(b):

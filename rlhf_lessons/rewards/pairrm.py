@@ -17,23 +17,15 @@ three prefix tokens, h_x, h_i and h_j, go through one shared head,
 [h_x; h_j]: two pair-specific scores s_i and s_j (T = number of quality "tasks"; 1 here). The
 comparison logit is mean_t(s_i - s_j); > 0 means "y_i is better".
 
-Training (llm-blender's default ``loss_type="instructgpt"``, which :func:`pairrm_loss` writes
-out): for a pair with qualities Q_i, Q_j, L = -log sigma(sign(Q_i - Q_j) (s_i - s_j)). Inference
-over N candidates either fills the whole N x N matrix of ordered comparisons (``Blender.rank``,
-N(N-1) forward passes) or runs one bubble-sort pass with both orders of each neighbour pair
-(``Blender.get_best_of_n``, 2(N-1) passes for the top candidate); both, and the held-out
-measurements, are in :mod:`rlhf_lessons.rewards.pairrm_eval`.
+Training uses llm-blender's default loss, written out in :func:`pairrm_loss`. Ranking N
+candidates (the full N x N matrix of ordered comparisons, or a bubble-sort pass) and the held-out
+measurements are in :mod:`rlhf_lessons.rewards.pairrm_eval`.
 
 Here the ranker is built on all-MiniLM-L6-v2 (22.7M parameters) through llm-blender's own
 builders, trained with llm-blender's own forward and loss in a short loop of ours
 (:func:`train_pair_ranker`), saved as a folder that ``Blender().loadranker(folder)`` loads.
-One change to llm-blender's start: ``resize_token_embeddings`` gives the four new prefix tokens
-one and the same embedding (the vocabulary's mean), so at the start the head's two inputs h_i and
-h_j differ mostly by position and the loss can sit at ln 2; :func:`build_pair_ranker` starts them
-from distinct words instead (:func:`init_prefix_embeddings`; ``prefix_init="mean"`` keeps
-llm-blender's start). With ``frozen=`` (a
-:class:`~rlhf_lessons.rewards.frozen_bottom.FrozenBottom`) only the top layers and the head
-train, and the frozen bottom's output is computed once per sequence.
+One change to llm-blender's start: the four new prefix tokens start from distinct words, not
+all from the vocabulary's mean, where the loss can sit at ln 2 (:func:`init_prefix_embeddings`).
 :mod:`rlhf_lessons.rewards.blender_compat` makes llm-blender 0.0.2 run with transformers 5.
 """
 
@@ -57,14 +49,13 @@ import torch.nn.functional as F
 from torch import nn
 
 from rlhf_lessons.course.device import torch_threads
-from rlhf_lessons.course.progress import progress
 from rlhf_lessons.course.seeding import seed_everything
+from rlhf_lessons.rewards import reward_model
 from rlhf_lessons.rewards.blender_compat import (
     import_llm_blender,
     relocate_checkpoint,
     write_ranker_checkpoint,
 )
-from rlhf_lessons.rewards.preference_data import validate_ranked
 from rlhf_lessons.training import (
     EvalFn,
     History,
@@ -110,11 +101,10 @@ def pairrm_loss(
     exactly as in llm-blender (which keeps ties in the mean); ``metrics["ties"]`` counts them.
 
     Args:
-        left_scores: (P,) or (P, T) scores s_i of the left candidate of each pair, with gradient.
-        right_scores: same shape, scores s_j of the right candidate (from the same forward pass).
-        left_quality: same shape, the left candidate's quality Q_i per task (a metric, a reward,
-            or a rank turned into "higher is better").
-        right_quality: same shape, the right candidate's quality Q_j.
+        left_scores, right_scores: (P,) or (P, T) scores s_i and s_j of each pair's left and
+            right candidate (one forward pass), with gradient.
+        left_quality, right_quality: the same shape, their qualities Q_i and Q_j per task
+            (a metric, a reward, or a rank turned into "higher is better").
 
     Returns:
         ``(loss, metrics)``: a scalar loss; metrics ``loss``, ``accuracy`` (over non-tied
@@ -160,12 +150,7 @@ def max_logits_scores(cmp: torch.Tensor | np.ndarray) -> torch.Tensor:
 
     which uses both orders of every pair, so a constant preference for the left slot cancels.
     The scores of a prompt sum to 0, and permuting the candidates permutes the scores.
-
-    Args:
-        cmp: (B, N, N) or (N, N) logits.
-
-    Returns:
-        (B, N) or (N,) float32 scores, higher = better.
+    (B, N, N) or (N, N) logits -> (B, N) or (N,) float32 scores, higher = better.
     """
     m = torch.as_tensor(cmp, dtype=torch.float32)
     if m.dim() not in (2, 3) or m.shape[-1] != m.shape[-2]:
@@ -190,10 +175,10 @@ def init_prefix_embeddings(
 
     ``resize_token_embeddings`` (transformers >= 4.46, ``mean_resizing=True``) starts every new
     row at the *mean* of the vocabulary's embeddings, plus noise of 1e-9 times their covariance:
-    the four prefix tokens get the same vector, about a tenth of a real token's norm. The head
-    reads the states at ``<|candidate1|>`` and ``<|candidate2|>``, which then differ only by
-    position. Starting them from distinct words (the mean of a word's word pieces) gives each
-    slot its own vector, as a pretrained token has. Returns {token: word} as applied.
+    the four prefix tokens get the same vector, about a tenth of a real token's norm, and the
+    head's two inputs h_i and h_j differ mostly by position. Starting them from distinct words
+    (the mean of a word's word pieces) gives each slot its own vector, as a pretrained token has.
+    Returns {token: word} as applied.
     """
     emb = encoder.get_input_embeddings().weight
     with torch.no_grad():
@@ -227,7 +212,6 @@ def build_pair_ranker(
     backbone: str | os.PathLike = "minilm",
     source_maxlength: int = 64,
     candidate_maxlength: int = 128,
-    drop_out: float = 0.05,
     seed: int = 0,
     frozen=None,
     prefix_init: str = "words",
@@ -244,15 +228,14 @@ def build_pair_ranker(
         backbone: ``"minilm"`` (the course's offline all-MiniLM-L6-v2) or a BERT folder.
         source_maxlength, candidate_maxlength: truncation lengths in tokens (PairRM uses 1224
             and 412).
-        drop_out: the head's dropout (llm-blender's default 0.05).
         seed: seeds the head's initialisation (and the new tokens' embeddings, unless
             ``frozen`` replaces them).
         frozen: a :class:`~rlhf_lessons.rewards.frozen_bottom.FrozenBottom` cut from another
             ranker's encoder (``bundle.ranker.pretrained_model``): its embeddings and bottom
-            layers are frozen into this ranker and looked up (see that module).
-        prefix_init: ``"words"`` starts the new prefix tokens from distinct words
-            (:func:`init_prefix_embeddings`); ``"mean"`` keeps what ``resize_token_embeddings``
-            gives them (all four the vocabulary's mean embedding), as llm-blender does.
+            layers are frozen into this ranker and looked up, so only the top layers and the
+            head train.
+        prefix_init: ``"words"`` (:func:`init_prefix_embeddings`) or ``"mean"`` (what
+            ``resize_token_embeddings`` gives, as in llm-blender).
     """
     from rlhf_lessons.models import resolve
 
@@ -269,7 +252,7 @@ def build_pair_ranker(
         ranker_type="pairranker", model_type="bert", model_name=path,
         source_maxlength=source_maxlength, candidate_maxlength=candidate_maxlength,
         num_pos=ALL_PAIRS, num_neg=ALL_PAIRS, sub_sampling_mode="all_pair",
-        loss_type="instructgpt", inference_mode="full", drop_out=drop_out, fp16=False,
+        loss_type="instructgpt", inference_mode="full", drop_out=0.05, fp16=False,
     )  # fmt: skip
     tokenizer = build_tokenizer(path)
     collator = build_collator("pairranker", tokenizer, source_maxlength, candidate_maxlength)
@@ -330,17 +313,15 @@ def as_blender(bundle: PairRankerBundle, device: str = "cpu"):
 
 def check_records(records: Sequence[Mapping[str, Any]], name: str = "data") -> list:
     """Ranked records, validated, with at most :data:`ALL_PAIRS` pairs each."""
-    if isinstance(records, Mapping | str) or not len(records):
-        raise ValueError(f"{name} is empty: there is nothing to train or evaluate on")
+    records = reward_model.check_records(records, name)
     for i, record in enumerate(records):
-        validate_ranked(record, where=f"{name}[{i}]")
         k = len(record["ranked_outputs"])
         if math.comb(k, 2) > ALL_PAIRS:
             raise ValueError(
                 f"{name}[{i}] ranks {k} responses; llm-blender's sampler is set to take at most "
                 f"{ALL_PAIRS} pairs per prompt (K <= 10): split the ranking"
             )
-    return list(records)
+    return records
 
 
 def ranker_dataset(records: Sequence[Mapping[str, Any]]):
@@ -404,12 +385,11 @@ def warmup_decay_schedule(optimizer, warmup_steps: int, total_steps: int):
 def count_sequences(ranker: nn.Module):
     """Count the sequences the ranker's encoder reads (one per ordered pair compared): a forward
     hook on ``ranker.pretrained_model``. Yields a dict whose ``"sequences"`` grows."""
-    counter = {"sequences": 0, "calls": 0}
+    counter = {"sequences": 0}
 
     def hook(module, args, kwargs):
         ids = kwargs.get("input_ids", args[0] if args else None)
         counter["sequences"] += int(ids.shape[0])
-        counter["calls"] += 1
 
     handle = ranker.pretrained_model.register_forward_pre_hook(hook, with_kwargs=True)
     try:
@@ -494,28 +474,19 @@ def train_pair_ranker(
         schedule = warmup_decay_schedule(optimizer, cfg.warmup_steps, len(batches))
         clip = math.inf if cfg.max_grad_norm is None else cfg.max_grad_norm  # inf: no clipping
         watch, cpu_start = Stopwatch(), time.process_time()
-        if eval_every:
-            history.evaluate(eval_fn, ranker)
-        ranker.train()
-        bar = progress(
-            total=len(batches), desc="PairRanker", unit="step", disable=not show_progress
-        )
-        for batch in batches:
+        desc, total = "PairRanker", len(batches)
+        for batch in history.loop(
+            batches, total, ranker, eval_fn, eval_every, desc=desc, show_progress=show_progress
+        ):
+            ranker.train()  # between steps, evaluation runs in eval mode (no dropout)
             with watch:
                 out = ranker(**batch)  # all pairs, left/right shuffled, encoded, loss
                 optimizer_step(out["loss"], optimizer, params, clip, schedule)
+            ranker.eval()
             pairs = int(out["logits"].shape[0])
             history.info["pairs_seen"] += pairs
+            history.info["cpu_seconds"] = time.process_time() - cpu_start
             history.log(seconds=watch.seconds, loss=out["loss"].item(), pairs=pairs)
-            bar.update(1)
-            bar.set_postfix(loss=f"{out['loss'].item():.3f}")
-            if history.due(eval_every, len(batches)):
-                history.evaluate(eval_fn, ranker.eval())  # evaluation without dropout
-                ranker.train()
-        bar.close()
         history.info["sequences"] = counter["sequences"]
-        history.info["cpu_seconds"] = time.process_time() - cpu_start
         history.info["train_seconds"] = watch.seconds
-        ranker.eval()
-        history.evaluate(eval_fn, ranker)
     return history

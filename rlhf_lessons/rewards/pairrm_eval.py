@@ -1,23 +1,14 @@
 """Measuring a PairRanker (lesson 08) through ``Blender``'s public API.
 
-- :func:`compare_all` fills each prompt's N x N matrix of ordered comparisons with
-  ``blender.compare(..., mode="[A,B]")``: ``logits[i, j]`` is the ranker's logit that candidate i,
-  on the left, beats candidate j, on the right. N(N-1) forward passes per prompt, the cost of
-  ``Blender.rank``; :func:`full_matrix_picks` scores it with llm-blender's "max_logits" rule.
-- :func:`pair_eval` reads held-out pairwise accuracy and **position bias** off the matrix: for
-  every pair of candidates whose true quality differs, the logit with the better one on the
-  left (``ab``) and on the right (``ba``). One order alone is what a careless benchmark reports;
-  ``[A,B]+[B,A]`` (``ab - ba``) is antisymmetric by construction.
-- :func:`top_by_bubble`: ``Blender.get_best_of_n(..., pairrm_cmp_type="bubble")``, one
-  bubble-sort pass with both orders of each neighbour pair: 2(N-1) passes for the top pick.
-- :func:`memoised_comparisons`: while it is on, an ordered comparison the ranker has already
-  encoded is looked up, not encoded again. Every comparison a bubble pass asks for is in the full
-  matrix, so after :func:`compare_all` the bubble pass costs no forward pass; what a procedure
-  asks for is still counted (:func:`count_comparisons`).
-- :class:`PlantedRanker`: a stand-in ranker with a known skill and a known left-slot bias, to
-  check that :func:`pair_eval` measures what was planted before it measures a trained ranker.
-- :func:`sample_candidates`: N samples per prompt from a policy, with their true rewards, for
-  best-of-N.
+- :func:`compare_all`: each prompt's N x N matrix of ordered comparisons (the cost of
+  ``Blender.rank``), scored by :func:`full_matrix_picks` with llm-blender's "max_logits" rule;
+- :func:`pair_eval`: held-out pairwise accuracy and **position bias** read off that matrix (one
+  order alone is what a careless benchmark reports; ``[A,B]+[B,A]`` is antisymmetric);
+- :func:`top_by_bubble`: ``Blender.get_best_of_n``'s bubble pass, 2(N-1) passes for the top pick;
+- :func:`memoised_comparisons`: each ordered comparison encoded once, so after
+  :func:`compare_all` the bubble pass costs no forward pass (:func:`count_comparisons` counts);
+- :class:`PlantedRanker`: known skill and left-slot bias, to check :func:`pair_eval` first;
+- :func:`sample_candidates`: N samples per prompt with their true rewards, for best-of-N.
 """
 
 from __future__ import annotations
@@ -26,7 +17,7 @@ import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
-from itertools import combinations
+from itertools import combinations, permutations
 from typing import Any
 
 import numpy as np
@@ -130,8 +121,7 @@ def compare_all(
     padded to its longest); the logits are put back in order."""
     if len(prompts) != len(candidates) or not prompts:
         raise ValueError(f"got {len(prompts)} prompts and {len(candidates)} candidate lists")
-    jobs = [(p, i, j) for p, c in enumerate(candidates) for i in range(len(c))
-            for j in range(len(c)) if i != j]  # fmt: skip
+    jobs = [(p, i, j) for p, c in enumerate(candidates) for i, j in permutations(range(len(c)), 2)]
     if not jobs:
         raise ValueError("every prompt has fewer than 2 candidates: nothing to compare")
     jobs.sort(

@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterable, Mapping, Sequence
+from graphlib import TopologicalSorter
 from itertools import combinations, pairwise
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -136,17 +137,8 @@ def _normalized(value: str | list[dict]) -> Any:
 
 
 def validate_pair(record: Any, where: str = "") -> str:
-    """Check one pairwise record; raise :class:`PreferenceDataError` at the first problem.
-
-    Args:
-        record: ``{"prompt", "chosen", "rejected", ...}``, all three strings (standard format)
-            or all three lists of ``{"role": "system"|"user"|"assistant", "content": str}``
-            messages (conversational format). Extra keys are allowed.
-        where: location for the message, e.g. ``"train.jsonl line 17"``.
-
-    Returns:
-        ``"standard"`` or ``"conversational"``.
-    """
+    """Check one pairwise record, standard or conversational (module docstring); returns its
+    format, ``"standard"`` or ``"conversational"``."""
     _check_record(record, where, PAIR_FIELDS, {"ranked": "use validate_ranked or ranked_to_pairs"})
     prompt = record["prompt"]
     if isinstance(prompt, str):
@@ -177,13 +169,8 @@ def validate_pair(record: Any, where: str = "") -> str:
 
 
 def validate_ranked(record: Any, where: str = "") -> None:
-    """Check one ranked record; raise :class:`PreferenceDataError` at the first problem.
-
-    Args:
-        record: ``{"prompt": str, "ranked_outputs": [best, ..., worst], ...}``: K >= 2
-            non-empty strings, distinct after stripping whitespace. Extra keys are allowed.
-        where: location for the message, e.g. ``"train.jsonl line 17"``.
-    """
+    """Check one ranked record ``{"prompt": str, "ranked_outputs": [best, ..., worst], ...}``:
+    K >= 2 non-empty strings, distinct after stripping whitespace."""
     _check_record(
         record, where, RANKED_FIELDS, {"pairwise": "use validate_pair or pairs_to_ranked"}
     )
@@ -206,45 +193,35 @@ def to_conversational(pair: Mapping[str, Any], system: str | None = None) -> Rec
     ``"system"`` key (where :func:`to_standard` keeps it; the key is consumed). A record that is
     already conversational is returned as a copy, with ``system`` prepended if it has none.
 
-    Args:
-        pair: a valid pairwise record (standard or conversational).
-        system: optional system prompt text.
-
     Returns:
         ``{"prompt": [..., {"role": "user", ...}], "chosen": [{"role": "assistant", ...}],
         "rejected": [{"role": "assistant", ...}], **extra keys}``.
     """
-    fmt = validate_pair(pair)
     out = dict(pair)
-    if fmt == "conversational":
-        if system is None:
-            return out
-        first = pair["prompt"][0]
-        if first["role"] == "system":
-            if first["content"] == system:
-                return out
+    if validate_pair(pair) == "standard":
+        stored = out.pop("system", None)
+        if system is not None and stored is not None and system != stored:
             raise PreferenceDataError(
-                f"to_conversational: the record already has the system message "
-                f"{_short(first['content'])}, which differs from system={_short(system)}. "
-                "Pass system=None to keep the record's, or edit the record"
+                f"to_conversational: the record's 'system' key {_short(stored)} differs from "
+                f"system={_short(system)}. Pass system=None to use the record's, or drop the key"
             )
-        _check_text(system, "system", "to_conversational")
-        out["prompt"] = [{"role": "system", "content": system}, *pair["prompt"]]
+        system = system if system is not None else stored
+        out["prompt"] = [{"role": "user", "content": pair["prompt"]}]
+        out["chosen"] = [{"role": "assistant", "content": pair["chosen"]}]
+        out["rejected"] = [{"role": "assistant", "content": pair["rejected"]}]
+    if system is None:
         return out
-    stored = out.pop("system", None)
-    if system is not None and stored is not None and system != stored:
+    first = out["prompt"][0]
+    if first["role"] == "system":  # only a conversational record can have one
+        if first["content"] == system:
+            return out
         raise PreferenceDataError(
-            f"to_conversational: the record's 'system' key {_short(stored)} differs from "
-            f"system={_short(system)}. Pass system=None to use the record's, or drop the key"
+            f"to_conversational: the record already has the system message "
+            f"{_short(first['content'])}, which differs from system={_short(system)}. "
+            "Pass system=None to keep the record's, or edit the record"
         )
-    system = system if system is not None else stored
-    prompt = [{"role": "user", "content": pair["prompt"]}]
-    if system is not None:
-        _check_text(system, "system", "to_conversational")
-        prompt.insert(0, {"role": "system", "content": system})
-    out["prompt"] = prompt
-    out["chosen"] = [{"role": "assistant", "content": pair["chosen"]}]
-    out["rejected"] = [{"role": "assistant", "content": pair["rejected"]}]
+    _check_text(system, "system", "to_conversational")
+    out["prompt"] = [{"role": "system", "content": system}, *out["prompt"]]
     return out
 
 
@@ -305,13 +282,8 @@ def ranked_to_pairs(record: Mapping[str, Any], where: str = "") -> list[Record]:
     C(K, 2) pairs of a prompt into separate batches overfits, and trains on all of a prompt's
     pairs as one batch element.
 
-    Args:
-        record: a valid ranked record; its extra keys are copied into every pair.
-        where: location for error messages.
-
-    Returns:
-        C(K, 2) standard pairwise records ``{"prompt", "chosen", "rejected", **extra keys,
-        "chosen_rank": i, "rejected_rank": j}`` (ranks are 0-based positions, 0 = best).
+    Returns C(K, 2) standard pairwise records ``{"prompt", "chosen", "rejected", **the record's
+    extra keys, "chosen_rank": i, "rejected_rank": j}`` (0-based positions, 0 = best).
     """
     validate_ranked(record, where)
     clash = [k for k in ("chosen", "rejected", *RANK_FIELDS) if k in record]
@@ -369,25 +341,20 @@ def _find_cycle(nodes: Sequence[str], succ: Mapping[str, list[str]]) -> list[str
 
 
 def _unique_order(nodes: Sequence[str], succ: Mapping[str, list[str]]) -> list[str] | None:
-    """The topological order of an acyclic graph if it is unique (a total order), else None.
-
-    Kahn's algorithm: the order is unique iff exactly one node is free at every step.
-    """
-    indegree = dict.fromkeys(nodes, 0)
+    """The topological order of an acyclic graph if it is unique (a total order), else None:
+    it is unique iff exactly one node is ready at every step."""
+    graph = TopologicalSorter({n: [] for n in nodes})
     for node in nodes:
         for nxt in succ[node]:
-            indegree[nxt] += 1
-    free = [n for n in nodes if indegree[n] == 0]
+            graph.add(nxt, node)
+    graph.prepare()
     order = []
-    while free:
-        if len(free) > 1:
+    while graph.is_active():
+        (node, *others) = graph.get_ready()
+        if others:
             return None
-        node = free.pop()
         order.append(node)
-        for nxt in succ[node]:
-            indegree[nxt] -= 1
-            if indegree[nxt] == 0:
-                free.append(nxt)
+        graph.done(node)
     return order
 
 
@@ -408,15 +375,8 @@ def pairs_to_ranked(
 
     The ranked record keeps the extra keys whose value is the same in all of the group's pairs
     (``chosen_rank``/``rejected_rank`` are dropped), so ``pairs_to_ranked(ranked_to_pairs(r))``
-    gives back ``r``.
-
-    Args:
-        pairs: standard pairwise records (call :func:`to_standard` on conversational ones).
-        group_by: keys whose values identify one ranking task.
-
-    Returns:
-        ``(ranked_records, leftover_pairs)``: ranked records in order of each group's first
-        pair; leftover pairs in input order.
+    gives back ``r``. Returns ``(ranked_records, leftover_pairs)``: ranked records in order of
+    each group's first pair; leftover pairs in input order.
     """
     groups: dict[str, list[tuple[int, Mapping[str, Any]]]] = {}
     for index, pair in enumerate(pairs):
@@ -492,17 +452,10 @@ def _detect_kind(record: Mapping[str, Any], where: str) -> str:
 
 
 def load_jsonl(path: str | Path, kind: str = "auto") -> list[Record]:
-    """Read and validate a JSONL file of preference records.
-
-    Args:
-        path: the file, one JSON object per line (UTF-8; blank lines are skipped).
-        kind: ``"pairwise"``, ``"ranked"``, or ``"auto"``: the kind of the first record
-            (``"ranked_outputs"`` -> ranked, ``"chosen"``/``"rejected"`` -> pairwise) is
-            required of the whole file.
-
-    Returns:
-        The records as dicts, in file order. Errors name ``"<file name> line <n>"``.
-    """
+    """The validated records of a JSONL file (one JSON object per line, UTF-8; blank lines
+    skipped), in file order; errors name ``"<file name> line <n>"``. ``kind="auto"`` requires
+    of the whole file the kind of its first record (``"ranked_outputs"`` -> ranked,
+    ``"chosen"``/``"rejected"`` -> pairwise)."""
     if kind not in ("auto", "pairwise", "ranked"):
         raise ValueError(f"kind must be 'auto', 'pairwise' or 'ranked', got {kind!r}")
     path = Path(path)

@@ -23,6 +23,11 @@ from rlhf_lessons.rewards.reward_model import CausalLMRewardModel, HFSequenceSco
 SPEC_FILE = "reward_model.json"
 HEAD_FILE = "reward_head.safetensors"
 FORMAT_VERSION = 1
+#: what reward_model.json keeps of each class: its constructor's settings
+SETTINGS = {
+    "RewardModel": ("pooling", "max_length", "chunk_size"),
+    "CausalLMRewardModel": ("format_prompts", "max_prompt_length", "max_completion_length"),
+}
 
 
 class RewardModelLoadError(OSError):
@@ -37,20 +42,14 @@ def save_reward_model(model, folder: str | Path) -> Path:
 
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
-    if isinstance(model, RewardModel):
-        backbone = model.encoder
-        spec = {"class": "RewardModel", "pooling": model.pooling, "max_length": model.max_length,
-                "chunk_size": model.chunk_size}  # fmt: skip
-    elif isinstance(model, CausalLMRewardModel):
-        backbone = model.body
-        spec = {"class": "CausalLMRewardModel", "format_prompts": model.format_prompts,
-                "max_prompt_length": model.max_prompt_length,
-                "max_completion_length": model.max_completion_length}  # fmt: skip
-    else:
+    if not isinstance(model, RewardModel | CausalLMRewardModel):
         raise TypeError(
             f"save_reward_model saves RewardModel and CausalLMRewardModel, got "
             f"{type(model).__name__}; a transformers model saves itself with save_pretrained"
         )
+    kind = "RewardModel" if isinstance(model, RewardModel) else "CausalLMRewardModel"
+    spec = {"class": kind, **{k: getattr(model, k) for k in SETTINGS[kind]}}
+    backbone = model.encoder if kind == "RewardModel" else model.body
     if hasattr(backbone, "merge_and_unload"):  # a peft backbone: one plain model on disk
         backbone = backbone.merge_and_unload()
     backbone.save_pretrained(folder)
@@ -92,24 +91,19 @@ def load_reward_model(path: str | Path, device=None):
     if (path / SPEC_FILE).is_file():
         spec = json.loads((path / SPEC_FILE).read_text())
         kind = spec.get("class")
-        if kind not in ("RewardModel", "CausalLMRewardModel") or not (path / HEAD_FILE).is_file():
+        if kind not in SETTINGS or not (path / HEAD_FILE).is_file():
             raise RewardModelLoadError(
                 f"{path / SPEC_FILE} names class {kind!r} or {HEAD_FILE} is missing; {fix}"
             )
         tokenizer = AutoTokenizer.from_pretrained(str(path))
         backbone = AutoModel.from_pretrained(str(path)).to(device)
+        settings = {k: spec[k] for k in SETTINGS[kind] if k in spec}
         if kind == "RewardModel":
-            model = RewardModel((backbone, tokenizer), pooling=spec["pooling"],
-                                max_length=spec["max_length"],
-                                chunk_size=spec.get("chunk_size", 8))  # fmt: skip
+            model = RewardModel((backbone, tokenizer), **settings)
         else:
             if tokenizer.pad_token is None:
                 tokenizer.pad_token = tokenizer.eos_token
-            model = CausalLMRewardModel(
-                backbone, tokenizer, format_prompts=spec["format_prompts"],
-                max_prompt_length=spec["max_prompt_length"],
-                max_completion_length=spec["max_completion_length"],
-            )  # fmt: skip
+            model = CausalLMRewardModel(backbone, tokenizer, **settings)
         from safetensors.torch import load_file
 
         model.head.load_state_dict(load_file(str(path / HEAD_FILE)))

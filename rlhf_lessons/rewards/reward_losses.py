@@ -9,15 +9,11 @@ models and DPO by Zhu, Jordan & Jiao 2023 (arXiv 2301.11270) and Rafailov et al.
 A reward model r(x, y) gives each (prompt, response) a scalar. The three losses are negative
 log-likelihoods of the human judgements under three models of how judgements arise:
 
-- **Bradley-Terry** (one pair): P(y_w > y_l) = sigma(r_w - r_l), so
-  L = -log sigma(r_w - r_l). TRL's ``RewardTrainer`` computes exactly this (with an optional
-  margin subtracted inside the sigmoid).
+- **Bradley-Terry** (one pair): P(y_w > y_l) = sigma(r_w - r_l);
 - **K-wise** (InstructGPT): a ranking of K responses is read as its C(K, 2) pairwise judgements,
-  each a Bradley-Terry term, averaged per prompt: L = -(1/C(K,2)) sum_{i<j} log sigma(r_i - r_j).
-  The 1/C(K,2) makes every prompt weigh the same whatever its K.
+  each a Bradley-Terry term, averaged per prompt (so every prompt weighs the same whatever its K);
 - **Plackett-Luce** (the whole ranking): the best response is picked from all K with probability
-  softmax(r)_1, the second from the remaining K-1, and so on:
-  L = -sum_k [r_k - logsumexp_{j>=k} r_j].
+  softmax(r)_1, the second from the remaining K-1, and so on.
 
 For K = 2 all three are the same number. Every function here is pure: it takes reward tensors
 (with gradient) and returns ``(loss, metrics)``, and it never detaches the loss (one widely
@@ -47,6 +43,18 @@ def _check_finite(name: str, values: torch.Tensor) -> None:
         )
 
 
+def _bool_mask(mask, values: torch.Tensor, mask_name: str, name: str) -> torch.Tensor:
+    """``mask`` checked to have the shape of ``values``, as bool (all True if None)."""
+    if mask is None:
+        return torch.ones_like(values, dtype=torch.bool)
+    if not torch.is_tensor(mask) or mask.shape != values.shape:
+        shape = tuple(mask.shape) if torch.is_tensor(mask) else type(mask).__name__
+        raise ValueError(
+            f"{mask_name} must have the shape of {name} {tuple(values.shape)}, got {shape}"
+        )
+    return mask.to(device=values.device, dtype=torch.bool)
+
+
 def _check_ranked(rewards: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
     """Validate (B, K) rewards and mask; return the mask as bool (all True if None)."""
     if not torch.is_tensor(rewards) or rewards.dim() != 2:
@@ -56,12 +64,7 @@ def _check_ranked(rewards: torch.Tensor, mask: torch.Tensor | None) -> torch.Ten
         raise ValueError(f"rewards must be floating point, got {rewards.dtype}")
     if rewards.shape[0] == 0:
         raise ValueError("rewards is empty (B = 0): there is no prompt to compute a loss on")
-    if mask is None:
-        mask = torch.ones_like(rewards, dtype=torch.bool)
-    if not torch.is_tensor(mask) or mask.shape != rewards.shape:
-        shape = tuple(mask.shape) if torch.is_tensor(mask) else type(mask).__name__
-        raise ValueError(f"mask must have the shape of rewards {tuple(rewards.shape)}, got {shape}")
-    mask = mask.to(device=rewards.device, dtype=torch.bool)
+    mask = _bool_mask(mask, rewards, "mask", "rewards")
     counts = mask.sum(-1)
     if (counts < 2).any():
         row = int((counts < 2).nonzero()[0])
@@ -165,14 +168,7 @@ def kwise_loss_from_margins(
         raise ValueError(f"margins must be a (B, P) tensor, got {shape}")
     if margins.shape[0] == 0 or margins.shape[1] == 0:
         raise ValueError(f"margins is empty (shape {tuple(margins.shape)})")
-    if pair_mask is None:
-        pair_mask = torch.ones_like(margins, dtype=torch.bool)
-    if not torch.is_tensor(pair_mask) or pair_mask.shape != margins.shape:
-        shape = tuple(pair_mask.shape) if torch.is_tensor(pair_mask) else type(pair_mask).__name__
-        raise ValueError(
-            f"pair_mask must have the shape of margins {tuple(margins.shape)}, got {shape}"
-        )
-    pair_mask = pair_mask.to(device=margins.device, dtype=torch.bool)
+    pair_mask = _bool_mask(pair_mask, margins, "pair_mask", "margins")
     n_pairs = pair_mask.sum(-1)
     if (n_pairs == 0).any():
         row = int((n_pairs == 0).nonzero()[0])
@@ -226,9 +222,7 @@ def kwise_loss(
         rewards: (B, K) rewards in rank order, best first, with gradient.
         mask: (B, K) bool, True for real responses (default: all); every prompt needs >= 2.
 
-    Returns:
-        ``(loss, metrics)``; metrics as :func:`kwise_loss_from_margins` (``accuracy`` is the
-        pairwise accuracy over all valid pairs of the batch, ``pairs`` their number).
+    Returns ``(loss, metrics)``, metrics as :func:`kwise_loss_from_margins`.
     """
     margins, pair_mask = ranked_margins(rewards, mask)
     return kwise_loss_from_margins(margins, pair_mask)
@@ -254,7 +248,6 @@ def plackett_luce_loss(
     Args:
         rewards: (B, K) rewards in rank order, best first, with gradient.
         mask: (B, K) bool, True for real responses (default: all); every prompt needs >= 2.
-        normalize: divide each prompt's loss by its number of choice stages k_b - 1.
 
     Returns:
         ``(loss, metrics)``; metrics ``loss``, ``accuracy`` and ``pairs`` (pairwise accuracy and

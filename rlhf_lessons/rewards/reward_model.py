@@ -6,33 +6,20 @@ Stiennon et al. 2020 (arXiv 2009.01325). Losses in :mod:`rlhf_lessons.rewards.re
 
 A reward model maps a (prompt, response) pair to one number r(x, y). Three kinds here:
 
-- :class:`RewardModel`: a **cross-encoder**. The prompt and the response are tokenised together
-  as a BERT text pair (``[CLS] prompt [SEP] response [SEP]``), so every layer attends across
-  both; the token states are **mean-pooled** and a linear head gives the reward. Default
+- :class:`RewardModel`: a **cross-encoder** (prompt and response read as one text pair, so
+  every layer attends across both), its token states pooled into a linear head; default
   backbone all-MiniLM-L6-v2 (22.7M parameters, offline via :func:`rlhf_lessons.models.
-  load_encoder`). Mean pooling, not [CLS], because that is how this checkpoint was trained
-  (sentence-transformers pools the mean of the token states); ``pooling="cls"`` is available.
-  With ``frozen=`` (a :class:`~rlhf_lessons.rewards.frozen_bottom.FrozenBottom`) only the top
-  layers train, and the frozen bottom's output is computed once per text.
+  load_encoder`);
 - :class:`CausalLMRewardModel`: the same head on a causal LM's hidden state at the last real
-  token of prompt + completion (the usual LLM reward model), tokenised with the conventions of
-  :mod:`rlhf_lessons.lm`. Lesson 05 uses it on the review model.
-- :class:`HFSequenceScorer`: a Hugging Face ``...ForSequenceClassification`` model with one
-  label, the model TRL's ``RewardTrainer`` trains, so that our trainer and TRL's can train the
-  same model (:mod:`rlhf_lessons.trl_runs.reward`).
+  token (the usual LLM reward model; lesson 05 uses it on the review model);
+- :class:`HFSequenceScorer`: a ``...ForSequenceClassification`` model with one label, the model
+  TRL's ``RewardTrainer`` trains (:mod:`rlhf_lessons.trl_runs.reward`).
 
-:func:`train_reward_model` trains any of them on ranked records in one of two ways, with AdamW
-and the same data, seed and schedule:
-
-- ``mode="kwise"`` (InstructGPT): a batch element is a prompt with all its K responses: K
-  forward passes, and :func:`~rlhf_lessons.rewards.reward_losses.kwise_loss` over its C(K, 2)
-  pairs;
-- ``mode="pairs"``: every ranking is expanded into its C(K, 2) pairs, which are shuffled as
-  independent examples and trained with the Bradley-Terry loss: 2 forward passes per pair, and
-  a prompt's pairs land in different batches.
-
-:func:`evaluate_reward_model` measures held-out pairwise accuracy (per category too) and rank
-correlation.
+:func:`train_reward_model` trains any of them on ranked records, with AdamW and the same data,
+seed and schedule, K-wise (InstructGPT: a batch element is a prompt with all its K responses, K
+forward passes for its C(K, 2) pairs) or on shuffled pairs (the Bradley-Terry loss, 2 forward
+passes per pair, a prompt's pairs in different batches). :func:`evaluate_reward_model` measures
+held-out pairwise accuracy (per category too) and rank correlation.
 """
 
 from __future__ import annotations
@@ -51,7 +38,6 @@ from torch import nn
 from torch.nn.utils.rnn import pad_sequence
 
 from rlhf_lessons.course.device import torch_threads
-from rlhf_lessons.course.progress import progress
 from rlhf_lessons.course.seeding import seed_everything
 from rlhf_lessons.course.stats import rank_correlations
 from rlhf_lessons.distributed import Parallel
@@ -89,54 +75,59 @@ def _check_texts(prompts: Sequence[str], responses: Sequence[str]) -> None:
         raise ValueError(f"got {len(prompts)} prompts but {len(responses)} responses")
 
 
+def _by_length(prompts, responses, lengths: list[int], size: int, run) -> torch.Tensor:
+    """``run(prompts, responses)`` on chunks of at most ``size`` pairs of similar ``lengths``
+    (less padding), the (N,) results put back in input order."""
+    order = sorted(range(len(lengths)), key=lengths.__getitem__)
+    chunks = [order[s : s + size] for s in range(0, len(order), size)]
+    outs = [run([prompts[i] for i in c], [responses[i] for i in c]) for c in chunks]
+    inverse = torch.empty(len(order), dtype=torch.long)
+    inverse[torch.tensor(order)] = torch.arange(len(order))
+    return torch.cat(outs)[inverse.to(outs[0].device)]
+
+
 class _Scorer(nn.Module):
     """Shared batching for models with a ``rewards(prompts, responses)`` method."""
 
-    def rewards(self, prompts: Sequence[str], responses: Sequence[str]) -> torch.Tensor:
-        raise NotImplementedError
+    @property
+    def device(self) -> torch.device:
+        return next(self.parameters()).device
 
     @torch.no_grad()
     def score(
         self, prompts: Sequence[str], responses: Sequence[str], batch_size: int = 32
     ) -> torch.Tensor:
-        """Rewards of (prompt, response) pairs, (N,) on the CPU, in eval mode (no dropout).
-
-        Texts are batched by length (less padding), and the results put back in input order.
-        """
+        """Rewards of (prompt, response) pairs, (N,) on the CPU, in eval mode (no dropout),
+        in batches of similar length."""
         _check_texts(prompts, responses)
         if batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
         if not prompts:
             return torch.zeros(0)
-        order = sorted(range(len(prompts)), key=lambda i: len(prompts[i]) + len(responses[i]))
-        out = torch.empty(len(prompts))
         was_training = self.training
         self.eval()
         try:
-            for start in range(0, len(order), batch_size):
-                idx = order[start : start + batch_size]
-                r = self.rewards([prompts[i] for i in idx], [responses[i] for i in idx])
-                out[idx] = r.float().cpu()
+            lengths = [len(p) + len(r) for p, r in zip(prompts, responses, strict=True)]
+            return _by_length(prompts, responses, lengths, batch_size, self.rewards).float().cpu()
         finally:
             self.train(was_training)
-        return out
 
 
 class RewardModel(_Scorer):
     """Pretrained encoder + scalar linear head on the pooled (prompt, response) cross-encoding.
 
-    Built in eval mode (no dropout); :func:`train_reward_model` switches modes itself.
+    The pair is tokenised as ``[CLS] prompt [SEP] response [SEP]``; its token states are
+    mean-pooled, not [CLS], because that is how sentence-transformers trained MiniLM. Built in
+    eval mode (no dropout); :func:`train_reward_model` switches modes itself.
 
     Args:
         encoder: a name or path for :func:`rlhf_lessons.models.load_encoder` (default
             all-MiniLM-L6-v2), or an already loaded ``(model, tokenizer)`` pair (the model is
             used as it is: pass a fresh copy per reward model).
-        pooling: ``"mean"`` (mean of the token states over the attention mask; the default, as
-            the checkpoint was trained) or ``"cls"`` (the first token's state).
+        pooling: ``"mean"`` (over the attention mask) or ``"cls"`` (the first token's state).
         max_length: token budget of prompt + response; longer pairs are truncated
             (``longest_first``: tokens come off the longer of the two).
-        chunk_size: :meth:`rewards` runs at most this many pairs per forward call, grouped by
-            length (less padding).
+        chunk_size: :meth:`rewards` runs at most this many pairs per forward call.
         frozen: a :class:`~rlhf_lessons.rewards.frozen_bottom.FrozenBottom` cut from the same
             encoder: its bottom layers are frozen into this model and looked up, so only the
             top layers (and the head) train. Share one between models to share its memo.
@@ -175,10 +166,6 @@ class RewardModel(_Scorer):
         self._encoded: dict[tuple[str, str], tuple[list[int], list[int]]] = {}
         self.to(next(model.parameters()).device)
         self.eval()  # like the loaders: training code switches to train mode itself
-
-    @property
-    def device(self) -> torch.device:
-        return self.head.weight.device
 
     def _encode(self, prompt: str, response: str) -> tuple[list[int], list[int]]:
         """Token ids and token types of one text pair, tokenised once and remembered."""
@@ -221,23 +208,15 @@ class RewardModel(_Scorer):
         return self.head(pooled).squeeze(-1)
 
     def rewards(self, prompts: Sequence[str], responses: Sequence[str]) -> torch.Tensor:
-        """Rewards with gradient, (N,), in input order.
-
-        The pairs are sorted by length and run in chunks of at most ``chunk_size``, each padded
-        only to its own longest member: the same rewards as one padded batch (padding is
-        masked out), for less compute.
-        """
+        """Rewards with gradient, (N,), in input order: in chunks of similar length, each padded
+        only to its own longest member (the same rewards as one padded batch, for less compute)."""
         _check_texts(prompts, responses)
-        n = len(prompts)
-        if n <= self.chunk_size:
+        if len(prompts) <= self.chunk_size:
             return self(**self.tokenize(prompts, responses))
-        order = sorted(range(n), key=lambda i: len(self._encode(prompts[i], responses[i])[0]))
-        chunks = [order[s : s + self.chunk_size] for s in range(0, n, self.chunk_size)]
-        outs = [self(**self.tokenize([prompts[i] for i in c], [responses[i] for i in c]))
-                for c in chunks]  # fmt: skip
-        inverse = torch.empty(n, dtype=torch.long)
-        inverse[torch.tensor(order)] = torch.arange(n)
-        return torch.cat(outs)[inverse.to(self.device)]
+        lengths = [len(self._encode(p, r)[0]) for p, r in zip(prompts, responses, strict=True)]
+        return _by_length(
+            prompts, responses, lengths, self.chunk_size, lambda p, r: self(**self.tokenize(p, r))
+        )
 
 
 class CausalLMRewardModel(_Scorer):
@@ -285,10 +264,6 @@ class CausalLMRewardModel(_Scorer):
 
         model, tokenizer = load_causal_lm(name_or_path, device=device)
         return cls(model, tokenizer, **kwargs)
-
-    @property
-    def device(self) -> torch.device:
-        return self.head.weight.device
 
     def forward(self, batch) -> torch.Tensor:
         """A :class:`rlhf_lessons.lm.Batch` (or anything with ``input_ids`` and
@@ -343,10 +318,9 @@ class HFSequenceScorer(_Scorer):
     def rewards(self, prompts: Sequence[str], responses: Sequence[str]) -> torch.Tensor:
         _check_texts(prompts, responses)
         ids = [torch.tensor(self.token_ids(p, r)) for p, r in zip(prompts, responses, strict=True)]
-        device = next(self.model.parameters()).device
         pad = self.tokenizer.pad_token_id or 0
-        input_ids = pad_sequence(ids, batch_first=True, padding_value=pad).to(device)
-        mask = pad_sequence([torch.ones_like(i) for i in ids], batch_first=True).to(device)
+        input_ids = pad_sequence(ids, batch_first=True, padding_value=pad).to(self.device)
+        mask = pad_sequence([torch.ones_like(i) for i in ids], batch_first=True).to(self.device)
         return self.model(input_ids=input_ids, attention_mask=mask).logits.squeeze(-1)
 
 
@@ -502,12 +476,11 @@ def train_reward_model(
         clip = math.inf if cfg.max_grad_norm is None else cfg.max_grad_norm  # inf: no clipping
         averaged = _HandAveraged(par, params)
         watch, cpu_start = Stopwatch(), time.process_time()
-        if eval_every:
-            history.evaluate(eval_fn, model)
-        model.train(cfg.dropout)
-        bar = progress(total=len(batches), desc=f"reward model ({cfg.mode})", unit="step",
-                       disable=not show_progress)  # fmt: skip
-        for batch in batches:
+        desc, total = f"reward model ({cfg.mode})", len(batches)
+        for batch in history.loop(
+            batches, total, model, eval_fn, eval_every, desc=desc, show_progress=show_progress
+        ):
+            model.train(cfg.dropout)  # between steps, evaluation runs in eval mode (no dropout)
             with watch:
                 shard = par.shard(torch.arange(len(batch)))  # this process's rows (all in one)
                 loss, metrics, passes = step_loss(model, [batch[i] for i in shard.index])
@@ -517,19 +490,12 @@ def train_reward_model(
                 n = par.sum({"pairs": pairs, "passes": passes * (shard.rows > 0)})
                 metrics = {**par.mean({"loss": metrics["loss"]}, shard.rows),
                            **par.mean({k: metrics[k] for k in ("accuracy", "margin")}, pairs)}  # fmt: skip
+            model.eval()
             history.info["forward_passes"] += int(n["passes"])
             history.info["pairs_seen"] += int(n["pairs"])
+            history.info["cpu_seconds"] = time.process_time() - cpu_start
             history.log(seconds=watch.seconds, **metrics, sequences=int(n["passes"]))
-            bar.update(1)
-            bar.set_postfix(loss=f"{metrics['loss']:.3f}")
-            if history.due(eval_every, len(batches)):
-                history.evaluate(eval_fn, model.eval())  # evaluation without dropout
-                model.train(cfg.dropout)
-        bar.close()
-        history.info["cpu_seconds"] = time.process_time() - cpu_start
         history.info["train_seconds"] = watch.seconds
-        model.eval()
-        history.evaluate(eval_fn, model)
     return history
 
 
@@ -558,19 +524,9 @@ class RewardEval:
 def evaluate_reward_model(
     model, records: Sequence[Mapping[str, Any]], batch_size: int = 32
 ) -> RewardEval:
-    """Score every response of every record and compare with the human rankings.
-
-    Args:
-        model: anything with ``score(prompts, responses, batch_size) -> (N,)`` (a
-            :class:`RewardModel`, :class:`CausalLMRewardModel` or :class:`HFSequenceScorer`).
-        records: ranked records (with a ``"category"`` key for the per-category numbers;
-            records without one count as ``"all"``).
-
-    Returns:
-        A :class:`RewardEval`: pairwise accuracy (a pair is right when the better response
-        scores strictly higher), accuracy per category, mean Kendall tau / Spearman rho per
-        prompt (K = 2 prompts give +-1), the counts, the scores and each pair's verdict.
-    """
+    """Score every response of every record with ``model.score`` and compare with the human
+    rankings. A pair is right when the better response scores strictly higher; records without
+    a ``"category"`` count as ``"all"``; a K = 2 prompt's rank correlations are +-1."""
     records = check_records(records, "records")
     prompts = [r["prompt"] for r in records for _ in r["ranked_outputs"]]
     responses = [o for r in records for o in r["ranked_outputs"]]

@@ -7,9 +7,7 @@ settings through TRL's trainer, and checks that the two agree (loss curves, rewa
     run = train_with_trl("grpo", policy, tokenizer, prompts, GroupPGConfig.grpo(...), reward_fn=r)
     run = train_with_trl("reward", model, tokenizer, records, RewardConfig(...))
 
-``algo`` picks the module that maps our config to TRL's (:mod:`rlhf_lessons.trl_runs.dpo` for
-DPO, IPO, hinge and SimPO; :mod:`~rlhf_lessons.trl_runs.rloo_grpo` for RLOO and GRPO;
-:mod:`~rlhf_lessons.trl_runs.reward` for the reward model). Every one returns a
+``algo`` picks the module that maps our config to TRL's (:data:`BACKENDS`). Every one returns a
 :class:`TRLRun`, whose ``history`` uses the column names of our trainer's
 :class:`~rlhf_lessons.training.History` where TRL logs the same quantity.
 """
@@ -19,10 +17,12 @@ from __future__ import annotations
 import contextlib
 import importlib
 import os
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
+from rlhf_lessons.course.progress import progress
 from rlhf_lessons.training import History, RewardFn
 
 #: algo -> the module that runs it through TRL (each defines ``run(...) -> TRLRun``)
@@ -105,3 +105,26 @@ def in_order(trainer_cls):
 
     InOrder.__name__ = trainer_cls.__name__
     return InOrder
+
+
+def step_clock(columns: dict[str, str], total: int = 0, desc: str | None = None):
+    """A TRL callback that keeps one History row per step TRL logs: the wall-clock since training
+    began (``seconds``) and the logged values under our names (``columns``: TRL's name -> ours).
+    With a ``desc``, our progress bar over ``total`` steps shows too."""
+    from transformers import TrainerCallback
+
+    class StepClock(TrainerCallback):
+        def on_train_begin(self, args, state, control, **kwargs):
+            self.bar = progress(total=total, desc=desc, unit="step", disable=desc is None)
+            self.start, self.rows = time.perf_counter(), []
+
+        def on_log(self, args, state, control, logs=None, **kwargs):
+            if logs and "loss" in logs and "train_runtime" not in logs:
+                row = {ours: float(logs[k]) for k, ours in columns.items() if k in logs}
+                self.rows.append({"seconds": time.perf_counter() - self.start, **row})
+                self.bar.update(1)
+
+        def on_train_end(self, args, state, control, **kwargs):
+            self.bar.close()
+
+    return StepClock()

@@ -39,7 +39,7 @@ import torch
 from rlhf_lessons.alignment.dpo import DPOConfig, pair_order, pair_texts
 from rlhf_lessons.course.device import torch_threads
 from rlhf_lessons.training import History
-from rlhf_lessons.trl_runs import TRLRun, in_order, quiet_bars
+from rlhf_lessons.trl_runs import TRLRun, in_order, quiet_bars, step_clock
 
 _TRL_LOSS = {"dpo": "sigmoid", "ipo": "ipo", "hinge": "hinge"}
 
@@ -66,10 +66,8 @@ def trl_config(
     """The ``trl.DPOConfig`` (DPO, IPO, hinge) or ``CPOConfig`` (SimPO) matching ``config``.
 
     The dataset already holds every epoch (:func:`trl_dataset`), so TRL runs one epoch over it;
-    ``max_steps`` caps it like ours. ``max_length`` should be the longest prompt + response:
-    our trainer's ``max_prompt_length`` / ``max_completion_length`` cut prompt and response
-    separately, TRL's ``max_length`` cuts their sum, so :func:`train_with_trl` compares them
-    only on pairs that neither cuts.
+    ``max_steps`` caps it like ours. ``max_length`` should be the longest prompt + response
+    (:func:`_longest`), so that TRL cuts no pair.
     """
     from trl import DPOConfig as TRLDPOConfig
     from trl.experimental.cpo import CPOConfig
@@ -171,9 +169,9 @@ def run(
 
     Returns a :class:`~rlhf_lessons.trl_runs.TRLRun` whose ``history`` has TRL's per-step
     ``loss``, ``rewards_chosen``, ``rewards_rejected``, ``margin``, ``accuracy``, ... (our
-    trainer's column names) and ``seconds`` (wall-clock since the start of ``train()``).
+    trainer's column names) and ``seconds`` (wall-clock since training began).
     """
-    from transformers import PrinterCallback, TrainerCallback
+    from transformers import PrinterCallback
     from trl import DPOTrainer
     from trl.experimental.cpo import CPOTrainer
 
@@ -185,14 +183,7 @@ def run(
     max_length = _longest(tokenizer, pairs, cfg)
     dataset = trl_dataset(tokenizer, pairs, cfg)
     trainer_cls = in_order(CPOTrainer if cfg.loss == "simpo" else DPOTrainer)
-    start = time.perf_counter()
-    stamps: list[float] = []
-
-    class Clock(TrainerCallback):  # the wall-clock of every logged step, as our History has
-        def on_log(self, args, state, control, logs=None, **kwargs):
-            if logs and "loss" in logs and "train_runtime" not in logs:
-                stamps.append(time.perf_counter() - start)
-
+    clock = step_clock(COLUMNS)  # TRL's own bar shows with show_progress
     with tempfile.TemporaryDirectory() as out, torch_threads(cfg.threads), \
             warnings.catch_warnings(), contextlib.ExitStack() as stack:  # fmt: skip
         # transformers 5 deprecations inside TRL / peft, and CPOTrainer's "experimental" notice
@@ -204,14 +195,13 @@ def run(
         # TRL's datasets.map calls and its reference pass show bars too
         with quiet_bars(not show_progress):
             trainer = trainer_cls(model=policy, args=args, train_dataset=dataset,
-                                  processing_class=tokenizer, callbacks=[Clock()])  # fmt: skip
+                                  processing_class=tokenizer, callbacks=[clock])  # fmt: skip
             trainer.remove_callback(PrinterCallback)  # no dict printed per step
             start = time.perf_counter()
             trainer.train()
         seconds = time.perf_counter() - start
     history = History(algo, asdict(cfg), info={"trainer": trainer_cls.__name__})
-    logs = [h for h in trainer.state.log_history if "loss" in h and "train_runtime" not in h]
-    for t, h in zip(stamps, logs, strict=True):
-        history.log(seconds=t, **{ours: float(h[k]) for k, ours in COLUMNS.items() if k in h})
+    for row in clock.rows:
+        history.log(**row)
     return TRLRun(algo, trainer_cls.__name__, trainer.accelerator.unwrap_model(trainer.model),
                   history, seconds, list(trainer.state.log_history))  # fmt: skip

@@ -27,7 +27,6 @@ import warnings
 from dataclasses import asdict
 
 from rlhf_lessons.course.device import torch_threads
-from rlhf_lessons.course.progress import progress
 from rlhf_lessons.rewards.reward_model import (
     HFSequenceScorer,
     RewardModelConfig,
@@ -35,7 +34,7 @@ from rlhf_lessons.rewards.reward_model import (
     reward_batches,
 )
 from rlhf_lessons.training import History
-from rlhf_lessons.trl_runs import TRLRun, in_order, quiet_bars
+from rlhf_lessons.trl_runs import TRLRun, in_order, quiet_bars, step_clock
 
 
 def trl_pairs_dataset(scorer: HFSequenceScorer, batches):
@@ -49,25 +48,8 @@ def trl_pairs_dataset(scorer: HFSequenceScorer, batches):
     })  # fmt: skip
 
 
-def _callback(show: bool, total: int):
-    """Our progress bar in place of TRL's printer, and the wall-clock at each step's end."""
-    from transformers import TrainerCallback
-
-    class Clock(TrainerCallback):
-        def on_train_begin(self, args, state, control, **kwargs):
-            self.bar = progress(
-                total=total, desc="TRL RewardTrainer", unit="step", disable=not show
-            )
-            self.start, self.seconds = time.perf_counter(), []
-
-        def on_step_end(self, args, state, control, **kwargs):
-            self.seconds.append(time.perf_counter() - self.start)
-            self.bar.update(1)
-
-        def on_train_end(self, args, state, control, **kwargs):
-            self.bar.close()
-
-    return Clock()
+#: TRL's logged names -> the names of our trainer's History columns
+COLUMNS = {"loss": "loss", "accuracy": "accuracy", "margin": "margin"}
 
 
 def run(
@@ -128,15 +110,14 @@ def run(
             )  # fmt: skip
         for callback in (PrinterCallback, ProgressCallback, NotebookProgressCallback):
             trainer.remove_callback(callback)
-        clock = _callback(show_progress, len(batches))
+        desc = "TRL RewardTrainer" if show_progress else None  # our bar in place of TRL's
+        clock = step_clock(COLUMNS, len(batches), desc)
         trainer.add_callback(clock)
         start = time.perf_counter()
         trainer.train()
         seconds = time.perf_counter() - start
-    logs = [h for h in trainer.state.log_history if "loss" in h and "train_runtime" not in h]
     history = History("reward_trl", asdict(cfg), info={"pairs": sum(len(b) for b in batches)})
-    for log, t in zip(logs, clock.seconds, strict=True):
-        history.log(seconds=t, loss=float(log["loss"]), accuracy=float(log["accuracy"]),
-                    margin=float(log["margin"]))  # fmt: skip
+    for row in clock.rows:
+        history.log(**row)
     model.eval()
     return TRLRun(algo, "RewardTrainer", model, history, seconds, list(trainer.state.log_history))
