@@ -2,6 +2,7 @@
 whole runs (a tiny offline model here; the shipped SmolLM2 and MiniLM in the slow test)."""
 
 import json
+import shutil
 from pathlib import Path
 
 import pytest
@@ -293,6 +294,13 @@ def test_sequence_classifiers_load_as_reward_models(tmp_path, capsys, tiny_rewar
     assert scores.shape == (1,)
     with pytest.raises(RewardModelLoadError, match="2 labels; a reward model has one"):
         load_reward_model(tmp_path / "cls2", "cpu")
+    # a reward_model.json without a setting that changes the scores is refused, not defaulted
+    broken = Path(shutil.copytree(tiny_reward_folder, tmp_path / "broken"))
+    spec = json.loads((broken / "reward_model.json").read_text())
+    del spec["pooling"]
+    (broken / "reward_model.json").write_text(json.dumps(spec))
+    with pytest.raises(RewardModelLoadError, match=r"lacks the settings \['pooling'\]"):
+        load_reward_model(broken, "cpu")
     data = _jsonl(tmp_path / "p.jsonl", PAIRS)
     for folder in (tmp_path / "cls1", tiny_reward_folder):
         code, printed, err = _run(capsys, "eval", "--model", str(folder), "--data", data)

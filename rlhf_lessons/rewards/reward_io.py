@@ -97,6 +97,9 @@ def load_reward_model(path: str | Path, device=None):
             )
         tokenizer = AutoTokenizer.from_pretrained(str(path))
         backbone = AutoModel.from_pretrained(str(path)).to(device)
+        # chunk_size only sets the scoring speed (older files lack it); the rest change scores
+        if missing := sorted(set(SETTINGS[kind]) - set(spec) - {"chunk_size"}):
+            raise RewardModelLoadError(f"{path / SPEC_FILE} lacks the settings {missing}; {fix}")
         settings = {k: spec[k] for k in SETTINGS[kind] if k in spec}
         if kind == "RewardModel":
             model = RewardModel((backbone, tokenizer), **settings)

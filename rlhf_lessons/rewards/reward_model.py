@@ -48,6 +48,7 @@ from rlhf_lessons.training import (
     History,
     Stopwatch,
     check_minibatch_config,
+    eval_mode,
     linear_decay_schedule,
     optimizer_step,
     trainable_parameters,
@@ -104,13 +105,9 @@ class _Scorer(nn.Module):
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
         if not prompts:
             return torch.zeros(0)
-        was_training = self.training
-        self.eval()
-        try:
-            lengths = [len(p) + len(r) for p, r in zip(prompts, responses, strict=True)]
+        lengths = [len(p) + len(r) for p, r in zip(prompts, responses, strict=True)]
+        with eval_mode(self):
             return _by_length(prompts, responses, lengths, batch_size, self.rewards).float().cpu()
-        finally:
-            self.train(was_training)
 
 
 class RewardModel(_Scorer):
