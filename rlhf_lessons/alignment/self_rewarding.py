@@ -45,7 +45,13 @@ import torch
 
 from rlhf_lessons import lm
 from rlhf_lessons.course.device import torch_threads
-from rlhf_lessons.judges.llm_judge import ADDITIVE_5_POINT, Judge, RewardPromptConfig, parse_score
+from rlhf_lessons.judges.llm_judge import (
+    ADDITIVE_5_POINT,
+    Judge,
+    RewardPromptConfig,
+    mean_of_valid,
+    parse_score,
+)
 from rlhf_lessons.training import RewardFn
 
 SKIP_REASONS = ("tie", "fewer than 2 scored")
@@ -128,10 +134,7 @@ def average_scores(scores) -> np.ndarray:
     s = np.asarray(scores, dtype=float)
     if s.ndim != 2:
         raise ValueError(f"scores must be (candidates, judgements), got shape {s.shape}")
-    valid = ~np.isnan(s)
-    total = np.where(valid, s, 0.0).sum(1)
-    with np.errstate(invalid="ignore", divide="ignore"):
-        return np.where(valid.any(1), total / valid.sum(1), np.nan)
+    return mean_of_valid(s)
 
 
 def pick_pair(scores) -> PairChoice:

@@ -133,6 +133,14 @@ class PairwiseResult:
         return self.probs[:, 0] / (self.probs[:, 0] + self.probs[:, 1])
 
 
+def mean_of_valid(scores: np.ndarray) -> np.ndarray:
+    """Each row's mean over its valid (non-NaN) entries; NaN for a row with none. (N, S) -> (N,)"""
+    valid = ~np.isnan(scores)
+    total = np.where(valid, scores, 0.0).sum(1)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return np.where(valid.any(1), total / valid.sum(1), np.nan)
+
+
 @dataclass
 class GradeResult:
     """Scores of N answers, ``samples`` judgements each.
@@ -152,10 +160,7 @@ class GradeResult:
     @property
     def mean(self) -> np.ndarray:
         """Average of each answer's valid scores (NaN when none parsed). (N,)"""
-        valid = ~np.isnan(self.scores)
-        total = np.where(valid, self.scores, 0.0).sum(1)
-        with np.errstate(invalid="ignore", divide="ignore"):
-            return np.where(valid.any(1), total / valid.sum(1), np.nan)
+        return mean_of_valid(self.scores)
 
     @property
     def n_unparsed(self) -> int:
